@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "inventory"
+    http_port: int = 8002
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/inventory"
