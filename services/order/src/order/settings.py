@@ -7,4 +7,3 @@ class Settings(ServiceSettings):
     service_name: str = "order"
     http_port: int = 8001
     database_url: str = "postgresql://postgres@127.0.0.1:5432/order"
-    max_order_lines: int = 50

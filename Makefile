@@ -1,0 +1,71 @@
+# The front door. `make run` starts the suite, `make test` runs every test tier.
+# Everything the targets need is installed on first use and cached under .cache/.
+
+SHELL := /bin/bash
+export UV_CACHE_DIR := $(CURDIR)/.cache/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := python3.11
+BOOTSTRAP := .cache/bootstrap
+UV := $(BOOTSTRAP)/bin/uv
+PY := .venv/bin/python
+UV_VERSION := 0.13.8
+
+.PHONY: help deps run start stop status test test-unit test-integration test-e2e lint typecheck fmt up down bench load clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+$(UV):
+	@echo "==> bootstrapping uv $(UV_VERSION) into $(BOOTSTRAP)"
+	@python3.11 -m venv $(BOOTSTRAP)
+	@$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+deps: $(UV) ## install the Python packages from uv.lock into .venv
+	@$(UV) sync --frozen --quiet
+
+run: deps ## start Postgres, Kafka, Jaeger and the three services in the foreground (Ctrl-C stops all)
+	@$(PY) -m infra run
+
+start: deps ## the same, detached (idempotent: starts whatever is not running)
+	@$(PY) -m infra start
+
+stop: deps ## stop everything `make start` started
+	@$(PY) -m infra stop
+
+status: deps ## what is running, with pids and ports
+	@$(PY) -m infra status
+
+test: deps lint typecheck ## every tier; starts the real Postgres, Kafka and Jaeger it needs
+	@$(PY) -m infra start --infra-only
+	@$(PY) -m pytest -q shared/tests services tests
+
+test-unit: deps ## unit tier only: no I/O, seconds
+	@$(PY) -m pytest -q -m "not integration and not e2e" shared/tests services tests
+
+test-integration: deps
+	@$(PY) -m infra start --infra-only
+	@$(PY) -m pytest -q -m integration shared/tests services tests
+
+test-e2e: deps
+	@$(PY) -m infra start --infra-only
+	@$(PY) -m pytest -q -m e2e tests
+
+lint: deps ## ruff check + ruff format --check
+	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check .
+
+fmt: deps
+	@$(PY) -m ruff format .
+	@$(PY) -m ruff check --fix .
+
+typecheck: deps ## mypy --strict
+	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra
+
+up: ## the suite under docker compose (needs a Docker engine)
+	docker compose up --build -d
+
+down:
+	docker compose down -v
+
+clean: stop ## stop and delete state (data, logs); keeps the download cache
+	rm -rf .state

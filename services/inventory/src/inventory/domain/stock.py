@@ -1,0 +1,131 @@
+"""Stock per SKU and reservations per order.
+
+A reservation takes every line of an order or none of them. Stock moves between three
+buckets and is never created or destroyed by the flow: ``available`` (can be reserved),
+``reserved`` (held for an order) and ``shipped`` (left with a dispatched shipment).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from uuid import UUID
+
+from shared.contracts.catalog import (
+    InventoryRejected,
+    InventoryReleased,
+    InventoryReserved,
+    InventoryShipped,
+    OrderLine,
+    StockLevelChanged,
+)
+from shared.domain import Aggregate, DomainError
+
+
+class Stock(Aggregate):
+    def __init__(self, sku: str, available: int = 0, reserved: int = 0, shipped: int = 0) -> None:
+        super().__init__()
+        self.sku = self.aggregate_id = sku
+        self.available = available
+        self.reserved = reserved
+        self.shipped = shipped
+
+    def restock(self, available: int) -> None:
+        """Set the quantity on hand that is free to reserve (reservations are untouched)."""
+        if available < 0:
+            raise DomainError("available stock cannot be negative")
+        self.available = available
+        self._changed()
+
+    def reserve(self, quantity: int) -> None:
+        if quantity > self.available:
+            raise DomainError(f"only {self.available} of {self.sku} available")
+        self.available -= quantity
+        self.reserved += quantity
+        self._changed()
+
+    def release(self, quantity: int) -> None:
+        self._take_reserved(quantity)
+        self.available += quantity
+        self._changed()
+
+    def ship(self, quantity: int) -> None:
+        self._take_reserved(quantity)
+        self.shipped += quantity
+        self._changed()
+
+    def _take_reserved(self, quantity: int) -> None:
+        if quantity > self.reserved:
+            raise DomainError(f"only {self.reserved} of {self.sku} reserved, not {quantity}")
+        self.reserved -= quantity
+
+    def _changed(self) -> None:
+        self.record(
+            StockLevelChanged(
+                sku=self.sku,
+                available=self.available,
+                reserved=self.reserved,
+                shipped=self.shipped,
+            )
+        )
+
+
+class ReservationStatus(enum.StrEnum):
+    RESERVED = "RESERVED"
+    REJECTED = "REJECTED"
+    RELEASED = "RELEASED"
+    SHIPPED = "SHIPPED"
+
+
+class Reservation(Aggregate):
+    def __init__(
+        self, order_id: UUID, items: tuple[OrderLine, ...], status: ReservationStatus
+    ) -> None:
+        super().__init__()
+        self.order_id = order_id
+        self.aggregate_id = str(order_id)
+        self.items = items
+        self.status = status
+
+    @classmethod
+    def reserve(
+        cls, order_id: UUID, items: tuple[OrderLine, ...], stock: Mapping[str, Stock]
+    ) -> Reservation:
+        """All lines or none: check every line first, then take them."""
+        shortfalls = []
+        for line in items:
+            found = stock.get(line.sku)
+            if found is None:
+                shortfalls.append(f"unknown SKU {line.sku}")
+            elif found.available < line.quantity:
+                shortfalls.append(
+                    f"{line.sku}: {line.quantity} wanted, {found.available} available"
+                )
+        if shortfalls:
+            rejected = cls(order_id, items, ReservationStatus.REJECTED)
+            rejected.record(InventoryRejected(order_id=order_id, reason="; ".join(shortfalls)))
+            return rejected
+        for line in items:
+            stock[line.sku].reserve(line.quantity)
+        reservation = cls(order_id, items, ReservationStatus.RESERVED)
+        reservation.record(InventoryReserved(order_id=order_id, items=items))
+        return reservation
+
+    def release(self, stock: Mapping[str, Stock]) -> None:
+        """Give the stock back when the order is cancelled; nothing to do if none was held."""
+        if self.status is ReservationStatus.RESERVED:
+            for line in self.items:
+                stock[line.sku].release(line.quantity)
+            self.status = ReservationStatus.RELEASED
+            self.record(InventoryReleased(order_id=self.order_id))
+        elif self.status is ReservationStatus.SHIPPED:
+            raise DomainError(f"order {self.order_id} was cancelled after it shipped")
+
+    def ship(self, stock: Mapping[str, Stock]) -> None:
+        if self.status is ReservationStatus.RESERVED:
+            for line in self.items:
+                stock[line.sku].ship(line.quantity)
+            self.status = ReservationStatus.SHIPPED
+            self.record(InventoryShipped(order_id=self.order_id))
+        elif self.status is not ReservationStatus.SHIPPED:
+            raise DomainError(f"order {self.order_id} shipped with reservation {self.status}")

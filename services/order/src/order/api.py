@@ -1,0 +1,148 @@
+"""HTTP entrypoints of the order service: parse, build a command, run it, map errors."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from shared.contracts.catalog import Address, OrderLine
+from shared.correlation import current_correlation_id
+from shared.domain import DomainError
+from shared.http import unit_of_work
+
+from order.commands import (
+    IdempotencyConflictError,
+    OrderNotFoundError,
+    PlaceOrder,
+    UnknownSkuError,
+    cancel_order,
+    place_order,
+)
+from order.domain.order import CancelTooLateError, Order, OrderStatus
+from order.repository import OrderUnitOfWork
+
+MAX_LINES = 50
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
+
+
+class PlaceOrderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(min_length=1, max_length=100)
+    items: list[OrderLine] = Field(min_length=1, max_length=MAX_LINES)
+    shipping_address: Address
+
+
+class OrderAccepted(BaseModel):
+    order_id: UUID
+    status: OrderStatus
+    correlation_id: str
+
+
+class OrderView(BaseModel):
+    order_id: UUID
+    customer_id: str
+    status: OrderStatus
+    items: list[OrderLine]
+    shipping_address: Address
+    version: int
+    correlation_id: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, order: Order) -> OrderView:
+        return cls(
+            order_id=order.order_id,
+            customer_id=order.customer_id,
+            status=order.status,
+            items=list(order.items),
+            shipping_address=order.shipping_address,
+            version=order.version,
+            correlation_id=order.correlation_id,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+        )
+
+
+class OrderPage(BaseModel):
+    items: list[OrderView]
+    next_after: UUID | None = Field(description="pass as `after` to get the next page")
+
+
+@router.post("", status_code=202, response_model=OrderAccepted)
+async def post_order(
+    body: PlaceOrderRequest,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> OrderAccepted:
+    """Place an order. It is PENDING until inventory answers; follow it with GET."""
+    command = PlaceOrder(
+        body.customer_id,
+        tuple(body.items),
+        body.shipping_address,
+        current_correlation_id(),
+        idempotency_key,
+    )
+    skus = [line.sku for line in body.items]
+    if len(set(skus)) != len(skus):
+        raise HTTPException(422, "each SKU may appear on one line only")
+    # One retry covers two requests racing with the same Idempotency-Key: the loser sees
+    # the winner's order on its second pass.
+    for attempt in (1, 2):
+        try:
+            async with request.app.state.runtime.new_uow() as uow:
+                order = await place_order(command, uow)
+            break
+        except asyncpg.UniqueViolationError:
+            if attempt == 2:
+                raise
+        except UnknownSkuError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except IdempotencyConflictError as exc:
+            raise HTTPException(409, str(exc)) from exc
+    return OrderAccepted(
+        order_id=order.order_id, status=order.status, correlation_id=order.correlation_id
+    )
+
+
+@router.get("/{order_id}", response_model=OrderView)
+async def get_order(order_id: UUID, uow: UowDep) -> OrderView:
+    order = await uow.orders.get(order_id)
+    if order is None:
+        raise HTTPException(404, f"no order {order_id}")
+    return OrderView.of(order)
+
+
+@router.get("", response_model=OrderPage)
+async def list_orders(
+    uow: UowDep,
+    status: OrderStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: UUID | None = None,
+) -> OrderPage:
+    orders = await uow.orders.list(status, limit, after)
+    next_after = orders[-1].order_id if len(orders) == limit else None
+    return OrderPage(items=[OrderView.of(o) for o in orders], next_after=next_after)
+
+
+@router.post("/{order_id}/cancel", status_code=202, response_model=OrderView)
+async def post_cancel(order_id: UUID, uow: UowDep) -> OrderView:
+    """Cancel. 202 with CANCELLED (before confirmation) or CANCELLING (shipping must agree;
+    if the shipment was dispatched first the order ends SHIPPED); 409 once shipped or
+    rejected."""
+    try:
+        order = await cancel_order(order_id, uow)
+    except OrderNotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except CancelTooLateError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except DomainError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return OrderView.of(order)

@@ -1,0 +1,26 @@
+"""The order service's composition root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.runtime import ServiceDefinition
+
+from order.api import router as api_router
+from order.handlers import router
+from order.repository import PostgresOrderUnitOfWork
+from order.settings import Settings
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def bootstrap(settings: Settings | None = None) -> ServiceDefinition[PostgresOrderUnitOfWork]:
+    return ServiceDefinition(
+        settings=settings or Settings(),
+        title="Order service",
+        description="Places orders and follows them to SHIPPED, REJECTED or CANCELLED.",
+        router=router,  # type: ignore[arg-type]
+        new_uow=PostgresOrderUnitOfWork,
+        migrations=MIGRATIONS,
+        api_routers=[api_router],
+    )

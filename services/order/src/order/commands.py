@@ -1,0 +1,89 @@
+"""What a client can ask of the order service, and how each request is carried out."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+from shared.contracts.catalog import Address, OrderLine
+from shared.domain import DomainError
+
+from order.domain.order import Order
+from order.repository import IdempotencyRecord, OrderUnitOfWork
+
+
+class UnknownSkuError(DomainError):
+    def __init__(self, skus: list[str]) -> None:
+        super().__init__(f"unknown SKU(s): {', '.join(skus)}")
+        self.skus = skus
+
+
+class IdempotencyConflictError(DomainError):
+    pass
+
+
+class OrderNotFoundError(DomainError):
+    pass
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    customer_id: str
+    items: tuple[OrderLine, ...]
+    shipping_address: Address
+    correlation_id: str
+    idempotency_key: str | None = None
+
+    def request_hash(self) -> str:
+        canonical = "|".join(
+            [
+                self.customer_id,
+                ";".join(f"{line.sku}:{line.quantity}" for line in self.items),
+                self.shipping_address.model_dump_json(),
+            ]
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
+    """Write the order and its OrderPlaced event in one transaction. The same idempotency
+    key with the same request returns the first order; with another request it conflicts."""
+    if command.idempotency_key is not None:
+        existing = await uow.orders.by_idempotency_key(command.idempotency_key)
+        if existing is not None:
+            order, request_hash = existing
+            if request_hash != command.request_hash():
+                raise IdempotencyConflictError(
+                    f"Idempotency-Key {command.idempotency_key!r} was used for another request"
+                )
+            return order
+    unknown = await uow.catalog.unknown([line.sku for line in command.items])
+    if unknown:
+        raise UnknownSkuError(unknown)
+    order = Order.place(
+        uuid4(),
+        command.customer_id,
+        command.items,
+        command.shipping_address,
+        correlation_id=command.correlation_id,
+        now=datetime.now(UTC),
+    )
+    idempotency = (
+        IdempotencyRecord(command.idempotency_key, command.request_hash())
+        if command.idempotency_key is not None
+        else None
+    )
+    await uow.orders.add(order, idempotency)
+    await uow.commit()
+    return order
+
+
+async def cancel_order(order_id: UUID, uow: OrderUnitOfWork) -> Order:
+    order = await uow.orders.get(order_id)
+    if order is None:
+        raise OrderNotFoundError(f"no order {order_id}")
+    order.cancel(datetime.now(UTC))
+    await uow.commit()
+    return order

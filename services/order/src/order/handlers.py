@@ -1,0 +1,76 @@
+"""How the order service reacts to other services' events: load, call the domain; the
+consumer commits. Each name says what it reacts to and what it does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+from shared.contracts.catalog import (
+    InventoryRejected,
+    InventoryReserved,
+    ShipmentCancelled,
+    ShipmentDispatched,
+    StockLevelChanged,
+)
+from shared.processing import PermanentError
+from shared.routing import Router
+
+from order.domain.order import Order
+from order.repository import OrderUnitOfWork
+
+router = Router[OrderUnitOfWork]()
+
+
+class UnknownOrderError(PermanentError):
+    pass
+
+
+async def _load(uow: OrderUnitOfWork, order_id: UUID) -> Order:
+    order = await uow.orders.get(order_id)
+    if order is None:
+        raise UnknownOrderError(f"no order {order_id}")
+    return order
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@router.subscriber(InventoryReserved)
+async def when_inventory_reserved_confirm_order(
+    event: InventoryReserved, uow: OrderUnitOfWork
+) -> None:
+    order = await _load(uow, event.order_id)
+    order.confirm(_now())
+
+
+@router.subscriber(InventoryRejected)
+async def when_inventory_rejected_reject_order(
+    event: InventoryRejected, uow: OrderUnitOfWork
+) -> None:
+    order = await _load(uow, event.order_id)
+    order.reject(event.reason, _now())
+
+
+@router.subscriber(ShipmentDispatched)
+async def when_shipment_dispatched_mark_order_shipped(
+    event: ShipmentDispatched, uow: OrderUnitOfWork
+) -> None:
+    order = await _load(uow, event.order_id)
+    order.shipment_dispatched(_now())
+
+
+@router.subscriber(ShipmentCancelled)
+async def when_shipment_cancelled_cancel_order(
+    event: ShipmentCancelled, uow: OrderUnitOfWork
+) -> None:
+    order = await _load(uow, event.order_id)
+    order.shipment_cancelled(_now())
+
+
+@router.subscriber(StockLevelChanged)
+async def when_stock_level_changed_update_catalog(
+    event: StockLevelChanged, uow: OrderUnitOfWork
+) -> None:
+    await uow.catalog.update(event.sku, event.available)

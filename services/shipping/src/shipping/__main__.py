@@ -1,0 +1,6 @@
+from shared.main import serve
+
+from shipping.bootstrap import bootstrap
+
+if __name__ == "__main__":
+    serve(bootstrap)

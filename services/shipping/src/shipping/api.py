@@ -1,0 +1,45 @@
+"""HTTP entrypoints of the shipping service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel
+from shared.http import unit_of_work
+
+from shipping.domain.shipment import Shipment, ShipmentStatus
+from shipping.repository import ShippingUnitOfWork
+
+router = APIRouter(prefix="/shipments", tags=["shipments"])
+UowDep = Annotated[ShippingUnitOfWork, Depends(unit_of_work)]
+
+
+class ShipmentView(BaseModel):
+    order_id: UUID
+    shipment_id: UUID
+    status: ShipmentStatus
+    dispatch_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, s: Shipment) -> ShipmentView:
+        return cls(
+            order_id=s.order_id,
+            shipment_id=s.shipment_id,
+            status=s.status,
+            dispatch_at=s.dispatch_at,
+            created_at=s.created_at,
+            updated_at=s.updated_at,
+        )
+
+
+@router.get("/{order_id}", response_model=ShipmentView)
+async def get_shipment(order_id: UUID, uow: UowDep) -> ShipmentView:
+    shipment = await uow.shipments.get(order_id)
+    if shipment is None:
+        raise HTTPException(404, f"no shipment for order {order_id}")
+    return ShipmentView.of(shipment)

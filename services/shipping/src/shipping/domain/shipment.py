@@ -1,0 +1,73 @@
+"""The shipment of one order: scheduled on confirmation, then dispatched or cancelled.
+
+The shipment is where cancel and dispatch race, so it decides: one row, one state change
+under a lock, one winner. The loser's request is a no-op and the order follows the winner.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from shared.contracts.catalog import ShipmentCancelled, ShipmentDispatched, ShipmentScheduled
+from shared.domain import Aggregate
+
+
+class ShipmentStatus(enum.StrEnum):
+    SCHEDULED = "SCHEDULED"
+    DISPATCHED = "DISPATCHED"
+    CANCELLED = "CANCELLED"
+
+
+class Shipment(Aggregate):
+    def __init__(
+        self,
+        order_id: UUID,
+        shipment_id: UUID,
+        status: ShipmentStatus,
+        dispatch_at: datetime,
+        created_at: datetime,
+        updated_at: datetime,
+    ) -> None:
+        super().__init__()
+        self.order_id = order_id
+        self.aggregate_id = str(order_id)
+        self.shipment_id = shipment_id
+        self.status = status
+        self.dispatch_at = dispatch_at
+        self.created_at = created_at
+        self.updated_at = updated_at
+
+    @classmethod
+    def schedule(cls, order_id: UUID, *, now: datetime, dispatch_at: datetime) -> Shipment:
+        shipment = cls(order_id, uuid4(), ShipmentStatus.SCHEDULED, dispatch_at, now, now)
+        shipment.record(
+            ShipmentScheduled(
+                order_id=order_id, shipment_id=shipment.shipment_id, dispatch_at=dispatch_at
+            )
+        )
+        return shipment
+
+    @classmethod
+    def cancelled_before_scheduling(cls, order_id: UUID, *, now: datetime) -> Shipment:
+        """A cancellation that finds no shipment still gets an answer the order can follow."""
+        shipment = cls(order_id, uuid4(), ShipmentStatus.CANCELLED, now, now, now)
+        shipment.record(ShipmentCancelled(order_id=order_id, shipment_id=shipment.shipment_id))
+        return shipment
+
+    def dispatch(self, now: datetime) -> None:
+        if self.status is ShipmentStatus.SCHEDULED:
+            self._become(ShipmentStatus.DISPATCHED, now)
+            self.record(ShipmentDispatched(order_id=self.order_id, shipment_id=self.shipment_id))
+
+    def cancel(self, now: datetime) -> None:
+        """Cancel unless already dispatched; then dispatch has won and ShipmentDispatched,
+        already on its way, tells the order so."""
+        if self.status is ShipmentStatus.SCHEDULED:
+            self._become(ShipmentStatus.CANCELLED, now)
+            self.record(ShipmentCancelled(order_id=self.order_id, shipment_id=self.shipment_id))
+
+    def _become(self, status: ShipmentStatus, now: datetime) -> None:
+        self.status = status
+        self.updated_at = now

@@ -1,0 +1,68 @@
+"""How shipping reacts to orders, and the durable dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from shared.contracts.catalog import OrderCancellationRequested, OrderConfirmed
+from shared.routing import Router
+
+from shipping.domain.shipment import Shipment
+from shipping.repository import ShippingUnitOfWork
+
+log = logging.getLogger(__name__)
+router = Router[ShippingUnitOfWork]()
+
+# Set from settings by the bootstrap; a module-level default keeps handlers one-argument pure.
+DISPATCH_DELAY = timedelta(seconds=10)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@router.subscriber(OrderConfirmed)
+async def when_order_confirmed_schedule_shipment(
+    event: OrderConfirmed, uow: ShippingUnitOfWork
+) -> None:
+    if await uow.shipments.get(event.order_id) is not None:
+        return
+    now = _now()
+    shipment = Shipment.schedule(event.order_id, now=now, dispatch_at=now + DISPATCH_DELAY)
+    uow.shipments.track(shipment)
+
+
+@router.subscriber(OrderCancellationRequested)
+async def when_order_cancellation_requested_cancel_shipment(
+    event: OrderCancellationRequested, uow: ShippingUnitOfWork
+) -> None:
+    shipment = await uow.shipments.get(event.order_id)
+    if shipment is None:
+        uow.shipments.track(Shipment.cancelled_before_scheduling(event.order_id, now=_now()))
+    else:
+        shipment.cancel(_now())
+
+
+async def dispatch_due_shipments(uow: ShippingUnitOfWork, limit: int = 50) -> int:
+    """One dispatcher pass in one transaction; returns how many shipments left."""
+    now = _now()
+    shipments = await uow.shipments.due(now, limit)
+    for shipment in shipments:
+        shipment.dispatch(now)
+    await uow.commit()
+    return len(shipments)
+
+
+async def run_dispatcher(new_uow: Callable[[], ShippingUnitOfWork], poll_interval: float) -> None:
+    """The scheduler is the shipments table itself: a restart loses nothing, it only
+    dispatches late."""
+    while True:
+        async with new_uow() as uow:
+            dispatched = await dispatch_due_shipments(uow)
+        if dispatched:
+            log.info("dispatched %d shipment(s)", dispatched)
+        else:
+            await asyncio.sleep(poll_interval)

@@ -1,0 +1,147 @@
+"""Shipments behind a port, with Postgres and in-memory implementations."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
+
+from shipping.domain.shipment import Shipment, ShipmentStatus
+
+
+class ShipmentRepository(ABC):
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._tracked: list[Shipment] = []
+
+    async def get(self, order_id: UUID) -> Shipment | None:
+        shipment = await self._get(order_id)
+        if shipment is not None:
+            self.track(shipment)
+        return shipment
+
+    async def due(self, now: datetime, limit: int) -> list[Shipment]:
+        """Scheduled shipments whose time has come, locked; rows another dispatcher holds
+        are skipped rather than waited for."""
+        shipments = await self._due(now, limit)
+        for shipment in shipments:
+            self.track(shipment)
+        return shipments
+
+    def track(self, shipment: Shipment) -> None:
+        self._tracked.append(shipment)
+        self._uow.track(shipment)
+
+    async def persist(self) -> None:
+        for shipment in self._tracked:
+            if shipment.events:
+                await self._save(shipment)
+
+    @abstractmethod
+    async def _get(self, order_id: UUID) -> Shipment | None: ...
+
+    @abstractmethod
+    async def _due(self, now: datetime, limit: int) -> list[Shipment]: ...
+
+    @abstractmethod
+    async def _save(self, shipment: Shipment) -> None: ...
+
+
+class ShippingUnitOfWork(UnitOfWork):
+    shipments: ShipmentRepository
+
+    async def _persist(self) -> None:
+        await self.shipments.persist()
+
+
+def _shipment(row: asyncpg.Record) -> Shipment:
+    return Shipment(
+        row["order_id"],
+        row["shipment_id"],
+        ShipmentStatus(row["status"]),
+        row["dispatch_at"],
+        row["created_at"],
+        row["updated_at"],
+    )
+
+
+class PostgresShipmentRepository(ShipmentRepository):
+    def __init__(self, uow: UnitOfWork, conn: asyncpg.Connection) -> None:
+        super().__init__(uow)
+        self._conn = conn
+
+    async def _get(self, order_id: UUID) -> Shipment | None:
+        row = await self._conn.fetchrow(
+            "SELECT * FROM shipments WHERE order_id = $1 FOR UPDATE", order_id
+        )
+        return None if row is None else _shipment(row)
+
+    async def _due(self, now: datetime, limit: int) -> list[Shipment]:
+        rows = await self._conn.fetch(
+            """
+            SELECT * FROM shipments WHERE status = 'SCHEDULED' AND dispatch_at <= $1
+            ORDER BY dispatch_at LIMIT $2 FOR UPDATE SKIP LOCKED
+            """,
+            now,
+            limit,
+        )
+        return [_shipment(r) for r in rows]
+
+    async def _save(self, shipment: Shipment) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO shipments (order_id, shipment_id, status, dispatch_at, created_at,
+                                   updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (order_id) DO UPDATE SET status = $3, updated_at = $6
+            """,
+            shipment.order_id,
+            shipment.shipment_id,
+            shipment.status.value,
+            shipment.dispatch_at,
+            shipment.created_at,
+            shipment.updated_at,
+        )
+
+
+class PostgresShippingUnitOfWork(PostgresUnitOfWork, ShippingUnitOfWork):
+    async def _begin(self) -> None:
+        await super()._begin()
+        self.shipments = PostgresShipmentRepository(self, self.conn)
+
+
+def _copy(s: Shipment) -> Shipment:
+    return Shipment(s.order_id, s.shipment_id, s.status, s.dispatch_at, s.created_at, s.updated_at)
+
+
+class InMemoryShipmentRepository(ShipmentRepository):
+    def __init__(self, uow: InMemoryUnitOfWork) -> None:
+        super().__init__(uow)
+        self._rows: dict[UUID, Shipment] = uow.table("shipments")
+
+    async def _get(self, order_id: UUID) -> Shipment | None:
+        found = self._rows.get(order_id)
+        return None if found is None else _copy(found)
+
+    async def _due(self, now: datetime, limit: int) -> list[Shipment]:
+        due = sorted(
+            (
+                s
+                for s in self._rows.values()
+                if s.status is ShipmentStatus.SCHEDULED and s.dispatch_at <= now
+            ),
+            key=lambda s: s.dispatch_at,
+        )
+        return [_copy(s) for s in due[:limit]]
+
+    async def _save(self, shipment: Shipment) -> None:
+        self._rows[shipment.order_id] = _copy(shipment)
+
+
+class FakeShippingUnitOfWork(InMemoryUnitOfWork, ShippingUnitOfWork):
+    async def _begin(self) -> None:
+        await super()._begin()
+        self.shipments = InMemoryShipmentRepository(self)

@@ -1,0 +1,46 @@
+"""Database start-up: wait for PostgreSQL, run the service's Alembic migrations, open a pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+
+log = logging.getLogger(__name__)
+
+
+async def wait_for_database(url: str, timeout: float = 60.0) -> None:
+    """Return once a connection succeeds; raise after ``timeout`` seconds of failures."""
+    deadline = time.monotonic() + timeout
+    delay = 0.25
+    while True:
+        try:
+            conn = await asyncpg.connect(url, timeout=5)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"database {url} unreachable for {timeout:.0f}s: {exc}") from exc
+            log.info("waiting for the database (%s)", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        else:
+            await conn.close()
+            return
+
+
+def migrate(migrations_dir: Path, url: str) -> None:
+    """``alembic upgrade head`` for one service (blocking; call before serving)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "head")
+
+
+async def create_pool(url: str) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=10, command_timeout=30)
+    assert pool is not None
+    return pool

@@ -1,0 +1,96 @@
+"""Kafka plumbing: the idempotent producer, consumer settings and a publisher that returns
+only once the broker acknowledged every message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.outbox import OutgoingMessage
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
+    return [(k, v.encode()) for k, v in headers.items()]
+
+
+def decode_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {k: v.decode(errors="replace") for k, v in headers or ()}
+
+
+class Producer:
+    """A lazily started idempotent producer (``acks=all``, idempotence on: the broker drops
+    retried duplicates and keeps per-partition order). Starting retries until the broker
+    answers, so a service can boot while Kafka is still down."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                    client_id=f"{self._settings.service_name}-producer",
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=5,
+                    request_timeout_ms=15000,
+                    max_request_size=1024 * 1024,
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Send all messages in order; return when the broker acknowledged every one."""
+        if not messages:
+            return
+        producer = await self.get()
+        futures = [
+            await producer.send(
+                m.topic, m.value, key=m.key.encode(), headers=encode_headers(m.headers)
+            )
+            for m in messages
+        ]
+        await asyncio.gather(*futures)
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        try:
+            producer = await asyncio.wait_for(self.get(), timeout)
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
+        except Exception:  # any failure means "not ready"; the reason is logged by callers
+            return False
+        return True
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
+
+
+def new_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        client_id=f"{settings.service_name}-consumer",
+        enable_auto_commit=settings.pitfall_auto_commit,
+        auto_commit_interval_ms=100,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=200,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=1000,
+    )

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the machinery, labelled by service (and topic where it applies)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_PUBLISHED = Counter(
+    "outbox_events_published_total", "Events the relay published", ["service", "topic"]
+)
+RELAY_PUBLISH_SECONDS = Histogram(
+    "outbox_relay_publish_seconds", "Time to publish one relay batch until acked", ["service"]
+)
+OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows not yet published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row", ["service"]
+)
+EVENTS_CONSUMED = Counter(
+    "consumer_events_total",
+    "Events seen by the consumer, by outcome (applied, duplicate, parked, ignored, dead_lettered)",
+    ["service", "topic", "outcome"],
+)
+DEDUP_HITS = Counter(
+    "consumer_dedup_hits_total", "Events skipped as already applied", ["service", "topic"]
+)
+HANDLER_SECONDS = Histogram(
+    "consumer_handler_seconds", "Time to apply one event, commit included", ["service", "topic"]
+)
+CONSUMER_LAG = Gauge(
+    "consumer_lag",
+    "Records behind the partition's high watermark",
+    ["service", "topic", "partition"],
+)
+PARKED_EVENTS = Gauge("consumer_parked_events", "Events parked ahead of a gap", ["service"])
+DEAD_LETTERS = Counter(
+    "consumer_dead_letters_total", "Events sent to the dead-letter topic", ["service", "topic"]
+)
+DLQ_DEPTH = Gauge("dlq_depth", "Dead letters not replayed yet", ["service"])

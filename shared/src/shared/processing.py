@@ -1,0 +1,123 @@
+"""Applying one event exactly once and in order: the consumer's core, free of Kafka.
+
+In one unit of work: skip an event already applied (dedup row) or at/below the stream's last
+sequence (stale); park one that arrives ahead of a gap; otherwise apply it, record it, and
+apply any parked successors it unblocks. Events the service has no handler for still advance
+the stream, so a consumer that ignores some event types never waits for them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic
+
+from shared.contracts import InvalidPayloadError, Payload, UnknownEventError
+from shared.correlation import correlated
+from shared.domain import DomainError
+from shared.envelope import Envelope
+from shared.inbox import ParkedEvent
+from shared.routing import Router, U
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (bad input, a rule no later event can satisfy): dead-letter now."""
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    DUPLICATE = "duplicate"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class Protections:
+    """Switched off one by one by the pitfall modes, to show what each one prevents."""
+
+    dedup: bool = True
+    sequence_check: bool = True
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An event as delivered, with where it came from (for parking and dead letters)."""
+
+    envelope: Envelope
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class EventProcessor(Generic[U]):
+    def __init__(
+        self,
+        router: Router[U],
+        new_uow: Callable[[], U],
+        protections: Protections = Protections(),
+    ) -> None:
+        self._router = router
+        self._new_uow = new_uow
+        self._protections = protections
+
+    def decode(self, envelope: Envelope) -> Payload | None:
+        """The typed payload, or None when no handler wants this event type. Raises
+        PermanentError for an unknown version or an invalid payload of a handled type."""
+        if self._router.handler_for(envelope.event_type) is None:
+            return None
+        try:
+            return envelope.decoded()
+        except (UnknownEventError, InvalidPayloadError) as exc:
+            raise PermanentError(str(exc)) from exc
+
+    async def process(self, delivery: Delivery) -> Outcome:
+        payload = self.decode(delivery.envelope)  # poison fails here, before any write
+        async with self._new_uow() as uow:
+            try:
+                outcome = await self._admit(uow, delivery, payload)
+            except DomainError as exc:  # a rule refused it: no retry will change that
+                raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
+            await uow.commit()
+        return outcome
+
+    async def _admit(self, uow: U, delivery: Delivery, payload: Payload | None) -> Outcome:
+        envelope = delivery.envelope
+        if self._protections.dedup and await uow.inbox.seen(envelope.event_id):
+            return Outcome.DUPLICATE
+        if self._protections.sequence_check:
+            last = await uow.inbox.last_sequence(envelope.stream)
+            if envelope.sequence <= last:
+                return Outcome.DUPLICATE
+            if envelope.sequence > last + 1:
+                await uow.inbox.park(
+                    ParkedEvent(
+                        envelope,
+                        delivery.topic,
+                        delivery.partition,
+                        delivery.offset,
+                        delivery.headers,
+                    )
+                )
+                return Outcome.PARKED
+        outcome = await self._apply(uow, envelope, payload)
+        if self._protections.sequence_check:
+            await self._apply_unblocked(uow, envelope)
+        return outcome
+
+    async def _apply(self, uow: U, envelope: Envelope, payload: Payload | None) -> Outcome:
+        subscription = self._router.handler_for(envelope.event_type)
+        if subscription is not None and payload is not None:
+            # A parked event applied later keeps its own correlation and causation.
+            with correlated(envelope.correlation_id, str(envelope.event_id)):
+                await subscription.handler(payload, uow)
+        await uow.inbox.record(envelope)
+        return Outcome.APPLIED if subscription is not None else Outcome.IGNORED
+
+    async def _apply_unblocked(self, uow: U, applied: Envelope) -> None:
+        sequence = applied.sequence + 1
+        while (parked := await uow.inbox.unpark(applied.stream, sequence)) is not None:
+            if not await uow.inbox.seen(parked.envelope.event_id):
+                await self._apply(uow, parked.envelope, self.decode(parked.envelope))
+            sequence += 1

@@ -1,0 +1,152 @@
+"""The outbox relay: publishes committed outbox rows to Kafka, in order, at least once.
+
+- One active relay per service: it holds a PostgreSQL advisory lock on a dedicated
+  connection. Standby instances retry the lock every second; when the leader dies its
+  session ends, the lock is freed and a standby takes over within seconds. A single leader
+  keeps per-aggregate order without coordinating partitions between relays.
+- Rows are claimed in id order, published, and deleted only after the broker acknowledged
+  the whole batch, in the same transaction that claimed them. No "highest id seen" cursor:
+  a row whose transaction commits late is simply still in the table next time.
+- Woken by ``LISTEN/NOTIFY`` right after a commit, with a polling fallback.
+- A crash between publish and delete republishes the batch: consumers drop the duplicates by
+  event id and sequence. With the idempotent producer, retries inside a batch keep order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import zlib
+from typing import Any
+
+import asyncpg
+from aiokafka.errors import KafkaError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span
+
+from shared.kafka import Producer
+from shared.metrics import EVENTS_PUBLISHED, RELAY_PUBLISH_SECONDS
+from shared.outbox import OutgoingMessage, notify_channel
+from shared.settings import ServiceSettings
+from shared.tracing import context_from_headers, tracer
+
+log = logging.getLogger(__name__)
+
+RELAY_ERRORS: tuple[type[BaseException], ...] = (
+    KafkaError,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def lease_key(service: str) -> int:
+    """A stable advisory-lock key per service (advisory locks take a bigint)."""
+    return zlib.crc32(f"outbox-relay:{service}".encode())
+
+
+class OutboxRelay:
+    def __init__(self, settings: ServiceSettings, pool: asyncpg.Pool, producer: Producer) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._producer = producer
+        self._service = settings.service_name
+        self._wake = asyncio.Event()
+        self.is_leader = False
+
+    async def run(self) -> None:
+        """Until cancelled: acquire the lease, then publish while holding it."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._run_with_lease()
+                backoff = 0.5
+            except RELAY_ERRORS as exc:
+                log.warning("relay interrupted (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _run_with_lease(self) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(self._settings.database_url)
+        try:
+            while not await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1)", lease_key(self._service)
+            ):
+                await asyncio.sleep(1.0)
+            self.is_leader = True
+            log.info("relay holds the outbox lease")
+            await conn.add_listener(notify_channel(self._service), self._on_notify)
+            await self._publish_until_cancelled(conn)
+        finally:
+            self.is_leader = False
+            conn.terminate()  # ends the session: frees the lease at once
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _publish_until_cancelled(self, lease: asyncpg.Connection) -> None:
+        while True:
+            self._wake.clear()
+            published = await self.publish_batch()
+            if published >= self._settings.relay_batch_size:
+                continue  # more waiting: no pause
+            if lease.is_closed():
+                raise OSError("lost the lease connection")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), self._settings.relay_poll_interval_seconds
+                )
+
+    async def publish_batch(self) -> int:
+        """Publish up to one batch; returns how many rows were published and deleted."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                SELECT id, topic, message_key, value, headers FROM outbox
+                ORDER BY id LIMIT $1 FOR UPDATE
+                """,
+                self._settings.relay_batch_size,
+            )
+            if not rows:
+                return 0
+            started = time.perf_counter()
+            traced = [self._traced_message(row) for row in rows]
+            messages = [message for message, _ in traced]
+            try:
+                await self._producer.publish(messages)
+            finally:
+                for _, span in traced:
+                    span.end()
+            await conn.execute(
+                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
+        RELAY_PUBLISH_SECONDS.labels(self._service).observe(time.perf_counter() - started)
+        for message in messages:
+            EVENTS_PUBLISHED.labels(self._service, message.topic).inc()
+        return len(rows)
+
+    def _traced_message(self, row: asyncpg.Record) -> tuple[OutgoingMessage, Span]:
+        """A PRODUCER span, child of the span that wrote the row, ended once the broker
+        acknowledged; its context replaces the row's in the Kafka headers so consumers
+        continue the same trace."""
+        headers: dict[str, str] = json.loads(row["headers"])
+        span = tracer().start_span(
+            f"publish {row['topic']}",
+            context=context_from_headers(headers),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": row["topic"],
+                "messaging.kafka.message.key": row["message_key"],
+                "correlation_id": headers.get("correlation_id", ""),
+            },
+        )
+        headers.pop("traceparent", None)
+        headers.pop("tracestate", None)
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        message = OutgoingMessage(row["topic"], row["message_key"], bytes(row["value"]), headers)
+        return message, span

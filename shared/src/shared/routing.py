@@ -1,0 +1,62 @@
+"""Declarative subscriptions: a service lists, in one place, which events it reacts to.
+
+router = Router[OrderUnitOfWork]()
+
+@router.subscriber(InventoryReserved)
+async def when_inventory_reserved_confirm_order(event: InventoryReserved,
+                                                uow: OrderUnitOfWork) -> None: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from shared.contracts import Payload, spec_of
+from shared.uow import UnitOfWork
+
+U = TypeVar("U", bound=UnitOfWork)
+P = TypeVar("P", bound=Payload)
+Handler = Callable[[P, U], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription(Generic[U]):
+    topic: str
+    event_type: str
+    handler: Callable[[Any, U], Awaitable[None]]
+
+    @property
+    def name(self) -> str:
+        return self.handler.__name__
+
+
+class Router(Generic[U]):
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, Subscription[U]] = {}
+
+    def subscriber(self, event: type[P]) -> Callable[[Handler[P, U]], Handler[P, U]]:
+        spec = spec_of(event)
+
+        def register(handler: Handler[P, U]) -> Handler[P, U]:
+            if spec.event_type in self._subscriptions:
+                raise ValueError(f"{spec.event_type} already has a handler")
+            self._subscriptions[spec.event_type] = Subscription(
+                spec.topic, spec.event_type, handler
+            )
+            return handler
+
+        return register
+
+    def handler_for(self, event_type: str) -> Subscription[U] | None:
+        return self._subscriptions.get(event_type)
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({s.topic for s in self._subscriptions.values()})
+
+    def describe(self) -> str:
+        """The routing table, one line per subscription: ``topic  EventType -> handler``."""
+        rows = sorted(self._subscriptions.values(), key=lambda s: (s.topic, s.event_type))
+        return "\n".join(f"{s.topic:<10} {s.event_type:<28} -> {s.name}" for s in rows)

@@ -1,0 +1,202 @@
+"""A service's composition root and process lifecycle.
+
+``ServiceDefinition`` says what a service is (settings, subscriptions, unit of work, HTTP
+routes, extra background workers); ``Runtime`` owns what it runs (pool, producer, relay,
+consumer, maintenance) and ``serve`` is the process entry point: wait for the database,
+migrate, then serve HTTP with everything started in the FastAPI lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic
+
+import asyncpg
+from fastapi import APIRouter
+
+from shared.consumer import DATABASE_ERRORS, ConsumerRunner
+from shared.db import create_pool
+from shared.deadletter import DeadLetter, DeadLetterSink
+from shared.kafka import Producer
+from shared.metrics import DLQ_DEPTH, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PARKED_EVENTS
+from shared.processing import EventProcessor, Protections
+from shared.relay import OutboxRelay
+from shared.routing import Router, U
+from shared.settings import ServiceSettings
+from shared.uow import DirectPublish
+
+log = logging.getLogger(__name__)
+
+UowFactory = Callable[[asyncpg.Pool, str, DirectPublish | None], U]
+Worker = Callable[["Runtime[Any]"], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition(Generic[U]):
+    settings: ServiceSettings
+    title: str
+    description: str
+    router: Router[U]
+    new_uow: UowFactory[U]
+    migrations: Path
+    api_routers: Sequence[APIRouter] = ()
+    workers: dict[str, Worker] = field(default_factory=dict)
+
+
+async def supervise(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """Run ``work`` forever: an unexpected crash is logged and the work restarted."""
+    backoff = 0.5
+    while True:
+        started = time.monotonic()
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting in %.1fs", name, backoff)
+        if time.monotonic() - started > 60:
+            backoff = 0.5
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+class Runtime(Generic[U]):
+    def __init__(self, definition: ServiceDefinition[U]) -> None:
+        self.definition = definition
+        self.settings = definition.settings
+        self.service = self.settings.service_name
+        self.producer = Producer(self.settings)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def new_uow(self) -> U:
+        direct: DirectPublish | None = None
+        if self.settings.pitfall_naive_dual_write:
+            direct = self.producer.publish
+        return self.definition.new_uow(self.pool, self.service, direct)
+
+    async def start(self) -> None:
+        self.pool = await create_pool(self.settings.database_url)
+        self.dead_letters = DeadLetterSink(self.pool, self.producer, self.service)
+        self.relay = OutboxRelay(self.settings, self.pool, self.producer)
+        processor = EventProcessor(
+            self.definition.router,
+            self.new_uow,
+            Protections(
+                dedup=not self.settings.pitfall_no_dedup,
+                sequence_check=not self.settings.pitfall_no_sequence_check,
+            ),
+        )
+        self.consumer = ConsumerRunner(
+            self.settings, processor, self.definition.router.topics, self.dead_letters
+        )
+        workers: dict[str, Callable[[], Awaitable[None]]] = {
+            "consumer": self.consumer.run,
+            "maintenance": self._maintain,
+        }
+        if not self.settings.pitfall_naive_dual_write:
+            workers["relay"] = self.relay.run
+        for name, worker in self.definition.workers.items():
+            workers[name] = lambda worker=worker: worker(self)  # type: ignore[misc]
+        for name, work in workers.items():
+            self._tasks.append(asyncio.create_task(supervise(name, work), name=name))
+        log.info("%s started; subscriptions:\n%s", self.service, self.definition.router.describe())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.producer.close()
+        await self.pool.close()
+
+    async def ready(self) -> dict[str, bool]:
+        database = False
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2.0)
+            database = True
+        except DATABASE_ERRORS:
+            pass
+        kafka = await self.producer.ready()
+        return {"database": database, "kafka": kafka}
+
+    async def _maintain(self) -> None:
+        """Refresh the backlog gauges; dead-letter gaps that never filled; purge old dedup
+        rows (older than the topic retention, when a redelivery can no longer happen)."""
+        last_purge = 0.0
+        while True:
+            try:
+                await self._refresh_gauges()
+                await self._expire_gaps()
+                if time.monotonic() - last_purge > 600:
+                    await self.purge_processed_events()
+                    last_purge = time.monotonic()
+            except DATABASE_ERRORS as exc:
+                log.warning("maintenance skipped: %s", exc)
+            await asyncio.sleep(5.0)
+
+    async def _refresh_gauges(self) -> None:
+        row = await self.pool.fetchrow(
+            """
+            SELECT (SELECT count(*) FROM outbox) AS backlog,
+                   (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
+                      FROM outbox) AS oldest,
+                   (SELECT count(*) FROM parked_events) AS parked,
+                   (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dlq
+            """
+        )
+        assert row is not None
+        OUTBOX_BACKLOG.labels(self.service).set(row["backlog"])
+        OUTBOX_OLDEST_AGE.labels(self.service).set(float(row["oldest"]))
+        PARKED_EVENTS.labels(self.service).set(row["parked"])
+        DLQ_DEPTH.labels(self.service).set(row["dlq"])
+
+    async def _expire_gaps(self) -> None:
+        rows = await self.pool.fetch(
+            """
+            SELECT p.*, s.last_sequence FROM parked_events p
+            LEFT JOIN consumer_sequences s USING (consumer, source, aggregate_type, aggregate_id)
+            WHERE p.consumer = $1 AND p.parked_at < now() - make_interval(secs => $2)
+            ORDER BY p.parked_at
+            """,
+            self.service,
+            self.settings.parked_gap_timeout_seconds,
+        )
+        for row in rows:
+            expected = (row["last_sequence"] or 0) + 1
+            await self.dead_letters.send(
+                DeadLetter(
+                    self.service,
+                    row["topic"],
+                    row["partition"],
+                    row["offset"],
+                    row["aggregate_id"].encode(),
+                    bytes(row["value"]),
+                    json.loads(row["headers"]),
+                    f"sequence gap: expected {expected}, parked {row['sequence']} for more than "
+                    f"{self.settings.parked_gap_timeout_seconds:.0f}s",
+                    1,
+                )
+            )
+            await self.pool.execute(
+                "DELETE FROM parked_events WHERE consumer = $1 AND source = $2"
+                " AND aggregate_type = $3 AND aggregate_id = $4 AND sequence = $5",
+                self.service,
+                row["source"],
+                row["aggregate_type"],
+                row["aggregate_id"],
+                row["sequence"],
+            )
+
+    async def purge_processed_events(self) -> int:
+        result: str = await self.pool.execute(
+            "DELETE FROM processed_events WHERE consumer = $1"
+            " AND processed_at < now() - make_interval(hours => $2)",
+            self.service,
+            int(self.settings.dedup_retention_hours),
+        )
+        return int(result.rsplit(maxsplit=1)[-1])

@@ -1,0 +1,181 @@
+"""The consumer's core over the in-memory unit of work: dedup, sequence check, parking."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID, uuid4
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.contracts.catalog import OrderCancelled, OrderRejected
+from shared.envelope import Envelope, new_envelope
+from shared.processing import Delivery, EventProcessor, Outcome, PermanentError, Protections
+from shared.routing import Router
+from shared.uow import InMemoryState, InMemoryUnitOfWork
+
+router = Router[InMemoryUnitOfWork]()
+
+
+@router.subscriber(OrderRejected)
+async def when_order_rejected_note_it(event: OrderRejected, uow: InMemoryUnitOfWork) -> None:
+    uow.table("applied").setdefault("log", []).append(event.reason)
+
+
+def stream_of(n: int, aggregate_id: str = "order-1") -> list[Envelope]:
+    return [
+        new_envelope(
+            OrderRejected(order_id=uuid4(), reason=f"r{i}"),
+            source="order",
+            aggregate_id=aggregate_id,
+            sequence=i,
+            correlation_id="c",
+            causation_id=None,
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def processor(
+    state: InMemoryState, protections: Protections = Protections()
+) -> EventProcessor[InMemoryUnitOfWork]:
+    return EventProcessor(router, lambda: InMemoryUnitOfWork(state, "test"), protections)
+
+
+def applied(state: InMemoryState) -> list[str]:
+    return list(state.tables.get("applied", {}).get("log", []))
+
+
+async def deliver_all(
+    proc: EventProcessor[InMemoryUnitOfWork], envelopes: list[Envelope]
+) -> list[Outcome]:
+    return [await proc.process(Delivery(e)) for e in envelopes]
+
+
+async def test_events_in_order_are_each_applied_once() -> None:
+    state = InMemoryState()
+    outcomes = await deliver_all(processor(state), stream_of(3))
+    assert outcomes == [Outcome.APPLIED] * 3
+    assert applied(state) == ["r1", "r2", "r3"]
+
+
+async def test_the_same_event_delivered_twice_is_applied_once() -> None:
+    state = InMemoryState()
+    e1, e2 = stream_of(2)
+    outcomes = await deliver_all(processor(state), [e1, e1, e2, e2])
+    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.APPLIED, Outcome.DUPLICATE]
+    assert applied(state) == ["r1", "r2"]
+
+
+async def test_without_dedup_and_sequence_check_a_redelivery_is_applied_twice() -> None:
+    state = InMemoryState()
+    (e1,) = stream_of(1)
+    off = Protections(dedup=False, sequence_check=False)
+    await deliver_all(processor(state, off), [e1, e1])
+    assert applied(state) == ["r1", "r1"]  # the pitfall the protections prevent
+
+
+async def test_an_event_ahead_of_a_gap_is_parked_then_applied_when_the_gap_fills() -> None:
+    state = InMemoryState()
+    e1, e2, e3 = stream_of(3)
+    proc = processor(state)
+    assert await deliver_all(proc, [e3, e1]) == [Outcome.PARKED, Outcome.APPLIED]
+    assert applied(state) == ["r1"]
+    assert await proc.process(Delivery(e2)) is Outcome.APPLIED
+    assert applied(state) == ["r1", "r2", "r3"]
+    assert state.inbox.parked == {}
+
+
+async def test_without_the_sequence_check_a_late_event_overwrites_a_newer_one() -> None:
+    state = InMemoryState()
+    e1, e2 = stream_of(2)
+    await deliver_all(processor(state, Protections(sequence_check=False)), [e2, e1])
+    assert applied(state) == ["r2", "r1"]  # stale r1 applied last: the pitfall
+
+
+async def test_a_stale_event_with_a_new_id_is_skipped_by_its_sequence() -> None:
+    state = InMemoryState()
+    e1, e2 = stream_of(2)
+    proc = processor(state)
+    await deliver_all(proc, [e1, e2])
+    replayed = e1.model_copy(update={"event_id": uuid4()})
+    assert await proc.process(Delivery(replayed)) is Outcome.DUPLICATE
+    assert applied(state) == ["r1", "r2"]
+
+
+async def test_events_without_a_handler_still_advance_their_stream() -> None:
+    state = InMemoryState()
+    first = new_envelope(
+        OrderCancelled(order_id=uuid4(), reason="x"),
+        source="order",
+        aggregate_id="order-1",
+        sequence=1,
+        correlation_id="c",
+        causation_id=None,
+    )
+    second = stream_of(2)[1]
+    outcomes = await deliver_all(processor(state), [first, second])
+    assert outcomes == [Outcome.IGNORED, Outcome.APPLIED]
+
+
+async def test_a_handled_event_with_an_unknown_version_is_permanent_and_writes_nothing() -> None:
+    state = InMemoryState()
+    bad = stream_of(1)[0].model_copy(update={"schema_version": 99})
+    with pytest.raises(PermanentError, match="schema_version=99"):
+        await processor(state).process(Delivery(bad))
+    assert state.inbox.processed == set()
+
+
+async def test_a_failing_handler_rolls_back_the_dedup_row_so_a_retry_applies_it() -> None:
+    failing = Router[InMemoryUnitOfWork]()
+    calls: list[UUID] = []
+
+    @failing.subscriber(OrderRejected)
+    async def when_order_rejected_fail_once(event: OrderRejected, uow: InMemoryUnitOfWork) -> None:
+        calls.append(event.order_id)
+        uow.table("applied").setdefault("log", []).append(event.reason)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+
+    state = InMemoryState()
+    proc = EventProcessor(failing, lambda: InMemoryUnitOfWork(state, "test"))
+    (e1,) = stream_of(1)
+    with pytest.raises(RuntimeError):
+        await proc.process(Delivery(e1))
+    assert applied(state) == []
+    assert await proc.process(Delivery(e1)) is Outcome.APPLIED
+    assert applied(state) == ["r1"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=8).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.permutations(list(range(n))),
+            st.lists(st.integers(min_value=0, max_value=n - 1), max_size=6),
+        )
+    )
+)
+def test_any_interleaving_of_duplicates_and_reorderings_applies_each_event_once_in_order(
+    case: tuple[int, list[int], list[int]],
+) -> None:
+    n, order, duplicates = case
+    envelopes = stream_of(n)
+    deliveries = [envelopes[i] for i in order]
+    # duplicates are re-sent at random points, as a broker or producer retry would
+    for k, i in enumerate(duplicates):
+        deliveries.insert((k * 7) % (len(deliveries) + 1), envelopes[i])
+    state = InMemoryState()
+    asyncio.run(deliver_all(processor(state), deliveries))
+    assert applied(state) == [f"r{i}" for i in range(1, n + 1)]
+    assert state.inbox.parked == {}
+
+
+async def test_streams_of_different_aggregates_do_not_wait_for_each_other() -> None:
+    state = InMemoryState()
+    a = stream_of(2, "order-a")
+    b = stream_of(1, "order-b")
+    outcomes = await deliver_all(processor(state), [a[1], b[0]])
+    assert outcomes == [Outcome.PARKED, Outcome.APPLIED]
