@@ -1,0 +1,145 @@
+"""Throwaway databases and Kafka topics on the real servers that ``make test`` starts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+from uuid import uuid4
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.db import migrate
+from shared.schema import CREATE_SQL
+
+T = TypeVar("T")
+
+
+def postgres_url(database: str = "postgres") -> str:
+    port = os.environ.get("POSTGRES_PORT", "5432")
+    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+
+
+def kafka_bootstrap() -> str:
+    return f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid4().hex[:10]}"
+
+
+async def create_database(migrations: Path | None = None) -> str:
+    """A new empty database with the machinery tables, or a service's migrations applied."""
+    name = unique("test")
+    admin = await asyncpg.connect(postgres_url())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = postgres_url(name)
+    if migrations is not None:
+        await asyncio.to_thread(migrate, migrations, url)
+    else:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(CREATE_SQL)
+        finally:
+            await conn.close()
+    return url
+
+
+async def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(postgres_url())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def create_topics(*names: str, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def end_offsets(topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap())
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        result: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def start_group_at_end(group: str, topics: list[str]) -> None:
+    """Commit the group's offsets at the topics' current ends, so a consumer in a test sees
+    only what the test produces, not the history other tests left behind."""
+    offsets: dict[TopicPartition, int] = {}
+    for topic in topics:
+        offsets.update(await end_offsets(topic))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap(), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+async def read_records(
+    topic: str,
+    since: dict[TopicPartition, int],
+    until: Callable[[list[object]], bool],
+    timeout: float = 20.0,
+) -> list[object]:
+    """Records of ``topic`` from the given offsets until ``until(records)`` holds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap(), enable_auto_commit=False)
+    await consumer.start()
+    records: list[object] = []
+    try:
+        consumer.assign(list(since))
+        for tp, offset in since.items():
+            consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(records)} records read from {topic}, condition unmet")
+            batch = await consumer.getmany(timeout_ms=300)
+            for recs in batch.values():
+                records.extend(recs)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    timeout: float = 30.0,
+    interval: float = 0.2,
+) -> T:
+    """Poll ``probe`` until ``accept`` holds; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,148 @@
+"""One set of cases for the outbox and inbox, run against the in-memory fake and against
+real PostgreSQL, so the fake the unit tests rely on cannot drift from the real thing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from shared.contracts.catalog import OrderRejected, StockLevelChanged
+from shared.domain import Aggregate
+from shared.envelope import Envelope, new_envelope, parse_envelope
+from shared.inbox import ParkedEvent
+from shared.testing.infra import create_database, drop_database
+from shared.uow import InMemoryState, InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
+
+NewUow = Callable[[], UnitOfWork]
+Backend = tuple[NewUow, Callable[[], object]]
+
+
+class Thing(Aggregate):
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__()
+        self.aggregate_id = aggregate_id
+
+
+@pytest.fixture(params=["in_memory", pytest.param("postgres", marks=pytest.mark.integration)])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """A unit-of-work factory, and a function returning what the outbox holds."""
+    if request.param == "in_memory":
+        state = InMemoryState()
+        yield (lambda: InMemoryUnitOfWork(state, "svc")), (lambda: state.outbox.envelopes)
+        return
+    url = await create_database()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    assert pool is not None
+
+    async def outbox_rows() -> list[Envelope]:
+        rows = await pool.fetch("SELECT value FROM outbox ORDER BY id")
+        return [parse_envelope(bytes(r["value"])) for r in rows]
+
+    try:
+        yield (lambda: PostgresUnitOfWork(pool, "svc")), outbox_rows
+    finally:
+        await pool.close()
+        await drop_database(url)
+
+
+async def outbox_of(backend: Backend) -> list[Envelope]:
+    read = backend[1]()
+    if isinstance(read, list):
+        return read
+    return await read  # type: ignore[no-any-return, misc]
+
+
+def rejected() -> OrderRejected:
+    return OrderRejected(order_id=uuid4(), reason="r")
+
+
+async def test_sequences_count_one_two_three_per_aggregate(backend: Backend) -> None:
+    new_uow, _ = backend
+    for aggregate_id in ["a", "b", "a", "a", "b"]:
+        async with new_uow() as uow:
+            thing = Thing(aggregate_id)
+            thing.record(rejected())
+            uow.track(thing)
+            await uow.commit()
+    envelopes = await outbox_of(backend)
+    assert [(e.aggregate_id, e.sequence) for e in envelopes] == [
+        ("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2),
+    ]  # fmt: skip
+
+
+async def test_aggregate_types_have_separate_sequences(backend: Backend) -> None:
+    new_uow, _ = backend
+    async with new_uow() as uow:
+        thing = Thing("x")
+        thing.record(rejected())
+        thing.record(StockLevelChanged(sku="x", available=1, reserved=0, shipped=0))
+        uow.track(thing)
+        await uow.commit()
+    envelopes = await outbox_of(backend)
+    assert [(e.aggregate_type, e.sequence) for e in envelopes] == [("order", 1), ("stock", 1)]
+
+
+async def test_events_of_a_rolled_back_unit_of_work_are_never_published(backend: Backend) -> None:
+    new_uow, _ = backend
+    async with new_uow() as uow:
+        thing = Thing("a")
+        thing.record(rejected())
+        uow.track(thing)
+        await uow.outbox.append(rejected(), aggregate_id="a")
+        # no commit: leaving the block rolls back
+    async with new_uow() as uow:
+        thing = Thing("a")
+        thing.record(rejected())
+        uow.track(thing)
+        await uow.commit()
+    envelopes = await outbox_of(backend)
+    assert [e.sequence for e in envelopes] == [1]  # the rolled-back sequence is not burnt
+
+
+async def test_the_inbox_remembers_applied_events_and_the_last_sequence(backend: Backend) -> None:
+    new_uow, _ = backend
+    envelope = new_envelope(
+        rejected(), source="other", aggregate_id="a", sequence=3, correlation_id="c",
+        causation_id=None,
+    )  # fmt: skip
+    async with new_uow() as uow:
+        assert not await uow.inbox.seen(envelope.event_id)
+        assert await uow.inbox.last_sequence(envelope.stream) == 0
+        await uow.inbox.record(envelope)
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.inbox.seen(envelope.event_id)
+        assert await uow.inbox.last_sequence(envelope.stream) == 3
+        assert await uow.inbox.last_sequence(("other", "order", "b")) == 0
+
+
+async def test_an_inbox_record_rolled_back_is_forgotten(backend: Backend) -> None:
+    new_uow, _ = backend
+    envelope = new_envelope(
+        rejected(), source="other", aggregate_id="a", sequence=1, correlation_id="c",
+        causation_id=None,
+    )  # fmt: skip
+    async with new_uow() as uow:
+        await uow.inbox.record(envelope)
+    async with new_uow() as uow:
+        assert not await uow.inbox.seen(envelope.event_id)
+
+
+async def test_parked_events_come_back_once_by_stream_and_sequence(backend: Backend) -> None:
+    new_uow, _ = backend
+    envelope = new_envelope(
+        rejected(), source="other", aggregate_id="a", sequence=5, correlation_id="c",
+        causation_id=None,
+    )  # fmt: skip
+    parked = ParkedEvent(envelope, "orders", 2, 40, {"event_type": "OrderRejected"})
+    async with new_uow() as uow:
+        await uow.inbox.park(parked)
+        await uow.inbox.park(parked)  # parking twice is harmless
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.inbox.unpark(envelope.stream, 4) is None
+        assert await uow.inbox.unpark(envelope.stream, 5) == parked
+        assert await uow.inbox.unpark(envelope.stream, 5) is None
+        await uow.commit()
