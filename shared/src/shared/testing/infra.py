@@ -78,7 +78,10 @@ async def end_offsets(topic: str) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap())
     await consumer.start()
     try:
+        await consumer.topics()  # loads the metadata partitions_for_topic reads
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            raise LookupError(f"topic {topic} does not exist")
         result: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
         return result
     finally:

@@ -1,0 +1,111 @@
+"""The order service's commands and reactions over the fake unit of work."""
+
+from uuid import uuid4
+
+import pytest
+from order.commands import IdempotencyConflictError, PlaceOrder, UnknownSkuError, place_order
+from order.domain.order import OrderStatus
+from order.handlers import (
+    UnknownOrderError,
+    when_inventory_reserved_confirm_order,
+    when_stock_level_changed_update_catalog,
+)
+from order.repository import FakeOrderUnitOfWork
+from shared.contracts.catalog import (
+    Address,
+    InventoryReserved,
+    OrderLine,
+    StockLevelChanged,
+)
+from shared.uow import InMemoryState
+
+ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
+LINES = (OrderLine(sku="SKU-1", quantity=2),)
+
+
+def uow(state: InMemoryState) -> FakeOrderUnitOfWork:
+    return FakeOrderUnitOfWork(state, "order")
+
+
+async def known(state: InMemoryState, *skus: str) -> None:
+    for sku in skus:
+        async with uow(state) as u:
+            await when_stock_level_changed_update_catalog(
+                StockLevelChanged(sku=sku, available=10, reserved=0, shipped=0), u
+            )
+            await u.commit()
+
+
+def command(key: str | None = None, customer: str = "cust-1") -> PlaceOrder:
+    return PlaceOrder(customer, LINES, ADDRESS, "corr-1", key)
+
+
+async def test_placing_an_order_writes_it_and_its_event_in_one_commit() -> None:
+    state = InMemoryState()
+    await known(state, "SKU-1")
+    async with uow(state) as u:
+        order = await place_order(command(), u)
+    assert [e.event_type for e in state.outbox.envelopes] == ["OrderPlaced"]
+    envelope = state.outbox.envelopes[0]
+    assert envelope.aggregate_id == str(order.order_id)
+    assert envelope.sequence == 1
+    assert envelope.correlation_id is not None
+    assert order.order_id in state.tables["orders"]
+
+
+async def test_an_unknown_sku_is_refused_and_nothing_is_written() -> None:
+    state = InMemoryState()
+    async with uow(state) as u:
+        with pytest.raises(UnknownSkuError, match="SKU-1"):
+            await place_order(command(), u)
+    assert state.outbox.envelopes == []
+    assert state.tables.get("orders", {}) == {}
+
+
+async def test_the_same_idempotency_key_and_body_return_the_first_order() -> None:
+    state = InMemoryState()
+    await known(state, "SKU-1")
+    async with uow(state) as u:
+        first = await place_order(command("k1"), u)
+    async with uow(state) as u:
+        again = await place_order(command("k1"), u)
+    assert again.order_id == first.order_id
+    assert len(state.outbox.envelopes) == 1
+
+
+async def test_the_same_idempotency_key_with_another_body_conflicts() -> None:
+    state = InMemoryState()
+    await known(state, "SKU-1")
+    async with uow(state) as u:
+        await place_order(command("k1"), u)
+    async with uow(state) as u:
+        with pytest.raises(IdempotencyConflictError):
+            await place_order(command("k1", customer="someone-else"), u)
+
+
+async def test_a_reservation_confirms_the_order_and_records_order_confirmed() -> None:
+    state = InMemoryState()
+    await known(state, "SKU-1")
+    async with uow(state) as u:
+        order = await place_order(command(), u)
+    async with uow(state) as u:
+        await when_inventory_reserved_confirm_order(
+            InventoryReserved(order_id=order.order_id, items=LINES), u
+        )
+        await u.commit()
+    stored = state.tables["orders"][order.order_id].order
+    assert stored.status is OrderStatus.CONFIRMED
+    assert stored.version == 2
+    assert [(e.event_type, e.sequence) for e in state.outbox.envelopes] == [
+        ("OrderPlaced", 1),
+        ("OrderConfirmed", 2),
+    ]
+
+
+async def test_a_reservation_for_an_unknown_order_is_a_permanent_error() -> None:
+    state = InMemoryState()
+    async with uow(state) as u:
+        with pytest.raises(UnknownOrderError):
+            await when_inventory_reserved_confirm_order(
+                InventoryReserved(order_id=uuid4(), items=LINES), u
+            )

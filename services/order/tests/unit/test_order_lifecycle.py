@@ -1,0 +1,110 @@
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+from order.domain.order import CancelTooLateError, Order, OrderStatus
+from shared.contracts.catalog import (
+    Address,
+    OrderCancellationRequested,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderLine,
+    OrderPlaced,
+    OrderRejected,
+    OrderShipped,
+)
+from shared.domain import DomainError
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
+
+
+def placed(*lines: tuple[str, int]) -> Order:
+    items = tuple(OrderLine(sku=s, quantity=q) for s, q in lines or [("SKU-1", 2)])
+    return Order.place(uuid4(), "cust-1", items, ADDRESS, correlation_id="c", now=NOW)
+
+
+def event_types(order: Order) -> list[type]:
+    return [type(e) for e in order.events]
+
+
+def test_placing_an_order_makes_it_pending_and_records_order_placed() -> None:
+    order = placed()
+    assert order.status is OrderStatus.PENDING
+    assert order.version == 1
+    assert event_types(order) == [OrderPlaced]
+
+
+def test_the_same_sku_on_two_lines_is_refused() -> None:
+    with pytest.raises(DomainError, match="one line"):
+        placed(("A", 1), ("A", 2))
+
+
+def test_a_reservation_confirms_and_a_dispatch_ships_it() -> None:
+    order = placed()
+    order.confirm(NOW)
+    order.shipment_dispatched(NOW)
+    assert order.status is OrderStatus.SHIPPED
+    assert order.version == 3
+    assert event_types(order) == [OrderPlaced, OrderConfirmed, OrderShipped]
+
+
+def test_a_rejection_is_terminal_and_a_late_confirmation_changes_nothing() -> None:
+    order = placed()
+    order.reject("no stock", NOW)
+    order.confirm(NOW)
+    assert order.status is OrderStatus.REJECTED
+    assert event_types(order) == [OrderPlaced, OrderRejected]
+
+
+def test_cancelling_a_pending_order_cancels_it_at_once_and_ignores_a_late_reservation() -> None:
+    order = placed()
+    order.cancel(NOW)
+    order.confirm(NOW)
+    assert order.status is OrderStatus.CANCELLED
+    assert event_types(order) == [OrderPlaced, OrderCancelled]
+
+
+def test_cancelling_a_confirmed_order_waits_for_shipping_to_agree() -> None:
+    order = placed()
+    order.confirm(NOW)
+    order.cancel(NOW)
+    assert order.status is OrderStatus.CANCELLING
+    order.shipment_cancelled(NOW)
+    assert order.status is OrderStatus.CANCELLED
+    assert event_types(order)[-2:] == [OrderCancellationRequested, OrderCancelled]
+
+
+def test_when_dispatch_wins_the_race_a_cancelling_order_ships() -> None:
+    order = placed()
+    order.confirm(NOW)
+    order.cancel(NOW)
+    order.shipment_dispatched(NOW)
+    assert order.status is OrderStatus.SHIPPED
+
+
+def test_cancelling_twice_records_one_request() -> None:
+    order = placed()
+    order.confirm(NOW)
+    order.cancel(NOW)
+    order.cancel(NOW)
+    assert event_types(order).count(OrderCancellationRequested) == 1
+
+
+@pytest.mark.parametrize("finish", ["ship", "reject"])
+def test_cancelling_a_shipped_or_rejected_order_is_too_late(finish: str) -> None:
+    order = placed()
+    if finish == "ship":
+        order.confirm(NOW)
+        order.shipment_dispatched(NOW)
+    else:
+        order.reject("no stock", NOW)
+    with pytest.raises(CancelTooLateError):
+        order.cancel(NOW)
+
+
+def test_a_dispatch_for_a_cancelled_order_is_an_inconsistency_not_silently_accepted() -> None:
+    order = placed()
+    order.cancel(NOW)
+    with pytest.raises(DomainError):
+        order.shipment_dispatched(NOW)

@@ -1,0 +1,161 @@
+"""The Kafka consumer runner against real Kafka and PostgreSQL: duplicates, reordering,
+poison messages, offsets, and the pitfall modes that switch the protections off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from shared.consumer import ConsumerRunner
+from shared.contracts.catalog import OrderRejected
+from shared.deadletter import DeadLetterSink
+from shared.envelope import Envelope, new_envelope
+from shared.kafka import Producer
+from shared.processing import EventProcessor, Protections
+from shared.routing import Router
+from shared.settings import ServiceSettings
+from shared.testing.infra import (
+    create_topics,
+    end_offsets,
+    eventually,
+    kafka_bootstrap,
+    read_records,
+    start_group_at_end,
+    unique,
+)
+from shared.uow import PostgresUnitOfWork
+
+router = Router[PostgresUnitOfWork]()
+
+
+@router.subscriber(OrderRejected)
+async def when_order_rejected_note_it(event: OrderRejected, uow: PostgresUnitOfWork) -> None:
+    await uow.conn.execute("INSERT INTO applied (reason) VALUES ($1)", event.reason)
+
+
+def stream(aggregate_id: str, n: int) -> list[Envelope]:
+    return [
+        new_envelope(
+            OrderRejected(order_id=uuid4(), reason=f"r{i}"),
+            source="order",
+            aggregate_id=aggregate_id,
+            sequence=i,
+            correlation_id=unique("corr"),
+            causation_id=None,
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+async def produce(key: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap(), enable_idempotence=True)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait("orders", value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def applied(pool: asyncpg.Pool) -> list[str]:
+    return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied ORDER BY id")]
+
+
+@pytest.fixture
+async def running(
+    request: pytest.FixtureRequest, pool: asyncpg.Pool, settings: ServiceSettings
+) -> AsyncIterator[ServiceSettings]:
+    """A consumer runner for ``orders`` in its own group, started at the topic's end."""
+    protections: Protections = getattr(request, "param", Protections())
+    await pool.execute("CREATE TABLE applied (id serial PRIMARY KEY, reason text NOT NULL)")
+    await create_topics(settings.dlq_topic)
+    await start_group_at_end(settings.consumer_group, ["orders"])
+    producer = Producer(settings)
+    processor = EventProcessor(
+        router, lambda: PostgresUnitOfWork(pool, settings.service_name), protections
+    )
+    runner = ConsumerRunner(
+        settings, processor, router.topics, DeadLetterSink(pool, producer, settings.service_name)
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, runner.running), bool)
+        yield settings
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.close()
+
+
+async def test_duplicates_and_reordering_are_applied_exactly_once_in_order(
+    running: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    key = unique("order")
+    e1, e2, e3 = stream(key, 3)
+    await produce(key, [e1.to_bytes(), e1.to_bytes(), e3.to_bytes(), e2.to_bytes(), e3.to_bytes()])
+    await eventually(lambda: applied(pool), lambda rows: len(rows) >= 3)
+    await asyncio.sleep(1.0)  # anything wrongly applied twice would show up by now
+    assert await applied(pool) == ["r1", "r2", "r3"]
+    assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
+
+
+@pytest.mark.parametrize("running", [Protections(dedup=False, sequence_check=False)], indirect=True)
+async def test_with_dedup_and_sequence_check_off_a_duplicate_is_applied_twice(
+    running: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    key = unique("order")
+    e1, e2 = stream(key, 2)
+    await produce(key, [e2.to_bytes(), e1.to_bytes(), e1.to_bytes()])
+    rows = await eventually(lambda: applied(pool), lambda rows: len(rows) >= 3)
+    assert rows == ["r2", "r1", "r1"]  # out of order and twice: the pitfalls shown
+
+
+async def test_a_poison_message_is_dead_lettered_and_its_partition_keeps_flowing(
+    running: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    key = unique("order")
+    e1, e2 = stream(key, 2)
+    bad_version = e2.model_copy(update={"schema_version": 7, "event_id": uuid4()})
+    dlq_since = await end_offsets(running.dlq_topic)
+    await produce(key, [b"{not json", bad_version.to_bytes(), e1.to_bytes(), e2.to_bytes()])
+    await eventually(lambda: applied(pool), lambda rows: rows == ["r1", "r2"])
+
+    letters = await pool.fetch('SELECT * FROM dead_letters ORDER BY "offset"')
+    assert [row["attempts"] for row in letters] == [1, 1]
+    assert "not a valid envelope" in letters[0]["error"]
+    assert "schema_version=7" in letters[1]["error"]
+
+    records = await read_records(running.dlq_topic, dlq_since, lambda rs: len(rs) >= 2)
+    headers = dict((k, v.decode()) for k, v in records[0].headers)  # type: ignore[attr-defined]
+    assert records[0].key.decode() == key  # type: ignore[attr-defined]
+    assert records[0].value == b"{not json"  # type: ignore[attr-defined]
+    assert headers["dlq.original_topic"] == "orders"
+    assert headers["dlq.consumer"] == running.service_name
+    assert int(headers["dlq.original_offset"]) == letters[0]["offset"]
+    assert headers["dlq.attempts"] == "1"
+    assert "not a valid envelope" in headers["dlq.error"]
+
+
+async def test_offsets_are_committed_once_the_work_is_done(
+    running: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    key = unique("order")
+    await produce(key, [e.to_bytes() for e in stream(key, 3)])
+    await eventually(lambda: applied(pool), lambda rows: len(rows) == 3)
+    ends = await end_offsets("orders")
+
+    async def committed() -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap(), group_id=running.consumer_group
+        )
+        await consumer.start()
+        try:
+            return {tp: await consumer.committed(tp) or 0 for tp in ends}
+        finally:
+            await consumer.stop()
+
+    await eventually(committed, lambda offsets: offsets == ends, timeout=15)

@@ -1,0 +1,130 @@
+"""The outbox relay against real PostgreSQL and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from uuid import uuid4
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from shared.contracts.catalog import OrderRejected
+from shared.domain import Aggregate
+from shared.kafka import Producer
+from shared.relay import OutboxRelay
+from shared.settings import ServiceSettings
+from shared.testing.infra import end_offsets, eventually, read_records, unique
+from shared.uow import PostgresUnitOfWork
+
+
+class Thing(Aggregate):
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__()
+        self.aggregate_id = aggregate_id
+
+
+async def write_event(pool: asyncpg.Pool, source: str, aggregate_id: str) -> None:
+    async with PostgresUnitOfWork(pool, source) as uow:
+        thing = Thing(aggregate_id)
+        thing.record(OrderRejected(order_id=uuid4(), reason=aggregate_id))
+        uow.track(thing)
+        await uow.commit()
+
+
+def sequences_by_key(records: list[ConsumerRecord], keys: set[str]) -> dict[str, list[int]]:
+    import json
+
+    seen: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        key = r.key.decode()
+        if key in keys:
+            seen[key].append(json.loads(r.value)["sequence"])
+    return dict(seen)
+
+
+async def outbox_count(pool: asyncpg.Pool) -> int:
+    count: int = await pool.fetchval("SELECT count(*) FROM outbox")
+    return count
+
+
+async def test_the_relay_publishes_each_aggregate_in_sequence_order_and_empties_the_outbox(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    keys = [unique("agg") for _ in range(3)]
+    for _ in range(4):
+        for key in keys:
+            await write_event(pool, settings.service_name, key)
+    since = await end_offsets("orders")
+    producer = Producer(settings)
+    relay = OutboxRelay(settings, pool, producer)
+    try:
+        while await relay.publish_batch():
+            pass
+        records = await read_records(
+            "orders",
+            since,
+            lambda rs: sum(len(v) for v in sequences_by_key(rs, set(keys)).values()) >= 12,  # type: ignore[arg-type]
+        )
+    finally:
+        await producer.close()
+    assert sequences_by_key(records, set(keys)) == {key: [1, 2, 3, 4] for key in keys}  # type: ignore[arg-type]
+    assert await outbox_count(pool) == 0
+
+
+async def test_a_row_whose_transaction_commits_late_is_still_published(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    late, early = unique("late"), unique("early")
+    since = await end_offsets("orders")
+    producer = Producer(settings)
+    relay = OutboxRelay(settings, pool, producer)
+    slow = PostgresUnitOfWork(pool, settings.service_name)
+    try:
+        await slow.__aenter__()
+        thing = Thing(late)
+        thing.record(OrderRejected(order_id=uuid4(), reason="late"))
+        slow.track(thing)
+        await slow.outbox.append(thing.events.pop(), aggregate_id=late)  # lower outbox id
+        await write_event(pool, settings.service_name, early)  # higher id, commits first
+        assert await relay.publish_batch() == 1
+        await slow.commit()  # a relay with a "highest id seen" cursor would now skip it
+        assert await relay.publish_batch() == 1
+        records = await read_records(
+            "orders",
+            since,
+            lambda rs: len(sequences_by_key(rs, {late, early})) == 2,  # type: ignore[arg-type]
+        )
+    finally:
+        await producer.close()
+    assert sequences_by_key(records, {late, early}) == {late: [1], early: [1]}  # type: ignore[arg-type]
+
+
+async def test_one_of_two_relays_leads_and_the_other_takes_over_when_it_dies(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    producer = Producer(settings)
+    relays = [OutboxRelay(settings, pool, producer) for _ in range(2)]
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    try:
+        leaders = await eventually(
+            lambda: asyncio.sleep(0, [r for r in relays if r.is_leader]), lambda ls: len(ls) == 1
+        )
+        await asyncio.sleep(1.5)  # long enough for the standby to have tried and failed
+        assert sum(r.is_leader for r in relays) == 1
+        await write_event(pool, settings.service_name, unique("agg"))
+        await eventually(lambda: outbox_count(pool), lambda n: n == 0, timeout=10)
+
+        leader = relays.index(leaders[0])
+        tasks[leader].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks[leader]
+        standby = relays[1 - leader]
+        await eventually(lambda: asyncio.sleep(0, standby.is_leader), bool, timeout=10)
+        await write_event(pool, settings.service_name, unique("agg"))
+        await eventually(lambda: outbox_count(pool), lambda n: n == 0, timeout=10)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.close()
