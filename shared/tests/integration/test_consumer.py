@@ -130,7 +130,7 @@ async def test_a_poison_message_is_dead_lettered_and_its_partition_keeps_flowing
     assert "schema_version=7" in letters[1]["error"]
 
     records = await read_records(running.dlq_topic, dlq_since, lambda rs: len(rs) >= 2)
-    headers = dict((k, v.decode()) for k, v in records[0].headers)  # type: ignore[attr-defined]
+    headers = {k: v.decode() for k, v in records[0].headers}  # type: ignore[attr-defined]
     assert records[0].key.decode() == key  # type: ignore[attr-defined]
     assert records[0].value == b"{not json"  # type: ignore[attr-defined]
     assert headers["dlq.original_topic"] == "orders"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import defaultdict
 from uuid import uuid4
 
@@ -33,8 +34,6 @@ async def write_event(pool: asyncpg.Pool, source: str, aggregate_id: str) -> Non
 
 
 def sequences_by_key(records: list[ConsumerRecord], keys: set[str]) -> dict[str, list[int]]:
-    import json
-
     seen: dict[str, list[int]] = defaultdict(list)
     for r in records:
         key = r.key.decode()

@@ -74,14 +74,23 @@ async def create_topics(*names: str, partitions: int = 3) -> None:
         await admin.close()
 
 
+async def partitions_of(topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap())
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code"):
+        raise LookupError(f"topic {topic} does not exist")
+    return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+
+
 async def end_offsets(topic: str) -> dict[TopicPartition, int]:
+    partitions = await partitions_of(topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap())
     await consumer.start()
     try:
-        await consumer.topics()  # loads the metadata partitions_for_topic reads
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            raise LookupError(f"topic {topic} does not exist")
         result: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
         return result
     finally:

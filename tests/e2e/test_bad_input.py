@@ -1,0 +1,145 @@
+"""Bad input gets a clear error and writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.testing.infra import postgres_url
+from tests.e2e.conftest import Suite, new_sku
+from tests.e2e.flow import ADDRESS, place, restock
+
+GOOD_LINE = {"sku": "SKU-1", "quantity": 1}
+
+
+async def order_rows() -> int:
+    conn = await asyncpg.connect(postgres_url("order"))
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM orders")
+        return count
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"items": [GOOD_LINE], "shipping_address": ADDRESS}, "customer_id: Field required"),
+        ({"customer_id": "c", "items": [], "shipping_address": ADDRESS}, "items"),
+        (
+            {"customer_id": "c", "items": [{"sku": "A", "quantity": 0}], "shipping_address": ADDRESS},
+            "greater than 0",
+        ),
+        (
+            {"customer_id": "c", "items": [{"sku": "A", "quantity": -3}], "shipping_address": ADDRESS},
+            "greater than 0",
+        ),
+        (
+            {"customer_id": "c", "items": [{"sku": f"S{i}", "quantity": 1} for i in range(51)],
+             "shipping_address": ADDRESS},
+            "at most 50",
+        ),
+        ({"customer_id": "c", "items": [GOOD_LINE], "shipping_address": {"line1": "x"}}, "city"),
+        (
+            {"customer_id": "c", "items": [GOOD_LINE, GOOD_LINE], "shipping_address": ADDRESS},
+            "one line",
+        ),
+        ({"customer_id": "c", "items": [GOOD_LINE], "shipping_address": ADDRESS, "x": 1}, "x"),
+    ],
+)  # fmt: skip
+async def test_an_invalid_order_is_refused_with_422_and_a_message(
+    suite: Suite, http: httpx.AsyncClient, body: dict[str, Any], message: str
+) -> None:
+    before = await order_rows()
+    response = await http.post(f"{suite.order}/orders", json=body)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["message"]
+    assert await order_rows() == before
+
+
+async def test_a_body_that_is_not_json_is_refused_with_422(
+    suite: Suite, http: httpx.AsyncClient
+) -> None:
+    response = await http.post(
+        f"{suite.order}/orders", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "JSON" in response.json()["message"]
+
+
+async def test_an_unknown_sku_is_refused_with_422_naming_it(
+    suite: Suite, http: httpx.AsyncClient
+) -> None:
+    before = await order_rows()
+    sku = new_sku()
+    body = {"customer_id": "c", "items": [{"sku": sku, "quantity": 1}], "shipping_address": ADDRESS}
+    response = await http.post(f"{suite.order}/orders", json=body)
+    assert response.status_code == 422
+    assert sku in response.json()["message"]
+    assert await order_rows() == before
+
+
+async def test_an_oversized_body_is_refused_with_413(suite: Suite, http: httpx.AsyncClient) -> None:
+    before = await order_rows()
+    body = {"customer_id": "c" * 100_000, "items": [GOOD_LINE], "shipping_address": ADDRESS}
+    response = await http.post(f"{suite.order}/orders", json=body)
+    assert response.status_code == 413
+    assert "larger than" in response.json()["message"]
+    assert await order_rows() == before
+
+
+async def test_unknown_ids_are_404_and_malformed_ids_422(
+    suite: Suite, http: httpx.AsyncClient
+) -> None:
+    unknown = uuid4()
+    assert (await http.get(f"{suite.order}/orders/{unknown}")).status_code == 404
+    assert (await http.post(f"{suite.order}/orders/{unknown}/cancel")).status_code == 404
+    assert (await http.get(f"{suite.shipping}/shipments/{unknown}")).status_code == 404
+    assert (await http.get(f"{suite.inventory}/inventory/{new_sku()}")).status_code == 404
+    assert (await http.get(f"{suite.order}/orders/not-a-uuid")).status_code == 422
+    not_found = await http.get(f"{suite.order}/orders/{unknown}")
+    assert not_found.json() == {"error": "not_found", "message": f"no order {unknown}"}
+
+
+async def test_negative_stock_is_refused(suite: Suite, http: httpx.AsyncClient) -> None:
+    response = await http.put(f"{suite.inventory}/inventory/{new_sku()}", json={"available": -1})
+    assert response.status_code == 422
+
+
+async def test_the_order_list_pages_and_filters_by_status(
+    suite: Suite, http: httpx.AsyncClient
+) -> None:
+    sku = new_sku()
+    await restock(http, suite.inventory, sku, 10)
+    for _ in range(3):
+        await place(http, suite.order, [{"sku": sku, "quantity": 1}])
+    page = (await http.get(f"{suite.order}/orders", params={"limit": 2})).json()
+    assert len(page["items"]) == 2
+    assert page["next_after"] is not None
+    following = (
+        await http.get(f"{suite.order}/orders", params={"limit": 2, "after": page["next_after"]})
+    ).json()
+    assert {o["order_id"] for o in following["items"]}.isdisjoint(
+        {o["order_id"] for o in page["items"]}
+    )
+    bad = await http.get(f"{suite.order}/orders", params={"status": "LOST"})
+    assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("service", ["order", "inventory", "shipping"])
+async def test_every_service_has_health_readiness_metrics_and_docs(
+    suite: Suite, http: httpx.AsyncClient, service: str
+) -> None:
+    base = getattr(suite, service)
+    assert (await http.get(f"{base}/health")).json()["status"] == "ok"
+    ready = await http.get(f"{base}/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": True, "kafka": True}
+    metrics = (await http.get(f"{base}/metrics")).text
+    assert "outbox_backlog" in metrics
+    assert (await http.get(f"{base}/docs")).status_code == 200
+    assert (await http.get(f"{base}/openapi.json")).json()["info"]["title"]
