@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import context
+from alembic import context, op
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -40,3 +40,12 @@ def run_env() -> None:
             context.run_migrations()
     else:
         asyncio.run(_run_online(url))
+
+
+def execute_script(sql: str) -> None:
+    """Run several SQL statements from a migration. The asyncpg driver prepares each
+    statement, and a prepared statement holds one command, so split on ``;``. (Keep
+    semicolons out of string literals in migration SQL.)"""
+    for statement in sql.split(";"):
+        if statement.strip():
+            op.execute(statement)

@@ -3,7 +3,7 @@
 Revision ID: 0001
 """
 
-from alembic import op
+from shared.migrations import execute_script
 from shared.schema import CREATE_SQL, DROP_SQL
 
 revision = "0001"
@@ -13,8 +13,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute(CREATE_SQL)
-    op.execute(
+    execute_script(CREATE_SQL)
+    execute_script(
         """
         CREATE TABLE stock (
             sku        text PRIMARY KEY,
@@ -36,5 +36,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE IF EXISTS reservations, stock")
-    op.execute(DROP_SQL)
+    execute_script("DROP TABLE IF EXISTS reservations, stock")
+    execute_script(DROP_SQL)

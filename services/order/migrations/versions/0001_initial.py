@@ -3,7 +3,7 @@
 Revision ID: 0001
 """
 
-from alembic import op
+from shared.migrations import execute_script
 from shared.schema import CREATE_SQL, DROP_SQL
 
 revision = "0001"
@@ -13,8 +13,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute(CREATE_SQL)
-    op.execute(
+    execute_script(CREATE_SQL)
+    execute_script(
         """
         CREATE TABLE orders (
             order_id         uuid PRIMARY KEY,
@@ -42,5 +42,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE IF EXISTS known_skus, orders")
-    op.execute(DROP_SQL)
+    execute_script("DROP TABLE IF EXISTS known_skus, orders")
+    execute_script(DROP_SQL)
