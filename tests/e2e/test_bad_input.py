@@ -31,11 +31,13 @@ async def order_rows() -> int:
         ({"items": [GOOD_LINE], "shipping_address": ADDRESS}, "customer_id: Field required"),
         ({"customer_id": "c", "items": [], "shipping_address": ADDRESS}, "items"),
         (
-            {"customer_id": "c", "items": [{"sku": "A", "quantity": 0}], "shipping_address": ADDRESS},
+            {"customer_id": "c", "items": [{"sku": "A", "quantity": 0}],
+             "shipping_address": ADDRESS},
             "greater than 0",
         ),
         (
-            {"customer_id": "c", "items": [{"sku": "A", "quantity": -3}], "shipping_address": ADDRESS},
+            {"customer_id": "c", "items": [{"sku": "A", "quantity": -3}],
+             "shipping_address": ADDRESS},
             "greater than 0",
         ),
         (

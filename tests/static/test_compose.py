@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from inventory.settings import Settings as InventorySettings
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
+
+from inventory.settings import Settings as InventorySettings
 from order.settings import Settings as OrderSettings
 from shared.settings import ServiceSettings
 from shipping.settings import Settings as ShippingSettings

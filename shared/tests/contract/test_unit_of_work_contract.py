@@ -8,6 +8,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
+
 from shared.contracts.catalog import OrderRejected, StockLevelChanged
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope, parse_envelope

@@ -10,6 +10,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
 from shared.consumer import ConsumerRunner
 from shared.contracts.catalog import OrderRejected
 from shared.deadletter import DeadLetterSink

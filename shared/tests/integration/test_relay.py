@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import asyncpg
 from aiokafka import ConsumerRecord
+
 from shared.contracts.catalog import OrderRejected
 from shared.domain import Aggregate
 from shared.kafka import Producer

@@ -2,6 +2,7 @@ import json
 from uuid import uuid4
 
 import pytest
+
 from shared.contracts import UnknownEventError, decode_payload
 from shared.contracts.catalog import OrderRejected
 from shared.envelope import Envelope, MalformedEnvelopeError, new_envelope, parse_envelope

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shared.contracts.catalog import OrderCancelled, OrderRejected
 from shared.envelope import Envelope, new_envelope
 from shared.processing import Delivery, EventProcessor, Outcome, PermanentError, Protections

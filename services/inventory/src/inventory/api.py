@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from shared.http import unit_of_work
 
 from inventory.domain.stock import Stock
 from inventory.repository import InventoryUnitOfWork
+from shared.http import unit_of_work
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
 UowDep = Annotated[InventoryUnitOfWork, Depends(unit_of_work)]

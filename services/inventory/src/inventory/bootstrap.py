@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.runtime import ServiceDefinition
-
 from inventory.api import router as api_router
 from inventory.handlers import router
 from inventory.repository import PostgresInventoryUnitOfWork
 from inventory.settings import Settings
+from shared.runtime import ServiceDefinition
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from shared.contracts.catalog import OrderCancelled, OrderPlaced, ShipmentDispatched
-from shared.routing import Router
-
 from inventory.domain.stock import Reservation
 from inventory.repository import InventoryUnitOfWork
+from shared.contracts.catalog import OrderCancelled, OrderPlaced, ShipmentDispatched
+from shared.routing import Router
 
 router = Router[InventoryUnitOfWork]()
 

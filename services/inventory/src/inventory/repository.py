@@ -9,10 +9,10 @@ from abc import ABC, abstractmethod
 from uuid import UUID
 
 import asyncpg
-from shared.contracts.catalog import OrderLine
-from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 
 from inventory.domain.stock import Reservation, ReservationStatus, Stock
+from shared.contracts.catalog import OrderLine
+from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 
 
 class StockRepository(ABC):

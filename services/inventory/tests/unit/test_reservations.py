@@ -3,6 +3,7 @@
 from uuid import uuid4
 
 import pytest
+
 from inventory.domain.stock import Reservation, ReservationStatus, Stock
 from inventory.handlers import (
     when_order_cancelled_release_stock,

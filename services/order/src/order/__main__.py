@@ -1,6 +1,5 @@
-from shared.main import serve
-
 from order.bootstrap import bootstrap
+from shared.main import serve
 
 if __name__ == "__main__":
     serve(bootstrap)

@@ -9,10 +9,6 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from shared.contracts.catalog import Address, OrderLine
-from shared.correlation import current_correlation_id
-from shared.domain import DomainError
-from shared.http import unit_of_work
 
 from order.commands import (
     IdempotencyConflictError,
@@ -24,6 +20,10 @@ from order.commands import (
 )
 from order.domain.order import CancelTooLateError, Order, OrderStatus
 from order.repository import OrderUnitOfWork
+from shared.contracts.catalog import Address, OrderLine
+from shared.correlation import current_correlation_id
+from shared.domain import DomainError
+from shared.http import unit_of_work
 
 MAX_LINES = 50
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.runtime import ServiceDefinition
-
 from order.api import router as api_router
 from order.handlers import router
 from order.repository import PostgresOrderUnitOfWork
 from order.settings import Settings
+from shared.runtime import ServiceDefinition
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
-from shared.contracts.catalog import Address, OrderLine
-from shared.domain import DomainError
-
 from order.domain.order import Order
 from order.repository import IdempotencyRecord, OrderUnitOfWork
+from shared.contracts.catalog import Address, OrderLine
+from shared.domain import DomainError
 
 
 class UnknownSkuError(DomainError):

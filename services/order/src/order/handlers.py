@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID
 
+from order.domain.order import Order
+from order.repository import OrderUnitOfWork
 from shared.contracts.catalog import (
     InventoryRejected,
     InventoryReserved,
@@ -15,9 +17,6 @@ from shared.contracts.catalog import (
 )
 from shared.processing import PermanentError
 from shared.routing import Router
-
-from order.domain.order import Order
-from order.repository import OrderUnitOfWork
 
 router = Router[OrderUnitOfWork]()
 

@@ -10,10 +10,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from shared.contracts.catalog import Address, OrderLine
-from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 
 from order.domain.order import Order, OrderStatus
+from shared.contracts.catalog import Address, OrderLine
+from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 
 
 class ConcurrencyError(Exception):

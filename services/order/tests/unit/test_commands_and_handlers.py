@@ -3,6 +3,7 @@
 from uuid import uuid4
 
 import pytest
+
 from order.commands import IdempotencyConflictError, PlaceOrder, UnknownSkuError, place_order
 from order.domain.order import OrderStatus
 from order.handlers import (

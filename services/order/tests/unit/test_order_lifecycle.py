@@ -2,6 +2,7 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
+
 from order.domain.order import CancelTooLateError, Order, OrderStatus
 from shared.contracts.catalog import (
     Address,

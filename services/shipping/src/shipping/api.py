@@ -8,8 +8,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
-from shared.http import unit_of_work
 
+from shared.http import unit_of_work
 from shipping.domain.shipment import Shipment, ShipmentStatus
 from shipping.repository import ShippingUnitOfWork
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from shared.runtime import Runtime, ServiceDefinition
-
 from shipping import handlers
 from shipping.api import router as api_router
 from shipping.repository import PostgresShippingUnitOfWork

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 from shared.contracts.catalog import OrderCancellationRequested, OrderConfirmed
 from shared.routing import Router
-
 from shipping.domain.shipment import Shipment
 from shipping.repository import ShippingUnitOfWork
 

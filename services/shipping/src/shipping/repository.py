@@ -7,8 +7,8 @@ from datetime import datetime
 from uuid import UUID
 
 import asyncpg
-from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 
+from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
 
 

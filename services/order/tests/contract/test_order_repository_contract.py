@@ -1,0 +1,138 @@
+"""The order repository and catalog: one set of cases, fake and real Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from order.bootstrap import MIGRATIONS
+from order.domain.order import Order, OrderStatus
+from order.repository import (
+    ConcurrencyError,
+    FakeOrderUnitOfWork,
+    IdempotencyRecord,
+    OrderUnitOfWork,
+    PostgresOrderUnitOfWork,
+)
+from shared.contracts.catalog import Address, OrderLine
+from shared.testing.backends import units
+
+NewUow = Callable[[], OrderUnitOfWork]
+ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["in_memory", pytest.param("postgres", marks=pytest.mark.integration)])
+async def new_uow(request: pytest.FixtureRequest) -> AsyncIterator[NewUow]:
+    async with units(
+        request.param, FakeOrderUnitOfWork, PostgresOrderUnitOfWork, MIGRATIONS, "order"
+    ) as factory:
+        yield factory
+
+
+def an_order(minutes: int = 0) -> Order:
+    order = Order.place(
+        uuid4(),
+        "cust",
+        (OrderLine(sku="A", quantity=2),),
+        ADDRESS,
+        correlation_id="corr",
+        now=T0 + timedelta(minutes=minutes),
+    )
+    order.events.clear()
+    return order
+
+
+async def add(new_uow: NewUow, order: Order, key: str | None = None) -> None:
+    async with new_uow() as uow:
+        await uow.orders.add(order, IdempotencyRecord(key, "hash") if key else None)
+        await uow.commit()
+
+
+async def test_an_added_order_reads_back_equal(new_uow: NewUow) -> None:
+    order = an_order()
+    await add(new_uow, order)
+    async with new_uow() as uow:
+        loaded = await uow.orders.get(order.order_id)
+    assert loaded is not None
+    assert vars(loaded) == vars(order)
+
+
+async def test_a_changed_order_is_saved_on_commit_and_not_on_rollback(new_uow: NewUow) -> None:
+    order = an_order()
+    await add(new_uow, order)
+    async with new_uow() as uow:
+        loaded = await uow.orders.get(order.order_id)
+        assert loaded is not None
+        loaded.confirm(T0)
+        # no commit
+    async with new_uow() as uow:
+        loaded = await uow.orders.get(order.order_id)
+        assert loaded is not None
+        assert loaded.status is OrderStatus.PENDING
+        loaded.confirm(T0)
+        await uow.commit()
+    async with new_uow() as uow:
+        loaded = await uow.orders.get(order.order_id)
+        assert loaded is not None
+        assert (loaded.status, loaded.version) == (OrderStatus.CONFIRMED, 2)
+
+
+async def test_a_stale_version_is_refused(new_uow: NewUow) -> None:
+    order = an_order()
+    await add(new_uow, order)
+    async with new_uow() as uow:
+        loaded = await uow.orders.get(order.order_id)
+        assert loaded is not None
+        loaded.confirm(T0)
+        await uow.commit()
+    stale = an_order()
+    stale.order_id, stale.aggregate_id = order.order_id, str(order.order_id)
+    async with new_uow() as uow:
+        uow.orders._track(stale, 1)
+        stale.confirm(T0)
+        with pytest.raises(ConcurrencyError):
+            await uow.commit()
+
+
+async def test_an_unknown_order_is_none(new_uow: NewUow) -> None:
+    async with new_uow() as uow:
+        assert await uow.orders.get(uuid4()) is None
+
+
+async def test_an_order_is_found_by_its_idempotency_key(new_uow: NewUow) -> None:
+    order = an_order()
+    await add(new_uow, order, key="k-1")
+    async with new_uow() as uow:
+        found = await uow.orders.by_idempotency_key("k-1")
+        missing = await uow.orders.by_idempotency_key("k-2")
+    assert found is not None
+    assert (found[0].order_id, found[1]) == (order.order_id, "hash")
+    assert missing is None
+
+
+async def test_the_list_pages_in_creation_order_and_filters_by_status(new_uow: NewUow) -> None:
+    orders = [an_order(minutes=i) for i in range(5)]
+    for order in orders:
+        await add(new_uow, order)
+    async with new_uow() as uow:
+        first = await uow.orders.list(None, 2, None)
+        second = await uow.orders.list(None, 2, first[-1].order_id)
+        pending = await uow.orders.list(OrderStatus.PENDING, 10, None)
+        shipped = await uow.orders.list(OrderStatus.SHIPPED, 10, None)
+    ids = [o.order_id for o in orders]
+    assert [o.order_id for o in first] == ids[:2]
+    assert [o.order_id for o in second] == ids[2:4]
+    assert len(pending) == 5
+    assert shipped == []
+
+
+async def test_the_catalog_knows_the_skus_it_was_told_about(new_uow: NewUow) -> None:
+    async with new_uow() as uow:
+        await uow.catalog.update("A", 3)
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.catalog.unknown(["A", "B"]) == ["B"]

@@ -1,0 +1,61 @@
+"""The shipment repository: one set of cases, fake and real Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from shared.testing.backends import units
+from shipping.bootstrap import MIGRATIONS
+from shipping.domain.shipment import Shipment, ShipmentStatus
+from shipping.repository import (
+    FakeShippingUnitOfWork,
+    PostgresShippingUnitOfWork,
+    ShippingUnitOfWork,
+)
+
+NewUow = Callable[[], ShippingUnitOfWork]
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(params=["in_memory", pytest.param("postgres", marks=pytest.mark.integration)])
+async def new_uow(request: pytest.FixtureRequest) -> AsyncIterator[NewUow]:
+    async with units(
+        request.param, FakeShippingUnitOfWork, PostgresShippingUnitOfWork, MIGRATIONS, "shipping"
+    ) as factory:
+        yield factory
+
+
+async def schedule(new_uow: NewUow, delay: timedelta) -> Shipment:
+    async with new_uow() as uow:
+        shipment = Shipment.schedule(uuid4(), now=NOW, dispatch_at=NOW + delay)
+        uow.shipments.track(shipment)
+        await uow.commit()
+    return shipment
+
+
+async def test_a_scheduled_shipment_reads_back(new_uow: NewUow) -> None:
+    shipment = await schedule(new_uow, timedelta(minutes=5))
+    async with new_uow() as uow:
+        loaded = await uow.shipments.get(shipment.order_id)
+    assert loaded is not None
+    assert (loaded.shipment_id, loaded.status) == (shipment.shipment_id, ShipmentStatus.SCHEDULED)
+    assert loaded.dispatch_at == shipment.dispatch_at
+
+
+async def test_only_scheduled_shipments_whose_time_has_come_are_due(new_uow: NewUow) -> None:
+    due = await schedule(new_uow, timedelta(seconds=-5))
+    await schedule(new_uow, timedelta(minutes=5))
+    async with new_uow() as uow:
+        found = await uow.shipments.due(NOW, 10)
+        assert [s.order_id for s in found] == [due.order_id]
+        found[0].dispatch(NOW)
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.shipments.due(NOW, 10) == []
+        dispatched = await uow.shipments.get(due.order_id)
+    assert dispatched is not None
+    assert dispatched.status is ShipmentStatus.DISPATCHED
