@@ -1,0 +1,80 @@
+"""Command line: `python -m infra <command>` (the Makefile's targets call it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from infra import components
+from infra.foreground import run
+from infra.settings import COMPONENTS, SERVICES, InfraError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra",
+        description="Run PostgreSQL, Kafka, Jaeger and the services natively (state in .state/).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("install", help="fetch/build PostgreSQL, Kafka and Jaeger (cached)")
+    start = commands.add_parser("start", help="start what is not running, detached")
+    start.add_argument("--infra-only", action="store_true", help="PostgreSQL, Kafka, Jaeger only")
+    start.add_argument("components", nargs="*", metavar="component")
+    commands.add_parser("run", help="start everything, follow logs; Ctrl-C stops everything")
+    stop = commands.add_parser("stop", help="stop components (default: all)")
+    stop.add_argument("components", nargs="*", metavar="component")
+    kill = commands.add_parser("kill", help="SIGKILL a component (chaos)")
+    kill.add_argument("component", choices=COMPONENTS)
+    restart = commands.add_parser("restart", help="stop then start a component")
+    restart.add_argument("component", choices=COMPONENTS)
+    commands.add_parser("status", help="pid, port and state of every component")
+    env = commands.add_parser("env", help="print the environment a service gets (KEY=value)")
+    env.add_argument("service", nargs="?", choices=SERVICES)
+    return parser
+
+
+def _print_status() -> None:
+    rows = [("COMPONENT", "PID", "PORT", "STATE", "LOG")]
+    for item in components.status():
+        pid = str(item.pid) if item.pid is not None else "-"
+        rows.append((item.name, pid, str(item.port), item.state, str(item.log)))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[4]]))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "install":
+        components.install()
+    elif command == "start":
+        components.start(*args.components, infra_only=args.infra_only)
+    elif command == "run":
+        return run()
+    elif command == "stop":
+        components.stop(*args.components)
+    elif command == "kill":
+        components.kill(args.component)
+    elif command == "restart":
+        components.restart(args.component)
+    elif command == "status":
+        _print_status()
+    elif command == "env":
+        for key, value in components.service_env(args.service).items():
+            print(f"{key}={value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except InfraError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Detached components keep running; `stop` ends them.
+        print("interrupted", file=sys.stderr)
+        return 130

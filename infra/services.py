@@ -1,0 +1,57 @@
+"""The suite's own services, each `python -m <service>` (migrations, then HTTP)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from infra.base import Component, Launch
+from infra.jaeger import http_ok
+from infra.kafka import bootstrap_servers
+from infra.settings import HOST, REPO, Ports, topic_partitions
+
+
+def python() -> str:
+    """The project's virtualenv interpreter, else the one running the launcher."""
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.is_file() else sys.executable
+
+
+def common_env(ports: Ports) -> dict[str, str]:
+    """The variables every service gets from the launcher (beyond its own environment)."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers(ports),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{ports.jaeger_otlp_http}",
+        "KAFKA_TOPIC_PARTITIONS": str(topic_partitions()),
+    }
+
+
+def service_env(name: str, ports: Ports) -> dict[str, str]:
+    """The variables the launcher sets for service ``name`` (they override os.environ)."""
+    return {
+        "HTTP_HOST": HOST,
+        "HTTP_PORT": str(ports.of(name)),
+        "DATABASE_URL": f"postgresql://postgres@{HOST}:{ports.postgres}/{name}",
+        **common_env(ports),
+    }
+
+
+class Service(Component):
+    requires = ("postgres", "kafka", "jaeger")
+    stop_timeout = 20.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def main_port(self, ports: Ports) -> int:
+        return ports.of(self.name)
+
+    def launch(self, ports: Ports) -> Launch:
+        # The whole environment passes through, so overrides such as
+        # SHIPPING_DISPATCH_DELAY_SECONDS reach the service; only our keys are forced.
+        env = {**os.environ, **service_env(self.name, ports)}
+        return Launch(argv=[python(), "-m", self.name], env=env, cwd=Path(REPO))
+
+    def is_ready(self, ports: Ports) -> bool:
+        return http_ok(f"http://{HOST}:{ports.of(self.name)}/ready")
