@@ -60,6 +60,7 @@ fmt: deps
 
 typecheck: deps ## mypy --strict
 	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra
+	@$(PY) -m mypy shared/tests services/order/tests services/inventory/tests services/shipping/tests tests
 
 up: ## the suite under docker compose (needs a Docker engine)
 	docker compose up --build -d

@@ -64,11 +64,11 @@ async def test_the_relay_publishes_each_aggregate_in_sequence_order_and_empties_
         records = await read_records(
             "orders",
             since,
-            lambda rs: sum(len(v) for v in sequences_by_key(rs, set(keys)).values()) >= 12,  # type: ignore[arg-type]
+            lambda rs: sum(len(v) for v in sequences_by_key(rs, set(keys)).values()) >= 12,
         )
     finally:
         await producer.close()
-    assert sequences_by_key(records, set(keys)) == {key: [1, 2, 3, 4] for key in keys}  # type: ignore[arg-type]
+    assert sequences_by_key(records, set(keys)) == {key: [1, 2, 3, 4] for key in keys}
     assert await outbox_count(pool) == 0
 
 
@@ -93,11 +93,11 @@ async def test_a_row_whose_transaction_commits_late_is_still_published(
         records = await read_records(
             "orders",
             since,
-            lambda rs: len(sequences_by_key(rs, {late, early})) == 2,  # type: ignore[arg-type]
+            lambda rs: len(sequences_by_key(rs, {late, early})) == 2,
         )
     finally:
         await producer.close()
-    assert sequences_by_key(records, {late, early}) == {late: [1], early: [1]}  # type: ignore[arg-type]
+    assert sequences_by_key(records, {late, early}) == {late: [1], early: [1]}
 
 
 async def test_one_of_two_relays_leads_and_the_other_takes_over_when_it_dies(
