@@ -237,6 +237,7 @@ async def ensure_topics(ports: Ports) -> None:
         if missing:
             await _create(client, missing, partitions)
             say(f"    created topics {', '.join(missing)} ({partitions} partitions)")
+        await _await_group_coordinator(client)
         for topic in await client.describe_topics(list(wanted)):
             count = len(topic["partitions"])
             if count != partitions:
@@ -244,6 +245,23 @@ async def ensure_topics(ports: Ports) -> None:
                     f"    warning: topic {topic['topic']} has {count} partitions, "
                     f"KAFKA_TOPIC_PARTITIONS={partitions} (delete .state/kafka to recreate)"
                 )
+
+
+async def _await_group_coordinator(client: Any) -> None:
+    """Have the broker create __consumer_offsets now, and wait until it serves groups.
+
+    Otherwise the first consumer of every fresh cluster (each test run) spends its first
+    seconds on "coordinator not available" errors.
+    """
+    for attempt in range(60):
+        try:
+            await client.find_coordinator("infra-launcher")
+        except Exception:  # the offsets topic is still being created
+            if attempt == 59:
+                raise
+            await asyncio.sleep(0.25)
+        else:
+            return
 
 
 async def _create(client: Any, names: list[str], partitions: int) -> None:
