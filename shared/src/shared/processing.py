@@ -17,6 +17,7 @@ from shared.contracts import InvalidPayloadError, Payload, UnknownEventError
 from shared.correlation import correlated
 from shared.domain import DomainError
 from shared.envelope import Envelope
+from shared.faults import failpoint
 from shared.inbox import ParkedEvent
 from shared.routing import Router, U
 
@@ -79,7 +80,9 @@ class EventProcessor(Generic[U]):
                 outcome = await self._admit(uow, delivery, payload)
             except DomainError as exc:  # a rule refused it: no retry will change that
                 raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
+            await failpoint("consumer.before_db_commit")
             await uow.commit()
+        await failpoint("consumer.after_db_commit")
         return outcome
 
     async def _admit(self, uow: U, delivery: Delivery, payload: Payload | None) -> Outcome:

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
+from shared.faults import failpoint
 from shared.kafka import Producer
 from shared.metrics import EVENTS_PUBLISHED, RELAY_PUBLISH_SECONDS
 from shared.outbox import OutgoingMessage, notify_channel
@@ -121,6 +122,7 @@ class OutboxRelay:
             finally:
                 for _, span in traced:
                     span.end()
+            await failpoint("relay.after_publish")
             await conn.execute(
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )

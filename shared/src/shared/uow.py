@@ -17,6 +17,7 @@ from typing import Any, Self, cast
 import asyncpg
 
 from shared.domain import Aggregate
+from shared.faults import failpoint
 from shared.inbox import Inbox, InMemoryInbox, InMemoryInboxState, PostgresInbox
 from shared.outbox import (
     InMemoryOutbox,
@@ -116,6 +117,7 @@ class PostgresUnitOfWork(UnitOfWork):
             await self._tx.commit()
         finally:
             await self._release()
+        await failpoint("uow.after_commit")
         if self._direct_publish is not None and isinstance(self.outbox, PostgresOutbox):
             # Pitfall: a crash here, or a broker that is down, loses these events for good.
             await self._direct_publish(self.outbox.direct_messages)

@@ -1,0 +1,125 @@
+"""A relay or a consumer in a process of its own, for fault tests that SIGKILL it.
+
+    python -m shared.testing.worker relay       # publishes the outbox of DATABASE_URL
+    python -m shared.testing.worker consumer    # applies OrderRejected events from "orders"
+    python -m shared.testing.worker write N KEY # commits N events for aggregate KEY
+
+The consumer's business change is a row in ``applied (aggregate_id, sequence, reason)``, so a
+test can count how often each event took effect. Settings come from the environment
+(SERVICE_NAME, DATABASE_URL, FAILPOINTS, PITFALL_*, ...), like a real service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from uuid import uuid4
+
+import asyncpg
+
+from shared.consumer import ConsumerRunner
+from shared.contracts.catalog import OrderRejected
+from shared.deadletter import DeadLetterSink
+from shared.domain import Aggregate
+from shared.kafka import Producer
+from shared.logs import setup_logging
+from shared.processing import EventProcessor, Protections
+from shared.relay import OutboxRelay
+from shared.routing import Router
+from shared.settings import ServiceSettings
+from shared.uow import DirectPublish, PostgresUnitOfWork
+
+APPLIED_TABLE = """
+CREATE TABLE IF NOT EXISTS applied (
+    id           serial PRIMARY KEY,
+    aggregate_id text NOT NULL,
+    reason       text NOT NULL
+)
+"""
+
+router = Router[PostgresUnitOfWork]()
+
+
+@router.subscriber(OrderRejected)
+async def when_order_rejected_record_it(event: OrderRejected, uow: PostgresUnitOfWork) -> None:
+    await uow.conn.execute(
+        "INSERT INTO applied (aggregate_id, reason) VALUES ($1, $2)",
+        str(event.order_id),
+        event.reason,
+    )
+
+
+class WorkerSettings(ServiceSettings):
+    http_port: int = 0
+
+
+class Item(Aggregate):
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__()
+        self.aggregate_id = aggregate_id
+
+
+async def write(settings: ServiceSettings, count: int, key: str) -> None:
+    """Commit ``count`` events for one aggregate, one transaction each, through the unit of
+    work (so the naive dual-write pitfall mode applies when switched on)."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    assert pool is not None
+    producer = Producer(settings)
+    direct: DirectPublish | None = producer.publish if settings.pitfall_naive_dual_write else None
+    order_id = uuid4()
+    try:
+        for i in range(1, count + 1):
+            async with PostgresUnitOfWork(pool, settings.service_name, direct) as uow:
+                await uow.conn.execute(
+                    "INSERT INTO applied (aggregate_id, reason) VALUES ($1, $2)", key, f"w{i}"
+                )
+                item = Item(key)
+                item.record(OrderRejected(order_id=order_id, reason=f"{key}:{i}"))
+                uow.track(item)
+                await uow.commit()
+    finally:
+        await producer.close()
+        await pool.close()
+
+
+async def relay(settings: ServiceSettings) -> None:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    assert pool is not None
+    await OutboxRelay(settings, pool, Producer(settings)).run()
+
+
+async def consume(settings: ServiceSettings) -> None:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    assert pool is not None
+    await pool.execute(APPLIED_TABLE)
+    producer = Producer(settings)
+    processor = EventProcessor(
+        router,
+        lambda: PostgresUnitOfWork(pool, settings.service_name),
+        Protections(
+            dedup=not settings.pitfall_no_dedup,
+            sequence_check=not settings.pitfall_no_sequence_check,
+        ),
+    )
+    sink = DeadLetterSink(pool, producer, settings.service_name)
+    await ConsumerRunner(settings, processor, router.topics, sink).run()
+
+
+def main(argv: list[str]) -> None:
+    settings = WorkerSettings()
+    setup_logging(settings.service_name, settings.log_level)
+    logging.getLogger("shared").setLevel(logging.INFO)
+    match argv:
+        case ["relay"]:
+            asyncio.run(relay(settings))
+        case ["consumer"]:
+            asyncio.run(consume(settings))
+        case ["write", count, key]:
+            asyncio.run(write(settings, int(count), key))
+        case _:
+            raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
