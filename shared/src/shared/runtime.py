@@ -9,7 +9,6 @@ migrate, then serve HTTP with everything started in the FastAPI lifespan.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,9 +21,9 @@ from fastapi import APIRouter
 
 from shared.consumer import DATABASE_ERRORS, ConsumerRunner
 from shared.db import create_pool
-from shared.deadletter import DeadLetter, DeadLetterSink
+from shared.deadletter import DeadLetterSink
 from shared.kafka import Producer
-from shared.metrics import DLQ_DEPTH, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PARKED_EVENTS
+from shared.maintenance import expire_gaps, purge_processed_events, refresh_gauges
 from shared.processing import EventProcessor, Protections
 from shared.relay import OutboxRelay
 from shared.routing import Router, U
@@ -130,73 +129,18 @@ class Runtime(Generic[U]):
         last_purge = 0.0
         while True:
             try:
-                await self._refresh_gauges()
-                await self._expire_gaps()
+                await refresh_gauges(self.pool, self.service)
+                await expire_gaps(
+                    self.pool,
+                    self.dead_letters,
+                    self.service,
+                    self.settings.parked_gap_timeout_seconds,
+                )
                 if time.monotonic() - last_purge > 600:
-                    await self.purge_processed_events()
+                    await purge_processed_events(
+                        self.pool, self.service, self.settings.dedup_retention_hours
+                    )
                     last_purge = time.monotonic()
             except DATABASE_ERRORS as exc:
                 log.warning("maintenance skipped: %s", exc)
             await asyncio.sleep(5.0)
-
-    async def _refresh_gauges(self) -> None:
-        row = await self.pool.fetchrow(
-            """
-            SELECT (SELECT count(*) FROM outbox) AS backlog,
-                   (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
-                      FROM outbox) AS oldest,
-                   (SELECT count(*) FROM parked_events) AS parked,
-                   (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dlq
-            """
-        )
-        assert row is not None
-        OUTBOX_BACKLOG.labels(self.service).set(row["backlog"])
-        OUTBOX_OLDEST_AGE.labels(self.service).set(float(row["oldest"]))
-        PARKED_EVENTS.labels(self.service).set(row["parked"])
-        DLQ_DEPTH.labels(self.service).set(row["dlq"])
-
-    async def _expire_gaps(self) -> None:
-        rows = await self.pool.fetch(
-            """
-            SELECT p.*, s.last_sequence FROM parked_events p
-            LEFT JOIN consumer_sequences s USING (consumer, source, aggregate_type, aggregate_id)
-            WHERE p.consumer = $1 AND p.parked_at < now() - make_interval(secs => $2)
-            ORDER BY p.parked_at
-            """,
-            self.service,
-            self.settings.parked_gap_timeout_seconds,
-        )
-        for row in rows:
-            expected = (row["last_sequence"] or 0) + 1
-            await self.dead_letters.send(
-                DeadLetter(
-                    self.service,
-                    row["topic"],
-                    row["partition"],
-                    row["offset"],
-                    row["aggregate_id"].encode(),
-                    bytes(row["value"]),
-                    json.loads(row["headers"]),
-                    f"sequence gap: expected {expected}, parked {row['sequence']} for more than "
-                    f"{self.settings.parked_gap_timeout_seconds:.0f}s",
-                    1,
-                )
-            )
-            await self.pool.execute(
-                "DELETE FROM parked_events WHERE consumer = $1 AND source = $2"
-                " AND aggregate_type = $3 AND aggregate_id = $4 AND sequence = $5",
-                self.service,
-                row["source"],
-                row["aggregate_type"],
-                row["aggregate_id"],
-                row["sequence"],
-            )
-
-    async def purge_processed_events(self) -> int:
-        result: str = await self.pool.execute(
-            "DELETE FROM processed_events WHERE consumer = $1"
-            " AND processed_at < now() - make_interval(hours => $2)",
-            self.service,
-            int(self.settings.dedup_retention_hours),
-        )
-        return int(result.rsplit(maxsplit=1)[-1])

@@ -52,6 +52,7 @@ async def when_order_rejected_record_it(event: OrderRejected, uow: PostgresUnitO
 
 class WorkerSettings(ServiceSettings):
     http_port: int = 0
+    write_interval_seconds: float = 0.0
 
 
 class Item(Aggregate):
@@ -60,7 +61,7 @@ class Item(Aggregate):
         self.aggregate_id = aggregate_id
 
 
-async def write(settings: ServiceSettings, count: int, key: str) -> None:
+async def write(settings: WorkerSettings, count: int, key: str) -> None:
     """Commit ``count`` events for one aggregate, one transaction each, through the unit of
     work (so the naive dual-write pitfall mode applies when switched on)."""
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
@@ -78,6 +79,7 @@ async def write(settings: ServiceSettings, count: int, key: str) -> None:
                 item.record(OrderRejected(order_id=order_id, reason=f"{key}:{i}"))
                 uow.track(item)
                 await uow.commit()
+            await asyncio.sleep(settings.write_interval_seconds)
     finally:
         await producer.close()
         await pool.close()

@@ -1,0 +1,109 @@
+"""Ordering and exactly-once effect through a rebalance and through a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from uuid import uuid4
+
+from aiokafka import AIOKafkaProducer
+
+from infra import components
+from shared.contracts.catalog import OrderRejected
+from shared.envelope import new_envelope
+from shared.testing.infra import end_offsets, eventually, kafka_bootstrap, read_records, unique
+from shared.testing.worker import WorkerSettings, consume
+from tests.faults.conftest import Side, Workers
+from tests.faults.test_delivery_faults import reasons_of
+
+
+def per_key(reasons: list[str]) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = defaultdict(list)
+    for reason in reasons:
+        key, number = reason.rsplit(":", 1)
+        seen[key].append(int(number))
+    return dict(seen)
+
+
+async def test_a_consumer_joining_and_one_leaving_mid_stream_still_apply_each_event_once_in_order(
+    consumer_side: Side,
+) -> None:
+    settings = WorkerSettings(
+        service_name=consumer_side.name,
+        database_url=consumer_side.url,
+        kafka_bootstrap_servers=kafka_bootstrap(),
+        otel_sdk_disabled=True,
+    )
+    keys = [unique("k") for _ in range(12)]
+    order_ids = {key: uuid4() for key in keys}
+    rounds = 10
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap(), enable_idempotence=True)
+    await producer.start()
+    first = asyncio.create_task(consume(settings))
+    second: asyncio.Task[None] | None = None
+    try:
+        for n in range(1, rounds + 1):
+            if n == 4:
+                second = asyncio.create_task(consume(settings))  # joins: rebalance
+            if n == 8:
+                first.cancel()  # leaves: rebalance again
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+            for key in keys:
+                envelope = new_envelope(
+                    OrderRejected(order_id=order_ids[key], reason=f"{key}:{n}"),
+                    source="order",
+                    aggregate_id=key,
+                    sequence=n,
+                    correlation_id="c",
+                    causation_id=None,
+                )
+                await producer.send_and_wait("orders", envelope.to_bytes(), key=key.encode())
+            await asyncio.sleep(0.7)
+        total = len(keys) * rounds
+        await eventually(consumer_side.applied, lambda rows: len(rows) >= total, timeout=60)
+        await asyncio.sleep(2.0)
+        applied = await consumer_side.applied()
+    finally:
+        await producer.stop()
+        for task in (first, second):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(first, *([second] if second else []), return_exceptions=True)
+    assert len(applied) == len(keys) * rounds
+    assert per_key(applied) == {key: list(range(1, rounds + 1)) for key in keys}
+
+
+async def test_a_broker_restart_while_publishing_loses_nothing_and_reorders_nothing(
+    producer_side: Side, workers: Workers
+) -> None:
+    keys = [unique("k") for _ in range(3)]
+    count = 60
+    since = await end_offsets("orders")
+    workers.start(producer_side, "relay")
+    writers = [
+        workers.start(producer_side, "write", str(count), key, WRITE_INTERVAL_SECONDS="0.1")
+        for key in keys
+    ]
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(components.restart, "kafka")  # mid-stream
+    for writer in writers:
+        assert await asyncio.to_thread(writer.wait, 60) == 0
+    await eventually(lambda: producer_side.count("outbox"), lambda n: n == 0, timeout=60)
+
+    records = await read_records(
+        "orders",
+        since,
+        lambda rs: all(len(set(reasons_of(rs, k))) == count for k in keys),  # type: ignore[arg-type]
+        timeout=30,
+    )
+    for key in keys:
+        numbers = [int(r.rsplit(":", 1)[1]) for r in reasons_of(records, key)]  # type: ignore[arg-type]
+        # What a consumer applies: a number above the next expected would be a reordering.
+        expected = 1
+        for number in numbers:
+            assert number <= expected, f"{key}: {number} arrived before {expected}"
+            if number == expected:
+                expected += 1
+        assert expected == count + 1, f"{key}: stopped at {expected - 1} of {count}"
