@@ -28,9 +28,9 @@ async def published(key: str, since: dict, expected: int) -> list[str]:  # type:
     records = await read_records(
         "orders",
         since,
-        lambda rs: len(reasons_of(rs, key)) >= expected,  # type: ignore[arg-type]
+        lambda rs: len(reasons_of(rs, key)) >= expected,
     )
-    return reasons_of(records, key)  # type: ignore[arg-type]
+    return reasons_of(records, key)
 
 
 async def drain_outbox(side: Side, workers: Workers) -> None:
@@ -110,7 +110,7 @@ async def test_a_writer_killed_right_after_its_commit_loses_the_event_only_witho
                 "orders",
                 since,
                 lambda rs: bool(reasons_of(rs, key)),
-                timeout=3,  # type: ignore[arg-type]
+                timeout=3,
             )
 
 

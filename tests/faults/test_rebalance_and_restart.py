@@ -95,11 +95,11 @@ async def test_a_broker_restart_while_publishing_loses_nothing_and_reorders_noth
     records = await read_records(
         "orders",
         since,
-        lambda rs: all(len(set(reasons_of(rs, k))) == count for k in keys),  # type: ignore[arg-type]
+        lambda rs: all(len(set(reasons_of(rs, k))) == count for k in keys),
         timeout=30,
     )
     for key in keys:
-        numbers = [int(r.rsplit(":", 1)[1]) for r in reasons_of(records, key)]  # type: ignore[arg-type]
+        numbers = [int(r.rsplit(":", 1)[1]) for r in reasons_of(records, key)]
         # What a consumer applies: a number above the next expected would be a reordering.
         expected = 1
         for number in numbers:

@@ -30,7 +30,7 @@ async def test_an_event_parked_past_the_gap_timeout_is_dead_lettered_with_the_re
         causation_id=None,
     )
     async with pool.acquire() as conn, conn.transaction():
-        await PostgresInbox(conn, settings.service_name).park(
+        await PostgresInbox(conn, settings.service_name).park(  # type: ignore[arg-type]
             ParkedEvent(envelope, "orders", 1, 17, {"event_type": "OrderRejected"})
         )
     producer = Producer(settings)
