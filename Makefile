@@ -10,7 +10,7 @@ UV := $(BOOTSTRAP)/bin/uv
 PY := .venv/bin/python
 UV_VERSION := 0.13.8
 
-.PHONY: help deps run start stop status test test-unit test-integration test-e2e lint typecheck fmt up down bench load clean
+.PHONY: help deps run start stop status test test-unit test-integration test-e2e pitfalls lint typecheck fmt up down bench load clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -49,6 +49,10 @@ test-integration: deps
 test-e2e: deps
 	@$(PY) -m infra start --infra-only
 	@$(PY) -m pytest -q -m e2e tests
+
+pitfalls: deps ## each delivery fault with its protection on, then off (pitfall mode): see README
+	@$(PY) -m infra start --infra-only
+	@$(PY) -m pytest -v tests/faults
 
 lint: deps ## ruff check + ruff format --check
 	@$(PY) -m ruff check .
