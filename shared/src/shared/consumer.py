@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from shared.correlation import correlated
 from shared.deadletter import DeadLetter, DeadLetterSink
@@ -192,8 +193,28 @@ class ConsumerRunner(Generic[U]):
                 log.warning("attempt %d failed (%r); retrying in %.2fs", attempt, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            HANDLER_SECONDS.labels(self._service, record.topic).observe(
-                time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            HANDLER_SECONDS.labels(self._service, record.topic).observe(elapsed)
+            envelope = delivery.envelope
+            log.info(
+                "%s %s #%d from %s",
+                outcome.value,
+                envelope.event_type,
+                envelope.sequence,
+                envelope.source,
+                extra={
+                    "fields": {
+                        "event_id": str(envelope.event_id),
+                        "event_type": envelope.event_type,
+                        "aggregate_id": envelope.aggregate_id,
+                        "sequence": envelope.sequence,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "outcome": outcome.value,
+                        "elapsed_ms": round(elapsed * 1000, 2),
+                    }
+                },
             )
             EVENTS_CONSUMED.labels(self._service, record.topic, outcome).inc()
             if outcome is Outcome.DUPLICATE:
@@ -203,6 +224,10 @@ class ConsumerRunner(Generic[U]):
     async def _dead_letter(
         self, record: ConsumerRecord, headers: dict[str, str], error: str, attempts: int
     ) -> None:
+        span = trace.get_current_span()  # the processing span, when there is one
+        span.set_attribute("outcome", "dead_lettered")
+        span.set_attribute("dead_letter.error", error[:500])
+        span.set_status(Status(StatusCode.ERROR, error[:200]))
         letter = DeadLetter(
             self._service,
             record.topic,

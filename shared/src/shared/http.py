@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
@@ -51,6 +52,8 @@ class CorrelationMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        # The server span was opened by the OpenTelemetry middleware, outside this one.
+        trace.get_current_span().set_attribute("correlation_id", correlation_id)
         with correlated(correlation_id, f"request:{new_id()}"):
             await self.app(scope, receive, send_with_header)
 

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from shared.contracts.catalog import OrderCancellationRequested, OrderConfirmed
+from shared.correlation import correlated
 from shared.routing import Router
+from shared.tracing import context_from_headers, tracer
 from shipping.domain.shipment import Shipment
 from shipping.repository import ShippingUnitOfWork
 
@@ -45,22 +47,36 @@ async def when_order_cancellation_requested_cancel_shipment(
         shipment.cancel(_now())
 
 
-async def dispatch_due_shipments(uow: ShippingUnitOfWork, limit: int = 50) -> int:
-    """One dispatcher pass in one transaction; returns how many shipments left."""
-    now = _now()
-    shipments = await uow.shipments.due(now, limit)
-    for shipment in shipments:
-        shipment.dispatch(now)
-    await uow.commit()
-    return len(shipments)
+async def dispatch_due_shipments(new_uow: Callable[[], ShippingUnitOfWork], limit: int = 50) -> int:
+    """One dispatcher pass; returns how many shipments left. Each dispatch is its own
+    transaction, under the correlation id and inside the trace of the flow that scheduled
+    it. ``get`` locks the shipment and ``dispatch`` is a no-op unless it is still SCHEDULED,
+    so a cancellation committed meanwhile wins, and so does a second dispatcher."""
+    async with new_uow() as uow:
+        due = await uow.shipments.due(_now(), limit)
+    dispatched = 0
+    for item in due:
+        with (
+            correlated(item.correlation_id, f"dispatch:{item.order_id}"),
+            tracer().start_as_current_span(
+                "dispatch shipment", context=context_from_headers(item.trace_headers)
+            ),
+        ):
+            async with new_uow() as uow:
+                shipment = await uow.shipments.get(item.order_id)
+                if shipment is not None:
+                    before = shipment.status
+                    shipment.dispatch(_now())
+                    dispatched += shipment.status is not before
+                await uow.commit()
+    return dispatched
 
 
 async def run_dispatcher(new_uow: Callable[[], ShippingUnitOfWork], poll_interval: float) -> None:
     """The scheduler is the shipments table itself: a restart loses nothing, it only
     dispatches late."""
     while True:
-        async with new_uow() as uow:
-            dispatched = await dispatch_due_shipments(uow)
+        dispatched = await dispatch_due_shipments(new_uow)
         if dispatched:
             log.info("dispatched %d shipment(s)", dispatched)
         else:

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+from opentelemetry import propagate
 
+from shared.correlation import current_correlation_id
 from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
+
+
+@dataclass(frozen=True)
+class DueShipment:
+    """A shipment whose time has come, with the correlation id and trace context of the flow
+    that scheduled it, so its dispatch continues that flow."""
+
+    order_id: UUID
+    correlation_id: str
+    trace_headers: dict[str, str]
+
+
+def flow_context() -> tuple[str, dict[str, str]]:
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return current_correlation_id(), headers
 
 
 class ShipmentRepository(ABC):
@@ -23,13 +43,10 @@ class ShipmentRepository(ABC):
             self.track(shipment)
         return shipment
 
-    async def due(self, now: datetime, limit: int) -> list[Shipment]:
-        """Scheduled shipments whose time has come, locked; rows another dispatcher holds
-        are skipped rather than waited for."""
-        shipments = await self._due(now, limit)
-        for shipment in shipments:
-            self.track(shipment)
-        return shipments
+    async def due(self, now: datetime, limit: int) -> list[DueShipment]:
+        """Scheduled shipments whose time has come, oldest first (not locked: dispatch each
+        with ``get``, which locks, and re-checks its status)."""
+        return await self._due(now, limit)
 
     def track(self, shipment: Shipment) -> None:
         self._tracked.append(shipment)
@@ -44,7 +61,7 @@ class ShipmentRepository(ABC):
     async def _get(self, order_id: UUID) -> Shipment | None: ...
 
     @abstractmethod
-    async def _due(self, now: datetime, limit: int) -> list[Shipment]: ...
+    async def _due(self, now: datetime, limit: int) -> list[DueShipment]: ...
 
     @abstractmethod
     async def _save(self, shipment: Shipment) -> None: ...
@@ -79,23 +96,28 @@ class PostgresShipmentRepository(ShipmentRepository):
         )
         return None if row is None else _shipment(row)
 
-    async def _due(self, now: datetime, limit: int) -> list[Shipment]:
+    async def _due(self, now: datetime, limit: int) -> list[DueShipment]:
         rows = await self._conn.fetch(
             """
-            SELECT * FROM shipments WHERE status = 'SCHEDULED' AND dispatch_at <= $1
-            ORDER BY dispatch_at LIMIT $2 FOR UPDATE SKIP LOCKED
+            SELECT order_id, correlation_id, trace_headers FROM shipments
+            WHERE status = 'SCHEDULED' AND dispatch_at <= $1
+            ORDER BY dispatch_at LIMIT $2
             """,
             now,
             limit,
         )
-        return [_shipment(r) for r in rows]
+        return [
+            DueShipment(r["order_id"], r["correlation_id"], json.loads(r["trace_headers"]))
+            for r in rows
+        ]
 
     async def _save(self, shipment: Shipment) -> None:
+        correlation_id, trace_headers = flow_context()
         await self._conn.execute(
             """
             INSERT INTO shipments (order_id, shipment_id, status, dispatch_at, created_at,
-                                   updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6)
+                                   updated_at, correlation_id, trace_headers)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (order_id) DO UPDATE SET status = $3, updated_at = $6
             """,
             shipment.order_id,
@@ -104,6 +126,8 @@ class PostgresShipmentRepository(ShipmentRepository):
             shipment.dispatch_at,
             shipment.created_at,
             shipment.updated_at,
+            correlation_id,
+            json.dumps(trace_headers),
         )
 
 
@@ -121,12 +145,13 @@ class InMemoryShipmentRepository(ShipmentRepository):
     def __init__(self, uow: InMemoryUnitOfWork) -> None:
         super().__init__(uow)
         self._rows: dict[UUID, Shipment] = uow.table("shipments")
+        self._contexts: dict[UUID, tuple[str, dict[str, str]]] = uow.table("shipment_contexts")
 
     async def _get(self, order_id: UUID) -> Shipment | None:
         found = self._rows.get(order_id)
         return None if found is None else _copy(found)
 
-    async def _due(self, now: datetime, limit: int) -> list[Shipment]:
+    async def _due(self, now: datetime, limit: int) -> list[DueShipment]:
         due = sorted(
             (
                 s
@@ -135,9 +160,10 @@ class InMemoryShipmentRepository(ShipmentRepository):
             ),
             key=lambda s: s.dispatch_at,
         )
-        return [_copy(s) for s in due[:limit]]
+        return [DueShipment(s.order_id, *self._contexts[s.order_id]) for s in due[:limit]]
 
     async def _save(self, shipment: Shipment) -> None:
+        self._contexts.setdefault(shipment.order_id, flow_context())
         self._rows[shipment.order_id] = _copy(shipment)
 
 

@@ -8,6 +8,7 @@ from uuid import uuid4
 
 import pytest
 
+from shared.correlation import correlated
 from shared.testing.backends import units
 from shipping.bootstrap import MIGRATIONS
 from shipping.domain.shipment import Shipment, ShipmentStatus
@@ -30,6 +31,11 @@ async def new_uow(request: pytest.FixtureRequest) -> AsyncIterator[NewUow]:
 
 
 async def schedule(new_uow: NewUow, delay: timedelta) -> Shipment:
+    with correlated("corr-of-the-flow", None):
+        return await _schedule(new_uow, delay)
+
+
+async def _schedule(new_uow: NewUow, delay: timedelta) -> Shipment:
     async with new_uow() as uow:
         shipment = Shipment.schedule(uuid4(), now=NOW, dispatch_at=NOW + delay)
         uow.shipments.track(shipment)
@@ -51,8 +57,12 @@ async def test_only_scheduled_shipments_whose_time_has_come_are_due(new_uow: New
     await schedule(new_uow, timedelta(minutes=5))
     async with new_uow() as uow:
         found = await uow.shipments.due(NOW, 10)
-        assert [s.order_id for s in found] == [due.order_id]
-        found[0].dispatch(NOW)
+        assert [(s.order_id, s.correlation_id) for s in found] == [
+            (due.order_id, "corr-of-the-flow")
+        ]
+        shipment = await uow.shipments.get(due.order_id)
+        assert shipment is not None
+        shipment.dispatch(NOW)
         await uow.commit()
     async with new_uow() as uow:
         assert await uow.shipments.due(NOW, 10) == []

@@ -33,8 +33,7 @@ async def run(state: InMemoryState, handler, event) -> None:  # type: ignore[no-
 
 
 async def dispatch(state: InMemoryState) -> int:
-    async with FakeShippingUnitOfWork(state, "shipping") as uow:
-        return await dispatch_due_shipments(uow)
+    return await dispatch_due_shipments(lambda: FakeShippingUnitOfWork(state, "shipping"))
 
 
 def make_due(state: InMemoryState) -> None:
