@@ -36,6 +36,7 @@ status: deps ## what is running, with pids and ports
 	@$(PY) -m infra status
 
 test: deps lint typecheck ## every tier; starts the real Postgres, Kafka and Jaeger it needs
+	@$(PY) -m infra install-browser
 	@$(PY) -m infra start --infra-only
 	@$(PY) -m pytest -q shared/tests services tests
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from infra import components
 from infra.foreground import run
+from infra.install import ensure_browser
 from infra.settings import COMPONENTS, SERVICES, InfraError
 
 
@@ -18,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser("install", help="fetch/build PostgreSQL, Kafka and Jaeger (cached)")
+    commands.add_parser("install-browser", help="Debian's Chromium + ChromeDriver (browser tests)")
     start = commands.add_parser("start", help="start what is not running, detached")
     start.add_argument("--infra-only", action="store_true", help="PostgreSQL, Kafka, Jaeger only")
     start.add_argument("components", nargs="*", metavar="component")
@@ -49,6 +51,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "install":
         components.install()
+    elif command == "install-browser":
+        ensure_browser()
     elif command == "start":
         components.start(*args.components, infra_only=args.infra_only)
     elif command == "run":

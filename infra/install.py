@@ -136,6 +136,30 @@ def _apt_install_postgres() -> None:
             run_step("PostgreSQL install (apt-get)", install, cwd=REPO, env=env)
 
 
+def ensure_browser() -> Path:
+    """Debian's Chromium and its ChromeDriver, for the browser tests; installed when
+    missing (root and apt-get needed). Returns the chromedriver path."""
+    driver = shutil.which("chromedriver")
+    if shutil.which("chromium") and driver:
+        return Path(driver)
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise InfraError(
+            "the browser tests need Debian's chromium and chromium-driver packages: "
+            "install them (apt-get install chromium chromium-driver)"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
+    try:
+        run_step("Chromium install (apt-get)", install, cwd=REPO, env=env)
+    except InfraError:
+        run_step("apt-get update", ["apt-get", "update"], cwd=REPO, env=env)
+        run_step("Chromium install (apt-get)", install, cwd=REPO, env=env)
+    driver = shutil.which("chromedriver")
+    if driver is None:
+        raise InfraError("chromium-driver installed but chromedriver is not on PATH")
+    return Path(driver)
+
+
 @contextlib.contextmanager
 def _services_not_started() -> Iterator[None]:
     """Keep the Debian package from starting its own cluster on our port 5432.

@@ -42,6 +42,9 @@ SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
 CONTRACT_TOPICS = frozenset({"orders", "inventory", "shipping", "stock"})
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Addresses the user's browser follows (links on a page), not the container: loopback is
+# right for them, since the compose file publishes every port on 127.0.0.1.
+BROWSER_FACING = frozenset({"JAEGER_UI_URL"})
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
 HEALTHCHECK_URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):(?P<port>\d+)(?P<path>/[^'\"\s]*)")
 CREATED_TOPIC = re.compile(r"^\s*create\s+(?P<topic>\S+)\s*$", re.MULTILINE)
@@ -93,8 +96,11 @@ def env_vars_compose_must_set(settings_cls: type[ServiceSettings]) -> set[str]:
     prefix = str(settings_cls.model_config.get("env_prefix", ""))
     names = set()
     for name, field in settings_cls.model_fields.items():
+        variable = (prefix + name).upper()
+        if variable in BROWSER_FACING:
+            continue
         if field.is_required() or any(host in str(field.default) for host in LOOPBACK_HOSTS):
-            names.add((prefix + name).upper())
+            names.add(variable)
     return names
 
 
@@ -188,7 +194,9 @@ def environment_problems(
     problems += [
         f"{service_name}: {key}={value} points at the container's own loopback"
         for key, value in sorted(environment.items())
-        if key != "HTTP_HOST" and any(host in value for host in LOOPBACK_HOSTS)
+        if key != "HTTP_HOST"
+        and key not in BROWSER_FACING
+        and any(host in value for host in LOOPBACK_HOSTS)
     ]
     if environment.get("HTTP_HOST") not in (None, "0.0.0.0"):
         problems.append(f"{service_name}: HTTP_HOST must be 0.0.0.0 to be reachable")

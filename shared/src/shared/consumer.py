@@ -160,6 +160,8 @@ class ConsumerRunner(Generic[U]):
             span.set_attribute("messaging.kafka.partition", record.partition)
             span.set_attribute("messaging.kafka.offset", record.offset)
             span.set_attribute("event_id", str(envelope.event_id))
+            span.set_attribute("event_type", envelope.event_type)
+            span.set_attribute("aggregate_id", envelope.aggregate_id)
             span.set_attribute("event.sequence", envelope.sequence)
             outcome = await self._process_with_retries(record, headers, delivery)
             span.set_attribute("outcome", outcome)

@@ -8,6 +8,7 @@ production, a failpoint is one dictionary lookup. The names in the code:
 - ``uow.after_commit``: the business transaction committed, nothing published yet.
 - ``consumer.after_db_commit``: an event's transaction committed, its offset not yet.
 - ``consumer.before_db_commit``: an event was fetched, its transaction not committed yet.
+- ``handler.raise``: not a kill: the handler raises (see :func:`raise_if_armed`).
 """
 
 from __future__ import annotations
@@ -29,3 +30,17 @@ async def failpoint(name: str) -> None:
         # An asynchronous wait: background tasks (auto-commit, heartbeats) keep running.
         await asyncio.sleep(float(os.environ.get("FAILPOINT_DELAY_SECONDS", "0")))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SimulatedBugError(RuntimeError):
+    """Raised by the ``handler.raise`` failpoint: a handler bug, for DLQ and replay tests."""
+
+
+def raise_if_armed(name: str, correlation_id: str) -> None:
+    """With ``name`` armed, fail every event whose correlation id starts with
+    ``FAILPOINT_CORRELATION_PREFIX`` (all events when it is empty), as a buggy handler
+    would; restarting without the failpoint is "deploying the fix"."""
+    if name in ARMED and correlation_id.startswith(
+        os.environ.get("FAILPOINT_CORRELATION_PREFIX", "")
+    ):
+        raise SimulatedBugError(f"simulated handler bug (failpoint {name})")

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.admin import router as admin_router
 from shared.correlation import correlated, new_id
 from shared.domain import DomainError
 from shared.runtime import Runtime, ServiceDefinition
@@ -163,6 +164,7 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
 
     for router in definition.api_routers:
         app.include_router(router)
+    app.include_router(admin_router)
 
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, excluded_urls="health,ready,metrics"

@@ -17,7 +17,7 @@ from shared.contracts import InvalidPayloadError, Payload, UnknownEventError
 from shared.correlation import correlated
 from shared.domain import DomainError
 from shared.envelope import Envelope
-from shared.faults import failpoint
+from shared.faults import failpoint, raise_if_armed
 from shared.inbox import ParkedEvent
 from shared.routing import Router, U
 
@@ -114,6 +114,7 @@ class EventProcessor(Generic[U]):
         if subscription is not None and payload is not None:
             # A parked event applied later keeps its own correlation and causation.
             with correlated(envelope.correlation_id, str(envelope.event_id)):
+                raise_if_armed("handler.raise", envelope.correlation_id)
                 await subscription.handler(payload, uow)
         await uow.inbox.record(envelope)
         return Outcome.APPLIED if subscription is not None else Outcome.IGNORED

@@ -145,6 +145,7 @@ class OutboxRelay:
                 "messaging.destination.name": row["topic"],
                 "messaging.kafka.message.key": row["message_key"],
                 "correlation_id": headers.get("correlation_id", ""),
+                "event_type": headers.get("event_type", ""),
             },
         )
         headers.pop("traceparent", None)

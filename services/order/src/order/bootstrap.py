@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from order.api import router as api_router
+from order.flow import router as flow_router
 from order.handlers import router
 from order.repository import PostgresOrderUnitOfWork
 from order.settings import Settings
@@ -21,5 +22,5 @@ def bootstrap(settings: Settings | None = None) -> ServiceDefinition[PostgresOrd
         router=router,  # type: ignore[arg-type]
         new_uow=PostgresOrderUnitOfWork,
         migrations=MIGRATIONS,
-        api_routers=[api_router],
+        api_routers=[api_router, flow_router],
     )

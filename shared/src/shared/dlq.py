@@ -1,0 +1,65 @@
+"""Dead-letter queue CLI for scripts: the same operations as ``/admin/dlq``.
+
+    python -m shared.dlq list inventory [--pending] [--correlation-id ID]
+    python -m shared.dlq show inventory 12
+    python -m shared.dlq replay inventory 12
+
+The service's URL defaults to the native ports (``ORDER_PORT``, ``INVENTORY_PORT``,
+``SHIPPING_PORT``, or 8001-8003); ``--url`` overrides it. The token is ``ADMIN_TOKEN``.
+Exit status: 0 done, 1 refused (404, 409, ...), 2 usage or connection error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import httpx
+
+DEFAULT_PORTS = {"order": 8001, "inventory": 8002, "shipping": 8003}
+
+
+def base_url(service: str) -> str:
+    port = os.environ.get(f"{service.upper()}_PORT", str(DEFAULT_PORTS[service]))
+    return f"http://127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.dlq", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("command", choices=["list", "show", "replay"])
+    parser.add_argument("service", choices=sorted(DEFAULT_PORTS))
+    parser.add_argument("id", nargs="?", type=int)
+    parser.add_argument("--url", help="the service's base URL")
+    parser.add_argument("--pending", action="store_true", help="only letters not replayed")
+    parser.add_argument("--correlation-id")
+    args = parser.parse_args(argv)
+    if args.command != "list" and args.id is None:
+        parser.error(f"{args.command} needs a dead-letter id")
+    url = (args.url or base_url(args.service)).rstrip("/") + "/admin/dlq"
+    headers = {"Authorization": f"Bearer {os.environ.get('ADMIN_TOKEN', 'change-me')}"}
+    try:
+        with httpx.Client(timeout=10, headers=headers) as client:
+            if args.command == "list":
+                params: dict[str, str] = {}
+                if args.pending:
+                    params["pending"] = "true"
+                if args.correlation_id:
+                    params["correlation_id"] = args.correlation_id
+                response = client.get(url, params=params)
+            elif args.command == "show":
+                response = client.get(f"{url}/{args.id}")
+            else:
+                response = client.post(f"{url}/{args.id}/replay")
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.is_success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
