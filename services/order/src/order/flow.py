@@ -25,6 +25,7 @@ from shared.http import unit_of_work
 
 SERVICES = ("order-service", "inventory-service", "shipping-service")
 STEP_PREFIXES = ("process ", "publish ", "dispatch ", "POST ", "PUT ")
+ASGI_INTERNAL = (" http receive", " http send")  # the ASGI instrumentation's inner spans
 
 router = APIRouter(tags=["event flow"])
 UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
@@ -83,7 +84,7 @@ def steps_of(traces: list[dict[str, Any]], ui: str) -> list[Step]:
         processes = trace.get("processes", {})
         for span in trace.get("spans", []):
             operation: str = span["operationName"]
-            if not operation.startswith(STEP_PREFIXES):
+            if not operation.startswith(STEP_PREFIXES) or operation.endswith(ASGI_INTERNAL):
                 continue
             tags = _tags(span)
             raw.append((span, processes.get(span["processID"], {}).get("serviceName", "?"), tags))
