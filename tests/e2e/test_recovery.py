@@ -54,9 +54,7 @@ async def test_without_kafka_services_are_not_ready_and_an_order_placed_meanwhil
     components.stop("kafka")
     try:
         for base in (suite.order, suite.inventory, suite.shipping):
-            _, body = await eventually(
-                lambda base=base: readiness(http, base), lambda r: r[0] == 503, timeout=30
-            )
+            _, body = await eventually(probe(http, base), lambda r: r[0] == 503, timeout=30)
             assert body["checks"] == {"database": True, "kafka": False}
         # The outbox takes the order although the broker is away.
         accepted = await place(http, suite.order, [{"sku": sku, "quantity": 2}])
