@@ -3,6 +3,7 @@ log line, the dead-letter queue with replay, and the event-flow view in a real b
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from infra import components
+from shared import dlq
 from shared.testing.infra import end_offsets, eventually, read_records
 from tests.e2e.conftest import ADMIN, Suite, new_sku, restarted_with
 from tests.e2e.flow import order_status_becomes, place, restock, stock
@@ -286,6 +288,30 @@ async def test_a_replay_after_the_fix_applies_the_event_exactly_once(
     }  # fmt: skip
     pending = await dead_letters(http, suite, pending="true")
     assert all(item["id"] != letter["id"] for item in pending["items"])
+
+
+async def test_the_dlq_cli_lists_and_refuses_a_second_replay(
+    suite: Suite, poisoned: Poisoned, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = await asyncio.to_thread(
+        dlq.main,
+        [
+            "list",
+            "inventory",
+            "--url",
+            suite.inventory,
+            "--correlation-id",
+            poisoned.correlation_id,
+        ],
+    )
+    (letter,) = json.loads(capsys.readouterr().out)["items"]
+    assert listed == 0
+    assert letter["replayed_at"] is not None
+    refused = await asyncio.to_thread(
+        dlq.main, ["replay", "inventory", str(letter["id"]), "--url", suite.inventory]
+    )
+    assert refused == 1
+    assert "was replayed at" in capsys.readouterr().out
 
 
 async def test_the_flow_view_shows_the_whole_chain_of_a_shipped_order(
