@@ -5,48 +5,29 @@ An aggregate that recorded events changed; the unit of work saves exactly those.
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from uuid import UUID
 
 import asyncpg
 
 from inventory.domain.stock import Reservation, ReservationStatus, Stock
 from shared.contracts.catalog import OrderLine
+from shared.repository import TrackingRepository
 from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 
 
-class StockRepository(ABC):
-    def __init__(self, uow: UnitOfWork) -> None:
-        self._uow = uow
-        self._tracked: dict[str, Stock] = {}
-
+class StockRepository(TrackingRepository[Stock]):
     async def lock(self, skus: list[str]) -> dict[str, Stock]:
         """The stock rows of these SKUs, locked until commit (in SKU order, so two
         reservations never deadlock). Unknown SKUs are absent from the result."""
         found = await self._lock(sorted(set(skus)))
-        for stock in found:
-            self._track(stock)
-        return {s.sku: s for s in found}
+        return {s.sku: self.track(s) for s in found}
 
     async def get_or_create(self, sku: str) -> Stock:
-        stock = (await self.lock([sku])).get(sku) or Stock(sku)
-        self._track(stock)
-        return stock
-
-    async def persist(self) -> None:
-        for stock in self._tracked.values():
-            if stock.events:
-                await self._save(stock)
-
-    def _track(self, stock: Stock) -> None:
-        self._tracked[stock.sku] = stock
-        self._uow.track(stock)
+        return (await self.lock([sku])).get(sku) or self.track(Stock(sku))
 
     @abstractmethod
     async def _lock(self, skus: list[str]) -> list[Stock]: ...
-
-    @abstractmethod
-    async def _save(self, stock: Stock) -> None: ...
 
     @abstractmethod
     async def get(self, sku: str) -> Stock | None:
@@ -56,31 +37,13 @@ class StockRepository(ABC):
     async def list(self, limit: int, after: str | None) -> list[Stock]: ...
 
 
-class ReservationRepository(ABC):
-    def __init__(self, uow: UnitOfWork) -> None:
-        self._uow = uow
-        self._tracked: list[Reservation] = []
-
+class ReservationRepository(TrackingRepository[Reservation]):
     async def get(self, order_id: UUID) -> Reservation | None:
         reservation = await self._get(order_id)
-        if reservation is not None:
-            self.track(reservation)
-        return reservation
-
-    def track(self, reservation: Reservation) -> None:
-        self._tracked.append(reservation)
-        self._uow.track(reservation)
-
-    async def persist(self) -> None:
-        for reservation in self._tracked:
-            if reservation.events:
-                await self._save(reservation)
+        return None if reservation is None else self.track(reservation)
 
     @abstractmethod
     async def _get(self, order_id: UUID) -> Reservation | None: ...
-
-    @abstractmethod
-    async def _save(self, reservation: Reservation) -> None: ...
 
 
 class InventoryUnitOfWork(UnitOfWork):

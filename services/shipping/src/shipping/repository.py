@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -12,6 +12,7 @@ import asyncpg
 from opentelemetry import propagate
 
 from shared.correlation import current_correlation_id
+from shared.repository import TrackingRepository
 from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
 
@@ -32,39 +33,21 @@ def flow_context() -> tuple[str, dict[str, str]]:
     return current_correlation_id(), headers
 
 
-class ShipmentRepository(ABC):
-    def __init__(self, uow: UnitOfWork) -> None:
-        self._uow = uow
-        self._tracked: list[Shipment] = []
-
+class ShipmentRepository(TrackingRepository[Shipment]):
     async def get(self, order_id: UUID) -> Shipment | None:
         shipment = await self._get(order_id)
-        if shipment is not None:
-            self.track(shipment)
-        return shipment
+        return None if shipment is None else self.track(shipment)
 
     async def due(self, now: datetime, limit: int) -> list[DueShipment]:
         """Scheduled shipments whose time has come, oldest first (not locked: dispatch each
         with ``get``, which locks, and re-checks its status)."""
         return await self._due(now, limit)
 
-    def track(self, shipment: Shipment) -> None:
-        self._tracked.append(shipment)
-        self._uow.track(shipment)
-
-    async def persist(self) -> None:
-        for shipment in self._tracked:
-            if shipment.events:
-                await self._save(shipment)
-
     @abstractmethod
     async def _get(self, order_id: UUID) -> Shipment | None: ...
 
     @abstractmethod
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]: ...
-
-    @abstractmethod
-    async def _save(self, shipment: Shipment) -> None: ...
 
 
 class ShippingUnitOfWork(UnitOfWork):
