@@ -48,6 +48,7 @@ test-integration: deps
 	@$(PY) -m pytest -q -m integration shared/tests services tests
 
 test-e2e: deps
+	@$(PY) -m infra install-browser
 	@$(PY) -m infra start --infra-only
 	@$(PY) -m pytest -q -m e2e tests
 

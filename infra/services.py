@@ -49,7 +49,7 @@ class Service(Component):
 
     def launch(self, ports: Ports) -> Launch:
         # The whole environment passes through, so overrides such as
-        # SHIPPING_DISPATCH_DELAY_SECONDS reach the service; only our keys are forced.
+        # DISPATCH_DELAY_SECONDS reach the service; only our keys are forced.
         env = {**os.environ, **service_env(self.name, ports)}
         return Launch(argv=[python(), "-m", self.name], env=env, cwd=Path(REPO))
 

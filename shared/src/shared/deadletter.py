@@ -72,7 +72,7 @@ class DeadLetterSink:
             letter.error,
             letter.attempts,
         )
-        key = (letter.key or b"").decode(errors="replace")
+        key = None if letter.key is None else letter.key.decode(errors="replace")
         await self._producer.publish(
             [
                 OutgoingMessage(

@@ -60,7 +60,10 @@ class Producer:
         producer = await self.get()
         futures = [
             await producer.send(
-                m.topic, m.value, key=m.key.encode(), headers=encode_headers(m.headers)
+                m.topic,
+                m.value,
+                key=None if m.key is None else m.key.encode(),
+                headers=encode_headers(m.headers),
             )
             for m in messages
         ]

@@ -24,7 +24,7 @@ class OutgoingMessage:
     """One Kafka record to publish: topic, key, value and headers."""
 
     topic: str
-    key: str
+    key: str | None  # None only for a dead letter whose original record had no key
     value: bytes
     headers: dict[str, str]
 

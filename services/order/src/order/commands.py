@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 from order.domain.order import Order
 from order.repository import IdempotencyRecord, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
+from shared.correlation import correlated, current_causation_id
 from shared.domain import DomainError
 
 
@@ -80,9 +81,12 @@ async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
 
 
 async def cancel_order(order_id: UUID, uow: OrderUnitOfWork) -> Order:
+    """Cancel; the events it causes join the order's flow (its correlation id), whatever
+    correlation id the cancel request came with, so one id follows the order to the end."""
     order = await uow.orders.get(order_id)
     if order is None:
         raise OrderNotFoundError(f"no order {order_id}")
-    order.cancel(datetime.now(UTC))
-    await uow.commit()
+    with correlated(order.correlation_id, current_causation_id()):
+        order.cancel(datetime.now(UTC))
+        await uow.commit()
     return order
