@@ -40,8 +40,10 @@ TRANSIENT_INFRA_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # The server shutting down, starting up or out of connections: it is not the event.
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
 )
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_INFRA_ERRORS, asyncpg.PostgresError)
 

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from infra import components
 from shared.consumer import ConsumerRunner
 from shared.contracts.catalog import OrderRejected
 from shared.deadletter import DeadLetterSink
@@ -160,3 +161,18 @@ async def test_offsets_are_committed_once_the_work_is_done(
             await consumer.stop()
 
     await eventually(committed, lambda offsets: offsets == ends, timeout=15)
+
+
+async def test_a_database_outage_makes_the_consumer_wait_instead_of_dead_lettering(
+    running: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    key = unique("order")
+    (e1,) = stream(key, 1)
+    components.stop("postgres")
+    try:
+        await produce(key, [e1.to_bytes()])
+        await asyncio.sleep(4)  # several "attempts" worth of backoff while the database is away
+    finally:
+        components.start("postgres")
+    await eventually(lambda: applied(pool), lambda rows: rows == ["r1"], timeout=60)
+    assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
