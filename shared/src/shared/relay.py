@@ -45,6 +45,9 @@ RELAY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+LEASE_CHECK_SECONDS = 2.0
+
+
 def lease_key(service: str) -> int:
     """A stable advisory-lock key per service (advisory locks take a bigint)."""
     return zlib.crc32(f"outbox-relay:{service}".encode())
@@ -90,13 +93,17 @@ class OutboxRelay:
         self._wake.set()
 
     async def _publish_until_cancelled(self, lease: asyncpg.Connection) -> None:
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked > LEASE_CHECK_SECONDS:
+                # A lease connection that died silently would let a standby lead too: prove
+                # the session (and with it the advisory lock) is still alive.
+                await asyncio.wait_for(lease.fetchval("SELECT 1"), LEASE_CHECK_SECONDS)
+                checked = time.monotonic()
             self._wake.clear()
             published = await self.publish_batch()
             if published >= self._settings.relay_batch_size:
                 continue  # more waiting: no pause
-            if lease.is_closed():
-                raise OSError("lost the lease connection")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._wake.wait(), self._settings.relay_poll_interval_seconds
