@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+# The folder shared/ (the project's part) and the package shared (its src/) share a name. In
+# importlib mode pytest may register the folder as a namespace package named "shared" when a
+# test under it is imported first; importing the real package here, first, prevents that.
+import shared.contracts  # noqa: F401
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

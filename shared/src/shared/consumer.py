@@ -11,12 +11,12 @@ needed anyway for producer retries and replays, so Kafka-committed offsets are e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
 from typing import Generic
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from shared.correlation import correlated
+from shared.db import TRANSIENT_DATABASE_ERRORS
 from shared.deadletter import DeadLetter, DeadLetterSink
 from shared.envelope import MalformedEnvelopeError, parse_envelope
 from shared.kafka import decode_headers, new_consumer
@@ -35,17 +36,12 @@ from shared.tracing import context_from_headers, tracer
 
 log = logging.getLogger(__name__)
 
-# Errors that say the database is unreachable, not that the event is bad: wait, never DLQ.
-TRANSIENT_INFRA_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    # The server shutting down, starting up or out of connections: it is not the event.
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_INFRA_ERRORS, asyncpg.PostgresError)
+TRANSIENT_INFRA_ERRORS = TRANSIENT_DATABASE_ERRORS  # the consumer waits these out
+
+
+class _AbandonedError(Exception):
+    """A rebalance is taking the partitions while this record waits on a retry: let go of
+    it (its offset is not committed) so the group is not stalled; the new owner applies it."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -56,6 +52,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._runner.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._runner.on_assigned(set(assigned))
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
@@ -76,6 +73,10 @@ class ConsumerRunner(Generic[U]):
         self._service = settings.service_name
         self._lock = asyncio.Lock()  # held while a record is processed; rebalance waits on it
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        # aiokafka still lists revoked partitions in assignment() until the group has synced,
+        # so the runner keeps its own record of what it handed over.
+        self._revoked: set[TopicPartition] = set()
+        self._handing_over = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self.running = False
 
@@ -114,19 +115,19 @@ class ConsumerRunner(Generic[U]):
             for tp, records in batches.items():
                 for record in records:
                     async with self._lock:
-                        if tp not in consumer.assignment():
+                        if tp in self._revoked or tp not in consumer.assignment():
                             break  # revoked while we worked: its new owner will process it
-                        await self._handle(record)
+                        if not await self._handle(record):
+                            break  # abandoned to a rebalance
                         self._done[tp] = record.offset + 1
-                if records:
-                    lag = (consumer.highwater(tp) or 0) - (records[-1].offset + 1)
+                        lag = (consumer.highwater(tp) or 0) - (record.offset + 1)
                     CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(max(lag, 0))
             await self._commit(consumer)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         if self._settings.pitfall_auto_commit or not self._done:
             return
-        assigned = consumer.assignment()
+        assigned = consumer.assignment() - self._revoked
         offsets = {tp: offset for tp, offset in self._done.items() if tp in assigned}
         self._done.clear()
         if offsets:
@@ -136,19 +137,30 @@ class ConsumerRunner(Generic[U]):
                 log.warning("offset commit refused after a rebalance: %s", exc)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._handing_over.set()  # a record stuck in a retry loop lets go
         async with self._lock:  # let the record in progress finish, then hand over
+            self._handing_over.clear()
             if self._consumer is not None:
-                await self._commit(self._consumer)
+                await self._commit(self._consumer)  # what is done, before the new owner starts
+            self._revoked |= revoked
             for tp in revoked:
                 self._done.pop(tp, None)
+                with contextlib.suppress(KeyError):
+                    CONSUMER_LAG.remove(self._service, tp.topic, str(tp.partition))
 
-    async def _handle(self, record: ConsumerRecord) -> None:
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._revoked -= assigned
+
+    async def _handle(self, record: ConsumerRecord) -> bool:
+        """Apply or dead-letter one record; False when a rebalance made us let go of it."""
         headers = decode_headers(record.headers)
         try:
             envelope = parse_envelope(record.value)
         except MalformedEnvelopeError as exc:
-            await self._dead_letter(record, headers, str(exc), attempts=1)
-            return
+            try:
+                return await self._dead_letter(record, headers, str(exc), attempts=1)
+            except _AbandonedError:
+                return False
         delivery = Delivery(envelope, record.topic, record.partition, record.offset, headers)
         span_name = f"process {envelope.event_type}"
         with (
@@ -165,8 +177,13 @@ class ConsumerRunner(Generic[U]):
             span.set_attribute("event_type", envelope.event_type)
             span.set_attribute("aggregate_id", envelope.aggregate_id)
             span.set_attribute("event.sequence", envelope.sequence)
-            outcome = await self._process_with_retries(record, headers, delivery)
+            try:
+                outcome = await self._process_with_retries(record, headers, delivery)
+            except _AbandonedError:
+                span.set_attribute("outcome", "abandoned")
+                return False
             span.set_attribute("outcome", outcome)
+        return True
 
     async def _process_with_retries(
         self, record: ConsumerRecord, headers: dict[str, str], delivery: Delivery
@@ -183,6 +200,7 @@ class ConsumerRunner(Generic[U]):
                 return "dead_lettered"
             except TRANSIENT_INFRA_ERRORS as exc:
                 attempt -= 1  # not the event's fault: wait for the database, forever
+                self._let_go_on_rebalance()
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, infra_backoff)
                 await asyncio.sleep(infra_backoff)
                 infra_backoff = min(infra_backoff * 2, 10.0)
@@ -193,6 +211,7 @@ class ConsumerRunner(Generic[U]):
                         record, headers, f"{type(exc).__name__}: {exc}", attempts=attempt
                     )
                     return "dead_lettered"
+                self._let_go_on_rebalance()
                 delay = self._settings.consumer_retry_backoff_seconds * 2 ** (attempt - 1)
                 log.warning("attempt %d failed (%r); retrying in %.2fs", attempt, exc, delay)
                 await asyncio.sleep(delay)
@@ -225,9 +244,13 @@ class ConsumerRunner(Generic[U]):
                 DEDUP_HITS.labels(self._service, record.topic).inc()
             return outcome.value
 
+    def _let_go_on_rebalance(self) -> None:
+        if self._handing_over.is_set():
+            raise _AbandonedError
+
     async def _dead_letter(
         self, record: ConsumerRecord, headers: dict[str, str], error: str, attempts: int
-    ) -> None:
+    ) -> bool:
         span = trace.get_current_span()  # the processing span, when there is one
         span.set_attribute("outcome", "dead_lettered")
         span.set_attribute("dead_letter.error", error[:500])
@@ -249,7 +272,9 @@ class ConsumerRunner(Generic[U]):
                 await self._dead_letters.send(letter)
                 break
             except (KafkaError, *TRANSIENT_INFRA_ERRORS) as exc:
+                self._let_go_on_rebalance()
                 log.warning("dead-lettering failed (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         EVENTS_CONSUMED.labels(self._service, record.topic, "dead_lettered").inc()
+        return True

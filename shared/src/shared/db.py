@@ -13,6 +13,21 @@ from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
+# Errors that say the database is unreachable or restarting, not that the work is wrong:
+# whoever meets them waits and tries again, and never dead-letters because of them.
+TRANSIENT_DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    *TRANSIENT_DATABASE_ERRORS,
+    asyncpg.PostgresError,
+)
+
 
 async def wait_for_database(url: str, timeout: float = 60.0) -> None:
     """Return once a connection succeeds; raise after ``timeout`` seconds of failures."""

@@ -54,7 +54,29 @@ class DeadLetterSink:
 
     async def send(self, letter: DeadLetter) -> None:
         """Index the letter, then publish it; both are idempotent per source offset, so a
-        crash in between and a retry leave one row and at worst a duplicate DLQ record."""
+        crash in between and a retry leave one row and at worst a duplicate DLQ record. A
+        letter the database cannot store (it refuses its bytes) is still published."""
+        headers = letter.dlq_headers()
+        try:
+            await self._index(letter)
+        except (asyncpg.DataError, ValueError) as exc:
+            headers["dlq.unindexed"] = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("dead letter not indexed (%s); publishing it anyway", exc)
+        key = None if letter.key is None else letter.key.decode(errors="replace")
+        await self._producer.publish(
+            [OutgoingMessage(f"{self._service}.dlq", key, letter.value or b"", headers)]
+        )
+        DEAD_LETTERS.labels(self._service, letter.topic).inc()
+        log.error(
+            "dead-lettered %s[%d]@%d: %s",
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            letter.error,
+            extra={"fields": {"topic": letter.topic, "attempts": letter.attempts}},
+        )
+
+    async def _index(self, letter: DeadLetter) -> None:
         await self._pool.execute(
             """
             INSERT INTO dead_letters (consumer, topic, partition, "offset", message_key, value,
@@ -71,21 +93,4 @@ class DeadLetterSink:
             json.dumps(letter.headers),
             letter.error,
             letter.attempts,
-        )
-        key = None if letter.key is None else letter.key.decode(errors="replace")
-        await self._producer.publish(
-            [
-                OutgoingMessage(
-                    f"{self._service}.dlq", key, letter.value or b"", letter.dlq_headers()
-                )
-            ]
-        )
-        DEAD_LETTERS.labels(self._service, letter.topic).inc()
-        log.error(
-            "dead-lettered %s[%d]@%d: %s",
-            letter.topic,
-            letter.partition,
-            letter.offset,
-            letter.error,
-            extra={"fields": {"topic": letter.topic, "attempts": letter.attempts}},
         )

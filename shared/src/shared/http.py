@@ -3,6 +3,7 @@ health, readiness, metrics and the dead-letter admin API; services add their own
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,9 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.admin import router as admin_router
 from shared.correlation import correlated, new_id
+from shared.db import TRANSIENT_DATABASE_ERRORS
 from shared.domain import DomainError
 from shared.runtime import Runtime, ServiceDefinition
 from shared.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "x-correlation-id"
 _VALID_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -53,10 +57,29 @@ class CorrelationMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_header(message)
+
         # The server span was opened by the OpenTelemetry middleware, outside this one.
         trace.get_current_span().set_attribute("correlation_id", correlation_id)
         with correlated(correlation_id, f"request:{new_id()}"):
-            await self.app(scope, receive, send_with_header)
+            try:
+                await self.app(scope, receive, send_tracked)
+            except Exception:
+                # Starlette's own last-resort handler sits outside this middleware and would
+                # answer in plain text without the correlation id: answer here instead.
+                log.exception("unhandled error")
+                if started:
+                    raise
+                response = JSONResponse(
+                    error_body("internal_error", "unexpected error; the log has the details"),
+                    status_code=500,
+                )
+                await response(scope, receive, send_with_header)
 
 
 class BodyLimitMiddleware:
@@ -140,6 +163,16 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            error_body("unavailable", f"the database is unavailable ({type(exc).__name__})"),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
+    for error in TRANSIENT_DATABASE_ERRORS:
+        app.add_exception_handler(error, on_database_unavailable)
 
     @app.exception_handler(DomainError)
     async def on_domain_error(_: Request, exc: DomainError) -> JSONResponse:

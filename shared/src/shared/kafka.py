@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from shared.outbox import OutgoingMessage
 from shared.settings import ServiceSettings
@@ -15,12 +16,25 @@ from shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 
+PUBLISH_TIMEOUT = 30.0
+
+
+def _sender_alive(producer: AIOKafkaProducer) -> bool:
+    """aiokafka keeps a dead sender task's error and raises it on every later send."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return task is None or not task.done()
+
+
 def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in headers.items()]
 
 
-def decode_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
-    return {k: v.decode(errors="replace") for k, v in headers or ()}
+def decode_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Header values as text. Kafka allows null values, and PostgreSQL text and jsonb refuse
+    NUL characters: both are made harmless, since the headers end up in those columns."""
+    return {
+        k: (v or b"").decode(errors="replace").replace("\x00", "\ufffd") for k, v in headers or ()
+    }
 
 
 class Producer:
@@ -54,20 +68,31 @@ class Producer:
             return self._producer
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Send all messages in order; return when the broker acknowledged every one."""
+        """Send all messages in order; return when the broker acknowledged every one.
+
+        Raises on failure (nothing is known to be published then, so callers resend all).
+        A producer that cannot recover by itself (a non-retriable idempotence error, a dead
+        sender task, no acknowledgement within ``PUBLISH_TIMEOUT``) is dropped, and the next
+        call starts a fresh one with a new producer id."""
         if not messages:
             return
         producer = await self.get()
-        futures = [
-            await producer.send(
-                m.topic,
-                m.value,
-                key=None if m.key is None else m.key.encode(),
-                headers=encode_headers(m.headers),
-            )
-            for m in messages
-        ]
-        await asyncio.gather(*futures)
+        try:
+            futures = [
+                await producer.send(
+                    m.topic,
+                    m.value,
+                    key=None if m.key is None else m.key.encode(),
+                    headers=encode_headers(m.headers),
+                )
+                for m in messages
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT)
+        except (KafkaError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) or not exc.retriable or not _sender_alive(producer):
+                log.warning("dropping the Kafka producer after %r", exc)
+                await self.close()
+            raise
 
     async def ready(self, timeout: float = 2.0) -> bool:
         try:
@@ -75,7 +100,7 @@ class Producer:
             await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
         except Exception:  # any failure means "not ready"; the reason is logged by callers
             return False
-        return True
+        return _sender_alive(producer)
 
     async def close(self) -> None:
         async with self._lock:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import asyncpg
 
 from shared.deadletter import DeadLetter, DeadLetterSink
+from shared.inbox import PostgresInbox
 from shared.metrics import DLQ_DEPTH, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PARKED_EVENTS
 
 
@@ -31,45 +33,70 @@ async def expire_gaps(
     pool: asyncpg.Pool, sink: DeadLetterSink, consumer: str, timeout_seconds: float
 ) -> int:
     """Dead-letter events parked longer than ``timeout_seconds``: the event they wait for is
-    not coming (lost upstream, or itself dead-lettered). Replaying the missing event, then
-    these, restores the stream. Returns how many were dead-lettered."""
-    rows = await pool.fetch(
+    not coming (lost upstream, or itself dead-lettered), or they failed once it came.
+    Replaying the missing event, then these, restores the stream. Returns how many.
+
+    Each one is taken in a transaction that holds its stream's row lock, the lock the
+    consumer takes too, and deleted only if still parked: an event the consumer applies
+    meanwhile is never also dead-lettered, and one being dead-lettered is never applied."""
+    candidates = await pool.fetch(
         """
-        SELECT p.*, s.last_sequence FROM parked_events p
-        LEFT JOIN consumer_sequences s USING (consumer, source, aggregate_type, aggregate_id)
-        WHERE p.consumer = $1 AND p.parked_at < now() - make_interval(secs => $2)
-        ORDER BY p.parked_at
+        SELECT source, aggregate_type, aggregate_id, sequence FROM parked_events
+        WHERE consumer = $1 AND parked_at < now() - make_interval(secs => $2)
+        ORDER BY parked_at
         """,
         consumer,
         timeout_seconds,
     )
-    for row in rows:
-        expected = (row["last_sequence"] or 0) + 1
-        await sink.send(
-            DeadLetter(
+    expired = 0
+    for candidate in candidates:
+        stream = (candidate["source"], candidate["aggregate_type"], candidate["aggregate_id"])
+        async with pool.acquire() as conn, conn.transaction():
+            inbox = PostgresInbox(cast(asyncpg.Connection, conn), consumer)
+            last = await inbox.last_sequence(stream)  # locks the stream, as the consumer does
+            row = await conn.fetchrow(
+                """
+                DELETE FROM parked_events
+                WHERE consumer = $1 AND source = $2 AND aggregate_type = $3
+                  AND aggregate_id = $4 AND sequence = $5
+                RETURNING *
+                """,
                 consumer,
-                row["topic"],
-                row["partition"],
-                row["offset"],
-                row["aggregate_id"].encode(),
-                bytes(row["value"]),
-                json.loads(row["headers"]),
-                f"sequence gap: waited {timeout_seconds:.0f}s for sequence {expected} of "
-                f"{row['source']}/{row['aggregate_type']}/{row['aggregate_id']}; "
-                f"this is sequence {row['sequence']}",
-                1,
+                *stream,
+                candidate["sequence"],
             )
+            if row is None:
+                continue  # applied since we looked
+            await sink.send(_gap_letter(consumer, row, last, timeout_seconds))
+            expired += 1
+    return expired
+
+
+def _gap_letter(
+    consumer: str, row: asyncpg.Record, last: int, timeout_seconds: float
+) -> DeadLetter:
+    where = f"{row['source']}/{row['aggregate_type']}/{row['aggregate_id']}"
+    if row["sequence"] == last + 1:
+        reason = (
+            f"parked sequence {row['sequence']} of {where} could not be applied after its gap "
+            "filled (the consumer's log has the error)"
         )
-        await pool.execute(
-            "DELETE FROM parked_events WHERE consumer = $1 AND source = $2"
-            " AND aggregate_type = $3 AND aggregate_id = $4 AND sequence = $5",
-            consumer,
-            row["source"],
-            row["aggregate_type"],
-            row["aggregate_id"],
-            row["sequence"],
+    else:
+        reason = (
+            f"sequence gap: waited {timeout_seconds:.0f}s for sequence {last + 1} of {where}; "
+            f"this is sequence {row['sequence']}"
         )
-    return len(rows)
+    return DeadLetter(
+        consumer,
+        row["topic"],
+        row["partition"],
+        row["offset"],
+        row["aggregate_id"].encode(),
+        bytes(row["value"]),
+        json.loads(row["headers"]),
+        reason,
+        1,
+    )
 
 
 async def purge_processed_events(pool: asyncpg.Pool, consumer: str, retention_hours: float) -> int:

@@ -9,17 +9,28 @@ the stream, so a consumer that ignores some event types never waits for them.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic
 
 from shared.contracts import InvalidPayloadError, Payload, UnknownEventError
 from shared.correlation import correlated
+from shared.db import TRANSIENT_DATABASE_ERRORS
 from shared.domain import DomainError
 from shared.envelope import Envelope
 from shared.faults import failpoint, raise_if_armed
 from shared.inbox import ParkedEvent
 from shared.routing import Router, U
+
+log = logging.getLogger(__name__)
+
+
+class _SuccessorFailedError(Exception):
+    def __init__(self, parked: ParkedEvent, reason: str) -> None:
+        super().__init__(reason)
+        self.parked = parked
+        self.reason = reason
 
 
 class PermanentError(Exception):
@@ -75,17 +86,37 @@ class EventProcessor(Generic[U]):
 
     async def process(self, delivery: Delivery) -> Outcome:
         payload = self.decode(delivery.envelope)  # poison fails here, before any write
+        try:
+            outcome = await self._process(delivery, payload, unblock=True)
+        except _SuccessorFailedError as failed:
+            # The event is fine; one it unblocked is not. Commit the event alone and leave
+            # that successor parked: its gap timeout dead-letters it with the reason.
+            log.error(
+                "parked %s #%d could not be applied after its gap filled: %s",
+                failed.parked.envelope.event_type,
+                failed.parked.envelope.sequence,
+                failed.reason,
+                extra={"fields": {"event_id": str(failed.parked.envelope.event_id)}},
+            )
+            outcome = await self._process(delivery, payload, unblock=False)
+        await failpoint("consumer.after_db_commit")
+        return outcome
+
+    async def _process(
+        self, delivery: Delivery, payload: Payload | None, *, unblock: bool
+    ) -> Outcome:
         async with self._new_uow() as uow:
             try:
-                outcome = await self._admit(uow, delivery, payload)
+                outcome = await self._admit(uow, delivery, payload, unblock=unblock)
             except DomainError as exc:  # a rule refused it: no retry will change that
                 raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
             await failpoint("consumer.before_db_commit")
             await uow.commit()
-        await failpoint("consumer.after_db_commit")
         return outcome
 
-    async def _admit(self, uow: U, delivery: Delivery, payload: Payload | None) -> Outcome:
+    async def _admit(
+        self, uow: U, delivery: Delivery, payload: Payload | None, *, unblock: bool
+    ) -> Outcome:
         envelope = delivery.envelope
         if self._protections.dedup and await uow.inbox.seen(envelope.event_id):
             return Outcome.DUPLICATE
@@ -105,7 +136,7 @@ class EventProcessor(Generic[U]):
                 )
                 return Outcome.PARKED
         outcome = await self._apply(uow, envelope, payload)
-        if self._protections.sequence_check:
+        if self._protections.sequence_check and unblock:
             await self._apply_unblocked(uow, envelope)
         return outcome
 
@@ -123,5 +154,10 @@ class EventProcessor(Generic[U]):
         sequence = applied.sequence + 1
         while (parked := await uow.inbox.unpark(applied.stream, sequence)) is not None:
             if not await uow.inbox.seen(parked.envelope.event_id):
-                await self._apply(uow, parked.envelope, self.decode(parked.envelope))
+                try:
+                    await self._apply(uow, parked.envelope, self.decode(parked.envelope))
+                except TRANSIENT_DATABASE_ERRORS:
+                    raise  # the database, not the event: the whole delivery is retried
+                except Exception as exc:
+                    raise _SuccessorFailedError(parked, f"{type(exc).__name__}: {exc}") from exc
             sequence += 1

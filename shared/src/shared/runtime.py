@@ -19,8 +19,8 @@ from typing import Any, Generic
 import asyncpg
 from fastapi import APIRouter
 
-from shared.consumer import DATABASE_ERRORS, ConsumerRunner
-from shared.db import create_pool
+from shared.consumer import ConsumerRunner
+from shared.db import DATABASE_ERRORS, create_pool
 from shared.deadletter import DeadLetterSink
 from shared.kafka import Producer
 from shared.maintenance import expire_gaps, purge_processed_events, refresh_gauges

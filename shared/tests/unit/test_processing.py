@@ -179,3 +179,23 @@ async def test_streams_of_different_aggregates_do_not_wait_for_each_other() -> N
     b = stream_of(1, "order-b")
     outcomes = await deliver_all(processor(state), [a[1], b[0]])
     assert outcomes == [Outcome.PARKED, Outcome.APPLIED]
+
+
+async def test_a_parked_successor_that_fails_stays_parked_and_does_not_sink_the_gap_filler() -> (
+    None
+):
+    picky = Router[InMemoryUnitOfWork]()
+
+    @picky.subscriber(OrderRejected)
+    async def when_order_rejected_refuse_r2(event: OrderRejected, uow: InMemoryUnitOfWork) -> None:
+        if event.reason == "r2":
+            raise RuntimeError("a bug that only r2 triggers")
+        uow.table("applied").setdefault("log", []).append(event.reason)
+
+    state = InMemoryState()
+    proc = EventProcessor(picky, lambda: InMemoryUnitOfWork(state, "test"))
+    e1, e2 = stream_of(2)
+    assert await proc.process(Delivery(e2)) is Outcome.PARKED
+    assert await proc.process(Delivery(e1)) is Outcome.APPLIED  # not dead-lettered for e2
+    assert applied(state) == ["r1"]
+    assert list(state.inbox.parked) == [(e2.stream, 2)]  # left for the gap timeout

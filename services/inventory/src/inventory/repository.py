@@ -24,10 +24,16 @@ class StockRepository(TrackingRepository[Stock]):
         return {s.sku: self.track(s) for s in found}
 
     async def get_or_create(self, sku: str) -> Stock:
-        return (await self.lock([sku])).get(sku) or self.track(Stock(sku))
+        """The SKU's stock, locked; created empty first if missing, so that two requests
+        creating the same SKU at once queue on its row instead of overwriting each other."""
+        await self._create_if_missing(sku)
+        return (await self.lock([sku]))[sku]
 
     @abstractmethod
     async def _lock(self, skus: list[str]) -> list[Stock]: ...
+
+    @abstractmethod
+    async def _create_if_missing(self, sku: str) -> None: ...
 
     @abstractmethod
     async def get(self, sku: str) -> Stock | None:
@@ -72,6 +78,13 @@ class PostgresStockRepository(StockRepository):
             "SELECT * FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE", skus
         )
         return [_stock(r) for r in rows]
+
+    async def _create_if_missing(self, sku: str) -> None:
+        await self._conn.execute(
+            "INSERT INTO stock (sku, available, reserved, shipped) VALUES ($1, 0, 0, 0)"
+            " ON CONFLICT (sku) DO NOTHING",
+            sku,
+        )
 
     async def _save(self, stock: Stock) -> None:
         await self._conn.execute(
@@ -146,6 +159,9 @@ class InMemoryStockRepository(StockRepository):
 
     async def _lock(self, skus: list[str]) -> list[Stock]:
         return [_copy_stock(self._rows[s]) for s in skus if s in self._rows]
+
+    async def _create_if_missing(self, sku: str) -> None:
+        self._rows.setdefault(sku, Stock(sku))
 
     async def _save(self, stock: Stock) -> None:
         self._rows[stock.sku] = _copy_stock(stock)

@@ -114,7 +114,7 @@ async def post_order(
 
 @router.get("/{order_id}", response_model=OrderView)
 async def get_order(order_id: UUID, uow: UowDep) -> OrderView:
-    order = await uow.orders.get(order_id)
+    order = await uow.orders.read(order_id)
     if order is None:
         raise HTTPException(404, f"no order {order_id}")
     return OrderView.of(order)

@@ -16,19 +16,15 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import httpx
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
-
-from order.repository import OrderUnitOfWork
-from shared.http import unit_of_work
 
 SERVICES = ("order-service", "inventory-service", "shipping-service")
 STEP_PREFIXES = ("process ", "publish ", "dispatch ", "POST ", "PUT ")
 ASGI_INTERNAL = (" http receive", " http send")  # the ASGI instrumentation's inner spans
 
 router = APIRouter(tags=["event flow"])
-UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
 
 
 class Step(BaseModel):
@@ -120,12 +116,15 @@ def _as_uuid(text: str) -> UUID | None:
 @router.get("/flow/api", response_model=Flow, summary="The chain of events of one flow")
 async def flow_api(
     request: Request,
-    uow: UowDep,
     q: Annotated[str, Query(min_length=1, max_length=128, description="correlation or order id")],
 ) -> Flow:
     settings = request.app.state.runtime.settings
     order_id = _as_uuid(q)
-    order = await uow.orders.get(order_id) if order_id is not None else None
+    order = None
+    if order_id is not None:
+        # Read, then give the connection back before the (slow) calls to Jaeger.
+        async with request.app.state.runtime.new_uow() as uow:
+            order = await uow.orders.read(order_id)
     correlation_id = order.correlation_id if order is not None else q
     try:
         traces = await fetch_traces(settings.jaeger_query_url, correlation_id)

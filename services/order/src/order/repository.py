@@ -36,10 +36,14 @@ class OrderRepository(ABC):
         self._tracked: dict[UUID, Order] = {}
 
     async def get(self, order_id: UUID) -> Order | None:
-        order = await self._get(order_id)
+        order = await self._get(order_id, lock=True)
         if order is not None:
             self._track(order, order.version)
         return order
+
+    async def read(self, order_id: UUID) -> Order | None:
+        """For display: neither locked nor tracked (changes to it are not saved)."""
+        return await self._get(order_id, lock=False)
 
     async def add(self, order: Order, idempotency: IdempotencyRecord | None = None) -> None:
         await self._insert(order, idempotency)
@@ -58,7 +62,7 @@ class OrderRepository(ABC):
         self._uow.track(order)
 
     @abstractmethod
-    async def _get(self, order_id: UUID) -> Order | None: ...
+    async def _get(self, order_id: UUID, *, lock: bool) -> Order | None: ...
 
     @abstractmethod
     async def _insert(self, order: Order, idempotency: IdempotencyRecord | None) -> None: ...
@@ -122,10 +126,9 @@ class PostgresOrderRepository(OrderRepository):
         super().__init__(uow)
         self._conn = conn
 
-    async def _get(self, order_id: UUID) -> Order | None:
-        row = await self._conn.fetchrow(
-            "SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order_id
-        )
+    async def _get(self, order_id: UUID, *, lock: bool) -> Order | None:
+        query = "SELECT * FROM orders WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
+        row = await self._conn.fetchrow(query, order_id)
         return None if row is None else _order_from_row(row)
 
     async def _insert(self, order: Order, idempotency: IdempotencyRecord | None) -> None:
@@ -227,7 +230,7 @@ class InMemoryOrderRepository(OrderRepository):
         super().__init__(uow)
         self._rows: dict[UUID, _StoredOrder] = uow.table("orders")
 
-    async def _get(self, order_id: UUID) -> Order | None:
+    async def _get(self, order_id: UUID, *, lock: bool) -> Order | None:
         stored = self._rows.get(order_id)
         return None if stored is None else _copy(stored.order)
 

@@ -39,7 +39,7 @@ class ShipmentView(BaseModel):
 
 @router.get("/{order_id}", response_model=ShipmentView)
 async def get_shipment(order_id: UUID, uow: UowDep) -> ShipmentView:
-    shipment = await uow.shipments.get(order_id)
+    shipment = await uow.shipments.read(order_id)
     if shipment is None:
         raise HTTPException(404, f"no shipment for order {order_id}")
     return ShipmentView.of(shipment)

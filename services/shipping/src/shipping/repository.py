@@ -35,8 +35,13 @@ def flow_context() -> tuple[str, dict[str, str]]:
 
 class ShipmentRepository(TrackingRepository[Shipment]):
     async def get(self, order_id: UUID) -> Shipment | None:
-        shipment = await self._get(order_id)
+        """Locked until commit, and saved at commit if it changed."""
+        shipment = await self._get(order_id, lock=True)
         return None if shipment is None else self.track(shipment)
+
+    async def read(self, order_id: UUID) -> Shipment | None:
+        """For display: neither locked nor tracked."""
+        return await self._get(order_id, lock=False)
 
     async def due(self, now: datetime, limit: int) -> list[DueShipment]:
         """Scheduled shipments whose time has come, oldest first (not locked: dispatch each
@@ -44,7 +49,7 @@ class ShipmentRepository(TrackingRepository[Shipment]):
         return await self._due(now, limit)
 
     @abstractmethod
-    async def _get(self, order_id: UUID) -> Shipment | None: ...
+    async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None: ...
 
     @abstractmethod
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]: ...
@@ -73,10 +78,9 @@ class PostgresShipmentRepository(ShipmentRepository):
         super().__init__(uow)
         self._conn = conn
 
-    async def _get(self, order_id: UUID) -> Shipment | None:
-        row = await self._conn.fetchrow(
-            "SELECT * FROM shipments WHERE order_id = $1 FOR UPDATE", order_id
-        )
+    async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None:
+        query = "SELECT * FROM shipments WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
+        row = await self._conn.fetchrow(query, order_id)
         return None if row is None else _shipment(row)
 
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]:
@@ -130,7 +134,7 @@ class InMemoryShipmentRepository(ShipmentRepository):
         self._rows: dict[UUID, Shipment] = uow.table("shipments")
         self._contexts: dict[UUID, tuple[str, dict[str, str]]] = uow.table("shipment_contexts")
 
-    async def _get(self, order_id: UUID) -> Shipment | None:
+    async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None:
         found = self._rows.get(order_id)
         return None if found is None else _copy(found)
 
