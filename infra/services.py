@@ -29,12 +29,16 @@ def common_env(ports: Ports) -> dict[str, str]:
 
 def service_env(name: str, ports: Ports) -> dict[str, str]:
     """The variables the launcher sets for service ``name`` (they override os.environ)."""
-    return {
+    env = {
         "HTTP_HOST": HOST,
         "HTTP_PORT": str(ports.of(name)),
         "DATABASE_URL": f"postgresql://postgres@{HOST}:{ports.postgres}/{name}",
         **common_env(ports),
     }
+    if name == "order":  # the event-flow view reads Jaeger's query API and links to its UI
+        jaeger = f"http://{HOST}:{ports.jaeger_ui}"
+        env |= {"JAEGER_QUERY_URL": jaeger, "JAEGER_UI_URL": jaeger}
+    return env
 
 
 class Service(Component):
