@@ -105,7 +105,9 @@ async def test_duplicates_and_reordering_are_applied_exactly_once_in_order(
     assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
 
 
-@pytest.mark.parametrize("running", [Protections(dedup=False, sequence_check=False)], indirect=True)
+@pytest.mark.parametrize(
+    "running", [Protections(dedup=False, sequence_check=False)], indirect=True, ids=["off"]
+)
 async def test_with_dedup_and_sequence_check_off_a_duplicate_is_applied_twice(
     running: ServiceSettings, pool: asyncpg.Pool
 ) -> None:
