@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Generic
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter
 
 from shared.consumer import ConsumerRunner
@@ -141,6 +142,6 @@ class Runtime(Generic[U]):
                         self.pool, self.service, self.settings.dedup_retention_hours
                     )
                     last_purge = time.monotonic()
-            except DATABASE_ERRORS as exc:
+            except (*DATABASE_ERRORS, KafkaError) as exc:
                 log.warning("maintenance skipped: %s", exc)
             await asyncio.sleep(5.0)
