@@ -36,8 +36,6 @@ from shared.tracing import context_from_headers, tracer
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_INFRA_ERRORS = TRANSIENT_DATABASE_ERRORS  # the consumer waits these out
-
 
 class _AbandonedError(Exception):
     """A rebalance is taking the partitions while this record waits on a retry: let go of
@@ -198,7 +196,7 @@ class ConsumerRunner(Generic[U]):
             except PermanentError as exc:
                 await self._dead_letter(record, headers, str(exc), attempts=attempt)
                 return "dead_lettered"
-            except TRANSIENT_INFRA_ERRORS as exc:
+            except TRANSIENT_DATABASE_ERRORS as exc:
                 attempt -= 1  # not the event's fault: wait for the database, forever
                 self._let_go_on_rebalance()
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, infra_backoff)
@@ -271,7 +269,7 @@ class ConsumerRunner(Generic[U]):
             try:
                 await self._dead_letters.send(letter)
                 break
-            except (KafkaError, *TRANSIENT_INFRA_ERRORS) as exc:
+            except (KafkaError, *TRANSIENT_DATABASE_ERRORS) as exc:
                 self._let_go_on_rebalance()
                 log.warning("dead-lettering failed (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)

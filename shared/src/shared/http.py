@@ -151,7 +151,7 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             error_body(
-                "validation_error", _validation_message(exc), details=jsonable(exc.errors())
+                "validation_error", _validation_message(exc), details=jsonable_encoder(exc.errors())
             ),
             status_code=422,
         )
@@ -217,10 +217,6 @@ def _error_name(status: int) -> str:
         409: "conflict",
         413: "payload_too_large",
     }.get(status, "error")
-
-
-def jsonable(errors: Any) -> Any:
-    return jsonable_encoder(errors)
 
 
 async def unit_of_work(request: Request) -> AsyncIterator[Any]:

@@ -116,7 +116,6 @@ class PostgresOutbox(Outbox):
 @dataclass
 class InMemoryOutboxState:
     sequences: dict[tuple[str, str], int] = field(default_factory=dict)
-    messages: list[OutgoingMessage] = field(default_factory=list)
     envelopes: list[Envelope] = field(default_factory=list)
 
 
@@ -133,5 +132,4 @@ class InMemoryOutbox(Outbox):
         return self.state.sequences[key]
 
     async def _store(self, message: OutgoingMessage, envelope: Envelope) -> None:
-        self.state.messages.append(message)
         self.state.envelopes.append(envelope)

@@ -18,7 +18,6 @@ from shared.deadletter import DeadLetterSink
 from shared.envelope import Envelope, new_envelope
 from shared.kafka import Producer
 from shared.processing import EventProcessor, Protections
-from shared.routing import Router
 from shared.settings import ServiceSettings
 from shared.testing.infra import (
     create_topics,
@@ -29,14 +28,8 @@ from shared.testing.infra import (
     start_group_at_end,
     unique,
 )
+from shared.testing.worker import APPLIED_TABLE, router
 from shared.uow import PostgresUnitOfWork
-
-router = Router[PostgresUnitOfWork]()
-
-
-@router.subscriber(OrderRejected)
-async def when_order_rejected_note_it(event: OrderRejected, uow: PostgresUnitOfWork) -> None:
-    await uow.conn.execute("INSERT INTO applied (reason) VALUES ($1)", event.reason)
 
 
 def stream(aggregate_id: str, n: int) -> list[Envelope]:
@@ -73,7 +66,7 @@ async def running(
 ) -> AsyncIterator[ServiceSettings]:
     """A consumer runner for ``orders`` in its own group, started at the topic's end."""
     protections: Protections = getattr(request, "param", Protections())
-    await pool.execute("CREATE TABLE applied (id serial PRIMARY KEY, reason text NOT NULL)")
+    await pool.execute(APPLIED_TABLE)
     await create_topics(settings.dlq_topic)
     await start_group_at_end(settings.consumer_group, ["orders"])
     producer = Producer(settings)

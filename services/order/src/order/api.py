@@ -18,7 +18,7 @@ from order.commands import (
     cancel_order,
     place_order,
 )
-from order.domain.order import CancelTooLateError, Order, OrderStatus
+from order.domain.order import Order, OrderStatus
 from order.repository import OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
 from shared.correlation import current_correlation_id
@@ -141,8 +141,6 @@ async def post_cancel(order_id: UUID, uow: UowDep) -> OrderView:
         order = await cancel_order(order_id, uow)
     except OrderNotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
-    except CancelTooLateError as exc:
-        raise HTTPException(409, str(exc)) from exc
-    except DomainError as exc:
+    except DomainError as exc:  # CancelTooLateError: already shipped or rejected
         raise HTTPException(409, str(exc)) from exc
     return OrderView.of(order)

@@ -9,6 +9,7 @@ its outcome: applied, duplicate, parked, ignored, dead_lettered) and each shipme
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from importlib import resources
@@ -56,21 +57,20 @@ def _tags(span: dict[str, Any]) -> dict[str, Any]:
 
 async def fetch_traces(jaeger: str, correlation_id: str) -> list[dict[str, Any]]:
     """Every trace with a span tagged with this correlation id, from any service."""
-    traces: dict[str, dict[str, Any]] = {}
+    params = {
+        "tags": json.dumps({"correlation_id": correlation_id}),
+        "limit": "50",
+        "lookback": "2d",
+    }
     async with httpx.AsyncClient(base_url=jaeger, timeout=5) as client:
-        for service in SERVICES:
-            response = await client.get(
-                "/api/traces",
-                params={
-                    "service": service,
-                    "tags": json.dumps({"correlation_id": correlation_id}),
-                    "limit": 50,
-                    "lookback": "2d",
-                },
-            )
-            if response.status_code == 200:
-                for trace in response.json().get("data") or []:
-                    traces[trace["traceID"]] = trace
+        responses = await asyncio.gather(
+            *(client.get("/api/traces", params={**params, "service": s}) for s in SERVICES)
+        )
+    traces: dict[str, dict[str, Any]] = {}
+    for response in responses:
+        if response.status_code == 200:
+            for trace in response.json().get("data") or []:
+                traces[trace["traceID"]] = trace
     return list(traces.values())
 
 
