@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -29,7 +30,7 @@ from opentelemetry.trace import Span
 
 from shared.faults import failpoint
 from shared.kafka import Producer
-from shared.metrics import EVENTS_PUBLISHED, RELAY_PUBLISH_SECONDS
+from shared.metrics import EVENTS_PUBLISHED, OUTBOX_TO_ACK_SECONDS, RELAY_PUBLISH_SECONDS
 from shared.outbox import OutgoingMessage, notify_channel
 from shared.settings import ServiceSettings
 from shared.tracing import context_from_headers, tracer
@@ -114,7 +115,7 @@ class OutboxRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """
-                SELECT id, topic, message_key, value, headers FROM outbox
+                SELECT id, topic, message_key, value, headers, created_at FROM outbox
                 ORDER BY id LIMIT $1 FOR UPDATE
                 """,
                 self._settings.relay_batch_size,
@@ -134,6 +135,10 @@ class OutboxRelay:
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )
         RELAY_PUBLISH_SECONDS.labels(self._service).observe(time.perf_counter() - started)
+        acked = datetime.now(UTC)
+        to_ack = OUTBOX_TO_ACK_SECONDS.labels(self._service)
+        for row in rows:
+            to_ack.observe((acked - row["created_at"]).total_seconds())
         for message in messages:
             EVENTS_PUBLISHED.labels(self._service, message.topic).inc()
         return len(rows)

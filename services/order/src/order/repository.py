@@ -13,6 +13,7 @@ import asyncpg
 
 from order.domain.order import Order, OrderStatus
 from shared.contracts.catalog import Address, OrderLine
+from shared.metrics import AGGREGATE_AGE_SECONDS
 from shared.uow import InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
 
 
@@ -55,6 +56,9 @@ class OrderRepository(ABC):
             if order.version != loaded:
                 await self._update(order, loaded)
                 self._loaded_versions[order_id] = order.version
+                AGGREGATE_AGE_SECONDS.labels("order", "order", order.status.value).observe(
+                    (order.updated_at - order.created_at).total_seconds()
+                )
 
     def _track(self, order: Order, version: int) -> None:
         self._tracked[order.order_id] = order
