@@ -1,5 +1,7 @@
 """The body of every service's Alembic ``env.py``: migrations are plain SQL run through an
-asyncpg-backed SQLAlchemy connection (there is no ORM model to autogenerate from)."""
+asyncpg-backed SQLAlchemy connection (there is no ORM model to autogenerate from), and the
+helpers revisions call: :func:`execute_script` for their own SQL, :func:`apply` and
+:func:`revert` for a frozen machinery step (see :mod:`shared.machinery_migrations`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import asyncio
 from alembic import context, op
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from shared.machinery_migrations import Step
 
 
 def _sqlalchemy_url(url: str) -> str:
@@ -49,3 +53,13 @@ def execute_script(sql: str) -> None:
     for statement in sql.split(";"):
         if statement.strip():
             op.execute(statement)
+
+
+def apply(step: Step) -> None:
+    """Run a machinery step's upgrade from a revision's ``upgrade()``."""
+    execute_script(step.upgrade)
+
+
+def revert(step: Step) -> None:
+    """Run a machinery step's downgrade from a revision's ``downgrade()``."""
+    execute_script(step.downgrade)

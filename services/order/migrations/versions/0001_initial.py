@@ -3,8 +3,8 @@
 Revision ID: 0001
 """
 
-from shared.migrations import execute_script
-from shared.schema import CREATE_SQL, DROP_SQL
+from shared.machinery_migrations import MACHINERY_0001
+from shared.migrations import apply, execute_script, revert
 
 revision = "0001"
 down_revision = None
@@ -13,7 +13,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    execute_script(CREATE_SQL)
+    apply(MACHINERY_0001)
     execute_script(
         """
         CREATE TABLE orders (
@@ -43,4 +43,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     execute_script("DROP TABLE IF EXISTS known_skus, orders")
-    execute_script(DROP_SQL)
+    revert(MACHINERY_0001)

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.db import migrate
-from shared.schema import CREATE_SQL
+from shared.machinery_migrations import STEPS
 
 T = TypeVar("T")
 
@@ -34,7 +34,8 @@ def unique(prefix: str) -> str:
 
 
 async def create_database(migrations: Path | None = None) -> str:
-    """A new empty database with the machinery tables, or a service's migrations applied."""
+    """A new database with a service's migrations applied, or, with ``migrations=None``, only
+    the machinery tables: every machinery step applied in order, as a service at head has."""
     name = unique("test")
     admin = await asyncpg.connect(postgres_url())
     try:
@@ -47,7 +48,9 @@ async def create_database(migrations: Path | None = None) -> str:
     else:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute(CREATE_SQL)
+            async with conn.transaction():
+                for step in STEPS:
+                    await conn.execute(step.upgrade)
         finally:
             await conn.close()
     return url

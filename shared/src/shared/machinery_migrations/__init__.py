@@ -1,0 +1,33 @@
+"""The machinery tables' migrations, written once for every service and frozen.
+
+Every service database holds the same machinery tables (see :mod:`shared.schema` for what
+each one is for). Their DDL lives here as numbered, immutable steps, and each service's
+Alembic chain applies them by name: a revision calls ``apply(MACHINERY_0001)``, never a
+module that describes "the current schema", so a database that applied a revision keeps
+meaning the same thing forever.
+
+The rules:
+
+- **Never edit a step that has shipped.** A database that ran it will not run it again, so
+  an edit would only split the fleet into databases that differ. ``shared/tests/unit/
+  test_migrations_frozen.py`` pins a hash of every shipped step and every service revision
+  and fails on any change.
+- **To change a machinery table, add a step**: a new module ``step_NNNN_<what>.py`` holding
+  ``MACHINERY_NNNN = Step(...)`` with its upgrade and its downgrade (the exact inverse),
+  appended to :data:`STEPS`; then **a new revision in every service** whose ``upgrade``
+  calls ``apply(MACHINERY_NNNN)`` and whose ``downgrade`` calls ``revert(MACHINERY_NNNN)``.
+  Pin the new hashes in the freeze test (it prints them).
+- Steps run through :func:`shared.migrations.execute_script`, which splits on ``;``: keep
+  semicolons out of string literals.
+"""
+
+from __future__ import annotations
+
+from shared.machinery_migrations._step import Step
+from shared.machinery_migrations.step_0001_initial import MACHINERY_0001
+
+# Every step, oldest first: a new database (see ``shared.testing.infra.create_database``)
+# applies them in this order, as each service's revision chain does.
+STEPS: tuple[Step, ...] = (MACHINERY_0001,)
+
+__all__ = ["MACHINERY_0001", "STEPS", "Step"]

@@ -1,0 +1,145 @@
+"""Shipped migrations are frozen: a database that applied one never runs it again, so an edit
+would silently split the fleet. Every machinery step and every service revision is pinned
+here by the sha256 of the SQL it runs (rendered offline, whitespace-normalised, so a
+reformatted docstring or comment does not count as a change but any SQL change does).
+
+A new step or revision is added to the pins below in the same commit; the failure message
+prints the line to paste. A pin never changes afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from alembic.script import ScriptDirectory
+
+from shared.machinery_migrations import STEPS, Step
+from shared.migrations import execute_script
+
+SERVICES = Path(__file__).resolve().parents[3] / "services"
+
+# step name -> (sha256 of its upgrade SQL, sha256 of its downgrade SQL)
+SHIPPED_STEPS: dict[str, tuple[str, str]] = {
+    "0001_initial": (
+        "e2bca351204446fb219954c87fee59688806efe22da7663c28b30856256aecfa",
+        "f9d55a75e4b6e8b59e1f6af3d0502b5c82e1f3306cfcbc22059ac3c37e7ed49a",
+    ),
+}
+
+# (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
+SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("order", "0001"): (
+        "b9fed416e3aebd263d7e4f20055ee2cf4e9c56ccd3b9d0d34beafbcf5ca9df2d",
+        "7b9cb990b5363a3c4b84638da9b324473cc851ac4e815a5dba682c2dd812e7f2",
+    ),
+    ("inventory", "0001"): (
+        "ff85f66516883cdfa2548247174d69f16f00b55be386cd5f69b050d5850da139",
+        "30c44d34eafd0c81486ad74e3a46f594af197b7de63fe6a61ed6ccee0168a66a",
+    ),
+    ("shipping", "0001"): (
+        "4796953a408b02d967e2127e3c796f1d986eab2cefba73ada3157ef6595c349e",
+        "b203bc10dbf65344551d7ca06c0f881defad51092a114f2b9dad481b6bffdf36",
+    ),
+    ("shipping", "0002"): (
+        "8838498fd2f4744e7af684560897d9a2cbcfcb436ddd1b26c354a81403f543aa",
+        "8d1c6a8cf89368b8b00309ded0b6dbd828b94e1b655395884ed18b45ae8977f7",
+    ),
+}
+
+FROZEN = (
+    "add a new revision instead of editing an applied one: a database that ran it will not run "
+    "it again. Put a machinery change in a new step in shared.machinery_migrations and a new "
+    "revision in every service that applies it. (Only if this has never been merged or "
+    "deployed anywhere may its pin change.)"
+)
+
+
+def revision_chain(service: str) -> list[ModuleType]:
+    """The service's revision modules, base first."""
+    config = Config()
+    config.set_main_option("script_location", str(SERVICES / service / "migrations"))
+    revisions = list(ScriptDirectory.from_config(config).walk_revisions())
+    return [r.module for r in reversed(revisions)]
+
+
+def rendered(run: Callable[[], None]) -> str:
+    """The SQL ``run`` (a revision's ``upgrade``/``downgrade``) emits, rendered offline."""
+    buffer = io.StringIO()
+    context = MigrationContext.configure(
+        dialect_name="postgresql", opts={"as_sql": True, "output_buffer": buffer}
+    )
+    with Operations.context(context):
+        run()
+    return buffer.getvalue()
+
+
+def normalised(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def digest(sql: str) -> str:
+    return hashlib.sha256(normalised(sql).encode()).hexdigest()
+
+
+def revisions() -> list[tuple[str, ModuleType]]:
+    return [(s, m) for s in ("order", "inventory", "shipping") for m in revision_chain(s)]
+
+
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+def test_a_shipped_machinery_step_is_never_edited(step: Step) -> None:
+    actual = (digest(step.upgrade), digest(step.downgrade))
+    assert step.name in SHIPPED_STEPS, (
+        f"new machinery step {step.name}: pin it in {__name__}.SHIPPED_STEPS with "
+        f"{step.name!r}: {actual!r},"
+    )
+    assert actual == SHIPPED_STEPS[step.name], f"machinery step {step.name} changed: {FROZEN}"
+
+
+@pytest.mark.parametrize(
+    ("service", "module"), revisions(), ids=lambda v: v if isinstance(v, str) else v.revision
+)
+def test_a_shipped_service_revision_is_never_edited(service: str, module: ModuleType) -> None:
+    key = (service, module.revision)
+    actual = (digest(rendered(module.upgrade)), digest(rendered(module.downgrade)))
+    assert key in SHIPPED_REVISIONS, (
+        f"new revision {service} {module.revision}: pin it in "
+        f"{__name__}.SHIPPED_REVISIONS with {key!r}: {actual!r},"
+    )
+    assert actual == SHIPPED_REVISIONS[key], (
+        f"{service} revision {module.revision} changed: {FROZEN}"
+    )
+
+
+def test_no_shipped_step_or_revision_is_removed() -> None:
+    assert set(SHIPPED_STEPS) <= {s.name for s in STEPS}, FROZEN
+    assert set(SHIPPED_REVISIONS) <= {(s, m.revision) for s, m in revisions()}, FROZEN
+
+
+def test_machinery_steps_are_numbered_in_order() -> None:
+    numbers = [step.name.split("_", 1)[0] for step in STEPS]
+    assert numbers == [f"{n:04d}" for n in range(1, len(STEPS) + 1)]
+
+
+@pytest.mark.parametrize("service", ["order", "inventory", "shipping"])
+def test_every_service_applies_every_machinery_step_once_in_order(service: str) -> None:
+    """A new step needs a new revision in every service, or that service's database drifts
+    from the others (and from ``shared.testing.infra.create_database``)."""
+    chain = normalised("".join(rendered(m.upgrade) for m in revision_chain(service)))
+    positions = []
+    for step in STEPS:
+        step_sql = normalised(rendered(partial(execute_script, step.upgrade)))
+        assert chain.count(step_sql) == 1, (
+            f"{service} must apply machinery step {step.name} in exactly one revision: "
+            f"add a revision whose upgrade() calls apply(MACHINERY_{step.name[:4]})"
+        )
+        positions.append(chain.index(step_sql))
+    assert positions == sorted(positions), f"{service} applies the machinery steps out of order"
