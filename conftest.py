@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 # The folder shared/ (the project's part) and the package shared (its src/) share a name. In
 # importlib mode pytest may register the folder as a namespace package named "shared" when a
 # test under it is imported first; importing the real package here, first, prevents that.
 import shared.contracts  # noqa: F401
+from shared.correlation import correlation_id_var
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -18,3 +21,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _a_correlation_in_effect() -> Iterator[None]:
+    """Every edge of a service (HTTP middleware, consumer, scheduler) sets the correlation in
+    effect before work writes events, and writing without one raises. A test plays the edge:
+    its code runs as in one flow, ``test-flow``. Tests of the edges set their own."""
+    token = correlation_id_var.set("test-flow")
+    try:
+        yield
+    finally:
+        correlation_id_var.reset(token)

@@ -20,7 +20,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
-from shared.outbox import notify_channel
+from shared.postgres import notify_channel
 
 
 def require_admin(

@@ -1,8 +1,12 @@
 """Correlation and causation ids of the work in progress, carried in context variables.
 
-The HTTP middleware sets them from ``X-Correlation-ID`` (or a new id); the consumer sets them
-from the envelope it processes. The outbox reads them when it writes an event, and the log
-formatter and span processor stamp them on every line and span.
+This is the one source of both ids. The edges set them: the HTTP middleware from
+``X-Correlation-ID`` (or a new id), the consumer from the envelope it processes, a background
+job from the aggregate it works on (``with correlated(...)``). Everything downstream reads
+them: an aggregate that stores its flow's id, the outbox when it stamps an event, the log
+formatter and the span processor. Writing an event with no correlation in effect is a bug
+at an edge, and raises :class:`NoCorrelationError` rather than inventing an id that nothing
+else would share.
 """
 
 from __future__ import annotations
@@ -20,9 +24,18 @@ def new_id() -> str:
     return str(uuid4())
 
 
+class NoCorrelationError(RuntimeError):
+    """Work that writes events ran outside ``correlated(...)``."""
+
+
 def current_correlation_id() -> str:
-    """The correlation id in effect, or a new one when nothing set it (background work)."""
-    return correlation_id_var.get() or new_id()
+    """The correlation id in effect; raises NoCorrelationError when no edge set one."""
+    correlation_id = correlation_id_var.get()
+    if correlation_id is None:
+        raise NoCorrelationError(
+            "no correlation id in effect: run this work inside shared.correlation.correlated()"
+        )
+    return correlation_id
 
 
 def current_causation_id() -> str | None:

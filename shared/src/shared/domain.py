@@ -9,7 +9,22 @@ from shared.contracts import Payload
 
 
 class DomainError(Exception):
-    """A business rule refused the command; the message says which rule and why."""
+    """A business rule refused the command; the message says which rule and why.
+
+    Over HTTP it answers 409; in a consumer it is permanent (no retry changes a rule), so
+    the event is dead-lettered at once."""
+
+
+class NotFoundError(Exception):
+    """The command or event names an aggregate this service does not have.
+
+    Over HTTP it answers 404; in a consumer it is permanent, like a :class:`DomainError`
+    (the event refers to something that does not exist here: retrying cannot create it)."""
+
+
+class ConcurrencyError(Exception):
+    """The aggregate changed under us between load and save: the whole unit of work may be
+    retried (a consumer does, as for any transient failure)."""
 
 
 class Aggregate:

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.admin import router as admin_router
 from shared.correlation import correlated, new_id
 from shared.db import TRANSIENT_DATABASE_ERRORS
-from shared.domain import DomainError
+from shared.domain import DomainError, NotFoundError
 from shared.runtime import Runtime, ServiceDefinition
 from shared.tracing import setup_tracing
 
@@ -177,6 +177,10 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
     @app.exception_handler(DomainError)
     async def on_domain_error(_: Request, exc: DomainError) -> JSONResponse:
         return JSONResponse(error_body("conflict", str(exc)), status_code=409)
+
+    @app.exception_handler(NotFoundError)
+    async def on_not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse(error_body("not_found", str(exc)), status_code=404)
 
     @app.get("/health", tags=["operations"], summary="The process is alive")
     async def health() -> dict[str, str]:

@@ -8,8 +8,8 @@ from typing import cast
 import asyncpg
 
 from shared.deadletter import DeadLetter, DeadLetterSink
-from shared.inbox import PostgresInbox
 from shared.metrics import DLQ_DEPTH, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PARKED_EVENTS
+from shared.postgres import PostgresInbox
 
 
 async def refresh_gauges(pool: asyncpg.Pool, service: str) -> None:

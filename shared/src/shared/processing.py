@@ -17,7 +17,7 @@ from typing import Generic
 from shared.contracts import InvalidPayloadError, Payload, UnknownEventError
 from shared.correlation import correlated
 from shared.db import TRANSIENT_DATABASE_ERRORS
-from shared.domain import DomainError
+from shared.domain import DomainError, NotFoundError
 from shared.envelope import Envelope
 from shared.faults import failpoint, raise_if_armed
 from shared.inbox import ParkedEvent
@@ -34,7 +34,9 @@ class _SuccessorFailedError(Exception):
 
 
 class PermanentError(Exception):
-    """Retrying cannot help (bad input, a rule no later event can satisfy): dead-letter now."""
+    """Retrying cannot help: dead-letter now. Raised for an envelope or payload that does not
+    decode, and for a handler's DomainError or NotFoundError (see :mod:`shared.domain`).
+    Any other exception is retried, then dead-lettered after the last attempt."""
 
 
 class Outcome(enum.StrEnum):
@@ -108,7 +110,7 @@ class EventProcessor(Generic[U]):
         async with self._new_uow() as uow:
             try:
                 outcome = await self._admit(uow, delivery, payload, unblock=unblock)
-            except DomainError as exc:  # a rule refused it: no retry will change that
+            except (DomainError, NotFoundError) as exc:  # no retry will change a rule
                 raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
             await failpoint("consumer.before_db_commit")
             await uow.commit()

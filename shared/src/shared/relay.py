@@ -31,7 +31,8 @@ from opentelemetry.trace import Span
 from shared.faults import failpoint
 from shared.kafka import Producer
 from shared.metrics import EVENTS_PUBLISHED, OUTBOX_TO_ACK_SECONDS, RELAY_PUBLISH_SECONDS
-from shared.outbox import OutgoingMessage, notify_channel
+from shared.outbox import OutgoingMessage
+from shared.postgres import notify_channel
 from shared.settings import ServiceSettings
 from shared.tracing import context_from_headers, tracer
 

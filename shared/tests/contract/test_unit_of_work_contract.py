@@ -13,8 +13,10 @@ from shared.contracts.catalog import OrderRejected, StockLevelChanged
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope, parse_envelope
 from shared.inbox import ParkedEvent
+from shared.postgres import PostgresUnitOfWork
+from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 from shared.testing.infra import create_database, drop_database
-from shared.uow import InMemoryState, InMemoryUnitOfWork, PostgresUnitOfWork, UnitOfWork
+from shared.uow import UnitOfWork
 
 NewUow = Callable[[], UnitOfWork]
 Backend = tuple[NewUow, Callable[[], object]]

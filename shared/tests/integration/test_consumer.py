@@ -17,6 +17,7 @@ from shared.contracts.catalog import OrderRejected
 from shared.deadletter import DeadLetterSink
 from shared.envelope import Envelope, new_envelope
 from shared.kafka import Producer
+from shared.postgres import PostgresUnitOfWork
 from shared.processing import EventProcessor, Protections
 from shared.settings import ServiceSettings
 from shared.testing.infra import (
@@ -29,7 +30,6 @@ from shared.testing.infra import (
     unique,
 )
 from shared.testing.worker import APPLIED_TABLE, router
-from shared.uow import PostgresUnitOfWork
 
 
 def stream(aggregate_id: str, n: int) -> list[Envelope]:

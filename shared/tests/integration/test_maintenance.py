@@ -9,10 +9,11 @@ import asyncpg
 from shared.contracts.catalog import OrderRejected
 from shared.deadletter import DeadLetterSink
 from shared.envelope import new_envelope
-from shared.inbox import ParkedEvent, PostgresInbox
+from shared.inbox import ParkedEvent
 from shared.kafka import Producer
 from shared.maintenance import expire_gaps, purge_processed_events
 from shared.metrics import DEAD_LETTERS
+from shared.postgres import PostgresInbox
 from shared.settings import ServiceSettings
 from shared.testing.infra import create_topics, end_offsets, read_records
 

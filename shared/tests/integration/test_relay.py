@@ -14,10 +14,10 @@ from aiokafka import ConsumerRecord
 from shared.contracts.catalog import OrderRejected
 from shared.domain import Aggregate
 from shared.kafka import Producer
+from shared.postgres import PostgresUnitOfWork
 from shared.relay import OutboxRelay
 from shared.settings import ServiceSettings
 from shared.testing.infra import end_offsets, eventually, read_records, unique
-from shared.uow import PostgresUnitOfWork
 
 
 class Thing(Aggregate):

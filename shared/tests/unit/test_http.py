@@ -11,10 +11,10 @@ from pydantic import BaseModel
 
 from shared.correlation import current_correlation_id
 from shared.http import create_app
+from shared.postgres import PostgresUnitOfWork
 from shared.routing import Router
 from shared.runtime import ServiceDefinition
 from shared.settings import ServiceSettings
-from shared.uow import PostgresUnitOfWork
 
 routes = APIRouter()
 

@@ -13,7 +13,7 @@ from shared.contracts.catalog import OrderCancelled, OrderRejected
 from shared.envelope import Envelope, new_envelope
 from shared.processing import Delivery, EventProcessor, Outcome, PermanentError, Protections
 from shared.routing import Router
-from shared.uow import InMemoryState, InMemoryUnitOfWork
+from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 
 router = Router[InMemoryUnitOfWork]()
 

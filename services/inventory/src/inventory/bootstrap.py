@@ -6,7 +6,7 @@ from pathlib import Path
 
 from inventory.api import router as api_router
 from inventory.handlers import router
-from inventory.repository import PostgresInventoryUnitOfWork
+from inventory.postgres import PostgresInventoryUnitOfWork
 from inventory.settings import Settings
 from shared.runtime import ServiceDefinition
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 from inventory.domain.stock import Reservation
 from inventory.repository import InventoryUnitOfWork
 from shared.contracts.catalog import OrderCancelled, OrderPlaced, ShipmentDispatched
+from shared.domain import NotFoundError
 from shared.routing import Router
 
 router = Router[InventoryUnitOfWork]()
+
+
+class UnknownReservationError(NotFoundError):
+    pass
 
 
 @router.subscriber(OrderPlaced)
@@ -15,7 +20,7 @@ async def when_order_placed_reserve_stock(event: OrderPlaced, uow: InventoryUnit
     if await uow.reservations.get(event.order_id) is not None:
         return  # already answered (a replay with a new event id)
     stock = await uow.stock.lock([line.sku for line in event.items])
-    uow.reservations.track(Reservation.reserve(event.order_id, event.items, stock))
+    uow.reservations.add(Reservation.reserve(event.order_id, event.items, stock))
 
 
 @router.subscriber(OrderCancelled)
@@ -34,6 +39,8 @@ async def when_shipment_dispatched_ship_stock(
 ) -> None:
     reservation = await uow.reservations.get(event.order_id)
     if reservation is None:
-        raise LookupError(f"shipment dispatched for order {event.order_id} with no reservation")
+        raise UnknownReservationError(
+            f"shipment dispatched for order {event.order_id} with no reservation"
+        )
     stock = await uow.stock.lock([line.sku for line in reservation.items])
     reservation.ship(stock)

@@ -9,11 +9,9 @@ import pytest
 
 from inventory.bootstrap import MIGRATIONS
 from inventory.domain.stock import Reservation
-from inventory.repository import (
-    FakeInventoryUnitOfWork,
-    InventoryUnitOfWork,
-    PostgresInventoryUnitOfWork,
-)
+from inventory.postgres import PostgresInventoryUnitOfWork
+from inventory.repository import InventoryUnitOfWork
+from inventory.testing import FakeInventoryUnitOfWork
 from shared.contracts.catalog import OrderLine
 from shared.testing.backends import units
 

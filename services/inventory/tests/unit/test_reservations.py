@@ -10,7 +10,7 @@ from inventory.handlers import (
     when_order_placed_reserve_stock,
     when_shipment_dispatched_ship_stock,
 )
-from inventory.repository import FakeInventoryUnitOfWork
+from inventory.testing import FakeInventoryUnitOfWork
 from shared.contracts.catalog import (
     Address,
     OrderCancelled,
@@ -19,7 +19,7 @@ from shared.contracts.catalog import (
     ShipmentDispatched,
 )
 from shared.domain import DomainError
-from shared.uow import InMemoryState
+from shared.testing.fakes import InMemoryState
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 

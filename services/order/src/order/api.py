@@ -6,23 +6,13 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from order.commands import (
-    IdempotencyConflictError,
-    OrderNotFoundError,
-    PlaceOrder,
-    UnknownSkuError,
-    cancel_order,
-    place_order,
-)
-from order.domain.order import Order, OrderStatus
-from order.repository import OrderUnitOfWork
+from order.commands import PlaceOrder, UnknownSkuError, cancel_order, place_order
+from order.domain.order import OrderStatus
+from order.repository import DuplicateIdempotencyKeyError, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
-from shared.correlation import current_correlation_id
-from shared.domain import DomainError
 from shared.http import unit_of_work
 
 MAX_LINES = 50
@@ -46,6 +36,8 @@ class OrderAccepted(BaseModel):
 
 
 class OrderView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     order_id: UUID
     customer_id: str
     status: OrderStatus
@@ -55,20 +47,6 @@ class OrderView(BaseModel):
     correlation_id: str
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def of(cls, order: Order) -> OrderView:
-        return cls(
-            order_id=order.order_id,
-            customer_id=order.customer_id,
-            status=order.status,
-            items=list(order.items),
-            shipping_address=order.shipping_address,
-            version=order.version,
-            correlation_id=order.correlation_id,
-            created_at=order.created_at,
-            updated_at=order.updated_at,
-        )
 
 
 class OrderPage(BaseModel):
@@ -84,11 +62,7 @@ async def post_order(
 ) -> OrderAccepted:
     """Place an order. It is PENDING until inventory answers; follow it with GET."""
     command = PlaceOrder(
-        body.customer_id,
-        tuple(body.items),
-        body.shipping_address,
-        current_correlation_id(),
-        idempotency_key,
+        body.customer_id, tuple(body.items), body.shipping_address, idempotency_key
     )
     skus = [line.sku for line in body.items]
     if len(set(skus)) != len(skus):
@@ -100,13 +74,11 @@ async def post_order(
             async with request.app.state.runtime.new_uow() as uow:
                 order = await place_order(command, uow)
             break
-        except asyncpg.UniqueViolationError:
+        except DuplicateIdempotencyKeyError:
             if attempt == 2:
                 raise
         except UnknownSkuError as exc:
             raise HTTPException(422, str(exc)) from exc
-        except IdempotencyConflictError as exc:
-            raise HTTPException(409, str(exc)) from exc
     return OrderAccepted(
         order_id=order.order_id, status=order.status, correlation_id=order.correlation_id
     )
@@ -117,7 +89,7 @@ async def get_order(order_id: UUID, uow: UowDep) -> OrderView:
     order = await uow.orders.read(order_id)
     if order is None:
         raise HTTPException(404, f"no order {order_id}")
-    return OrderView.of(order)
+    return OrderView.model_validate(order)
 
 
 @router.get("", response_model=OrderPage)
@@ -129,7 +101,7 @@ async def list_orders(
 ) -> OrderPage:
     orders = await uow.orders.list(status, limit, after)
     next_after = orders[-1].order_id if len(orders) == limit else None
-    return OrderPage(items=[OrderView.of(o) for o in orders], next_after=next_after)
+    return OrderPage(items=[OrderView.model_validate(o) for o in orders], next_after=next_after)
 
 
 @router.post("/{order_id}/cancel", status_code=202, response_model=OrderView)
@@ -137,10 +109,5 @@ async def post_cancel(order_id: UUID, uow: UowDep) -> OrderView:
     """Cancel. 202 with CANCELLED (before confirmation) or CANCELLING (shipping must agree;
     if the shipment was dispatched first the order ends SHIPPED); 409 once shipped or
     rejected."""
-    try:
-        order = await cancel_order(order_id, uow)
-    except OrderNotFoundError as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except DomainError as exc:  # CancelTooLateError: already shipped or rejected
-        raise HTTPException(409, str(exc)) from exc
-    return OrderView.of(order)
+    order = await cancel_order(order_id, uow)  # 404 / 409: the HTTP shell maps the errors
+    return OrderView.model_validate(order)

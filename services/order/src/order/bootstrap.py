@@ -7,7 +7,7 @@ from pathlib import Path
 from order.api import router as api_router
 from order.flow import router as flow_router
 from order.handlers import router
-from order.repository import PostgresOrderUnitOfWork
+from order.postgres import PostgresOrderUnitOfWork
 from order.settings import Settings
 from shared.runtime import ServiceDefinition
 

@@ -10,8 +10,8 @@ from uuid import UUID, uuid4
 from order.domain.order import Order
 from order.repository import IdempotencyRecord, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
-from shared.correlation import correlated, current_causation_id
-from shared.domain import DomainError
+from shared.correlation import correlated, current_causation_id, current_correlation_id
+from shared.domain import DomainError, NotFoundError
 
 
 class UnknownSkuError(DomainError):
@@ -24,7 +24,7 @@ class IdempotencyConflictError(DomainError):
     pass
 
 
-class OrderNotFoundError(DomainError):
+class OrderNotFoundError(NotFoundError):
     pass
 
 
@@ -33,7 +33,6 @@ class PlaceOrder:
     customer_id: str
     items: tuple[OrderLine, ...]
     shipping_address: Address
-    correlation_id: str
     idempotency_key: str | None = None
 
     def request_hash(self) -> str:
@@ -49,7 +48,10 @@ class PlaceOrder:
 
 async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
     """Write the order and its OrderPlaced event in one transaction. The same idempotency
-    key with the same request returns the first order; with another request it conflicts."""
+    key with the same request returns the first order; with another request it conflicts.
+
+    The order joins the correlation in effect (see :mod:`shared.correlation`), the same one
+    the outbox stamps on OrderPlaced: one source, so the two cannot disagree."""
     if command.idempotency_key is not None:
         existing = await uow.orders.by_idempotency_key(command.idempotency_key)
         if existing is not None:
@@ -67,7 +69,7 @@ async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
         command.customer_id,
         command.items,
         command.shipping_address,
-        correlation_id=command.correlation_id,
+        correlation_id=current_correlation_id(),
         now=datetime.now(UTC),
     )
     idempotency = (
@@ -75,7 +77,7 @@ async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
         if command.idempotency_key is not None
         else None
     )
-    await uow.orders.add(order, idempotency)
+    uow.orders.add(order, idempotency)
     await uow.commit()
     return order
 

@@ -15,13 +15,13 @@ from shared.contracts.catalog import (
     ShipmentDispatched,
     StockLevelChanged,
 )
-from shared.processing import PermanentError
+from shared.domain import NotFoundError
 from shared.routing import Router
 
 router = Router[OrderUnitOfWork]()
 
 
-class UnknownOrderError(PermanentError):
+class UnknownOrderError(NotFoundError):
     pass
 
 

@@ -10,14 +10,11 @@ import pytest
 
 from order.bootstrap import MIGRATIONS
 from order.domain.order import Order, OrderStatus
-from order.repository import (
-    ConcurrencyError,
-    FakeOrderUnitOfWork,
-    IdempotencyRecord,
-    OrderUnitOfWork,
-    PostgresOrderUnitOfWork,
-)
+from order.postgres import PostgresOrderUnitOfWork
+from order.repository import IdempotencyRecord, OrderUnitOfWork
+from order.testing import FakeOrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
+from shared.domain import ConcurrencyError
 from shared.testing.backends import units
 
 NewUow = Callable[[], OrderUnitOfWork]
@@ -48,7 +45,7 @@ def an_order(minutes: int = 0) -> Order:
 
 async def add(new_uow: NewUow, order: Order, key: str | None = None) -> None:
     async with new_uow() as uow:
-        await uow.orders.add(order, IdempotencyRecord(key, "hash") if key else None)
+        uow.orders.add(order, IdempotencyRecord(key, "hash") if key else None)
         await uow.commit()
 
 
@@ -92,7 +89,9 @@ async def test_a_stale_version_is_refused(new_uow: NewUow) -> None:
     stale = an_order()
     stale.order_id, stale.aggregate_id = order.order_id, str(order.order_id)
     async with new_uow() as uow:
-        uow.orders._track(stale, 1)
+        # As if loaded at version 1, before the confirmation above moved it to 2.
+        uow.orders._loaded_versions[stale.order_id] = 1
+        uow.orders.track(stale)
         stale.confirm(T0)
         with pytest.raises(ConcurrencyError):
             await uow.commit()

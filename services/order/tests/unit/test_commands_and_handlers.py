@@ -11,14 +11,15 @@ from order.handlers import (
     when_inventory_reserved_confirm_order,
     when_stock_level_changed_update_catalog,
 )
-from order.repository import FakeOrderUnitOfWork
+from order.testing import FakeOrderUnitOfWork
 from shared.contracts.catalog import (
     Address,
     InventoryReserved,
     OrderLine,
     StockLevelChanged,
 )
-from shared.uow import InMemoryState
+from shared.correlation import NoCorrelationError, correlated, correlation_id_var
+from shared.testing.fakes import InMemoryState
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 LINES = (OrderLine(sku="SKU-1", quantity=2),)
@@ -38,7 +39,7 @@ async def known(state: InMemoryState, *skus: str) -> None:
 
 
 def command(key: str | None = None, customer: str = "cust-1") -> PlaceOrder:
-    return PlaceOrder(customer, LINES, ADDRESS, "corr-1", key)
+    return PlaceOrder(customer, LINES, ADDRESS, key)
 
 
 async def test_placing_an_order_writes_it_and_its_event_in_one_commit() -> None:
@@ -50,8 +51,33 @@ async def test_placing_an_order_writes_it_and_its_event_in_one_commit() -> None:
     envelope = state.outbox.envelopes[0]
     assert envelope.aggregate_id == str(order.order_id)
     assert envelope.sequence == 1
-    assert envelope.correlation_id is not None
-    assert order.order_id in state.tables["orders"]
+
+
+async def test_the_order_and_its_order_placed_carry_the_correlation_in_effect() -> None:
+    state = InMemoryState()
+    await known(state, "SKU-1")
+    with correlated("corr-of-this-request", "request:1"):
+        async with uow(state) as u:
+            order = await place_order(command(), u)
+    envelope = state.outbox.envelopes[0]
+    assert order.correlation_id == "corr-of-this-request"
+    assert envelope.correlation_id == "corr-of-this-request"
+    assert envelope.causation_id == "request:1"
+    assert state.tables["orders"][order.order_id].order.correlation_id == "corr-of-this-request"
+
+
+async def test_placing_an_order_outside_any_correlation_is_refused_and_writes_nothing() -> None:
+    state = InMemoryState()
+    await known(state, "SKU-1")
+    token = correlation_id_var.set(None)
+    try:
+        async with uow(state) as u:
+            with pytest.raises(NoCorrelationError):
+                await place_order(command(), u)
+    finally:
+        correlation_id_var.reset(token)
+    assert state.outbox.envelopes == []
+    assert state.tables.get("orders", {}) == {}
 
 
 async def test_an_unknown_sku_is_refused_and_nothing_is_written() -> None:

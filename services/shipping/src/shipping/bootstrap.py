@@ -9,7 +9,7 @@ from typing import Any
 from shared.runtime import Runtime, ServiceDefinition
 from shipping import handlers
 from shipping.api import router as api_router
-from shipping.repository import PostgresShippingUnitOfWork
+from shipping.postgres import PostgresShippingUnitOfWork
 from shipping.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"

@@ -33,7 +33,7 @@ async def when_order_confirmed_schedule_shipment(
         return
     now = _now()
     shipment = Shipment.schedule(event.order_id, now=now, dispatch_at=now + DISPATCH_DELAY)
-    uow.shipments.track(shipment)
+    uow.shipments.add(shipment)
 
 
 @router.subscriber(OrderCancellationRequested)
@@ -42,7 +42,7 @@ async def when_order_cancellation_requested_cancel_shipment(
 ) -> None:
     shipment = await uow.shipments.get(event.order_id)
     if shipment is None:
-        uow.shipments.track(Shipment.cancelled_before_scheduling(event.order_id, now=_now()))
+        uow.shipments.add(Shipment.cancelled_before_scheduling(event.order_id, now=_now()))
     else:
         shipment.cancel(_now())
 

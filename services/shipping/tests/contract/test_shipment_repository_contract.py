@@ -12,11 +12,9 @@ from shared.correlation import correlated
 from shared.testing.backends import units
 from shipping.bootstrap import MIGRATIONS
 from shipping.domain.shipment import Shipment, ShipmentStatus
-from shipping.repository import (
-    FakeShippingUnitOfWork,
-    PostgresShippingUnitOfWork,
-    ShippingUnitOfWork,
-)
+from shipping.postgres import PostgresShippingUnitOfWork
+from shipping.repository import ShippingUnitOfWork
+from shipping.testing import FakeShippingUnitOfWork
 
 NewUow = Callable[[], ShippingUnitOfWork]
 NOW = datetime.now(UTC)

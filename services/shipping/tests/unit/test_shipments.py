@@ -9,14 +9,14 @@ from shared.contracts.catalog import (
     OrderConfirmed,
     OrderLine,
 )
-from shared.uow import InMemoryState
+from shared.testing.fakes import InMemoryState
 from shipping.domain.shipment import ShipmentStatus
 from shipping.handlers import (
     dispatch_due_shipments,
     when_order_cancellation_requested_cancel_shipment,
     when_order_confirmed_schedule_shipment,
 )
-from shipping.repository import FakeShippingUnitOfWork
+from shipping.testing import FakeShippingUnitOfWork
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 LINES = (OrderLine(sku="A", quantity=1),)

@@ -10,8 +10,9 @@ from typing import TypeVar
 
 import asyncpg
 
+from shared.testing.fakes import InMemoryState
 from shared.testing.infra import create_database, drop_database
-from shared.uow import InMemoryState, UnitOfWork
+from shared.uow import UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
 

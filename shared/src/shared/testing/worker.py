@@ -20,15 +20,17 @@ import asyncpg
 
 from shared.consumer import ConsumerRunner
 from shared.contracts.catalog import OrderRejected
+from shared.correlation import correlated
 from shared.deadletter import DeadLetterSink
 from shared.domain import Aggregate
 from shared.kafka import Producer
 from shared.logs import setup_logging
+from shared.postgres import PostgresUnitOfWork
 from shared.processing import EventProcessor, Protections
 from shared.relay import OutboxRelay
 from shared.routing import Router
 from shared.settings import ServiceSettings
-from shared.uow import DirectPublish, PostgresUnitOfWork
+from shared.uow import DirectPublish
 
 APPLIED_TABLE = """
 CREATE TABLE IF NOT EXISTS applied (
@@ -70,16 +72,17 @@ async def write(settings: WorkerSettings, count: int, key: str) -> None:
     direct: DirectPublish | None = producer.publish if settings.pitfall_naive_dual_write else None
     order_id = uuid4()
     try:
-        for i in range(1, count + 1):
-            async with PostgresUnitOfWork(pool, settings.service_name, direct) as uow:
-                await uow.conn.execute(
-                    "INSERT INTO applied (aggregate_id, reason) VALUES ($1, $2)", key, f"w{i}"
-                )
-                item = Item(key)
-                item.record(OrderRejected(order_id=order_id, reason=f"{key}:{i}"))
-                uow.track(item)
-                await uow.commit()
-            await asyncio.sleep(settings.write_interval_seconds)
+        with correlated(f"write:{key}", None):
+            for i in range(1, count + 1):
+                async with PostgresUnitOfWork(pool, settings.service_name, direct) as uow:
+                    await uow.conn.execute(
+                        "INSERT INTO applied (aggregate_id, reason) VALUES ($1, $2)", key, f"w{i}"
+                    )
+                    item = Item(key)
+                    item.record(OrderRejected(order_id=order_id, reason=f"{key}:{i}"))
+                    uow.track(item)
+                    await uow.commit()
+                await asyncio.sleep(settings.write_interval_seconds)
     finally:
         await producer.close()
         await pool.close()

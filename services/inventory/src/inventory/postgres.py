@@ -1,0 +1,95 @@
+"""The inventory service's PostgreSQL adapters."""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+import asyncpg
+
+from inventory.domain.stock import Reservation, ReservationStatus, Stock
+from inventory.repository import InventoryUnitOfWork, ReservationRepository, StockRepository
+from shared.contracts.catalog import OrderLine
+from shared.postgres import PostgresUnitOfWork
+from shared.uow import UnitOfWork
+
+
+def _stock(row: asyncpg.Record) -> Stock:
+    return Stock(row["sku"], row["available"], row["reserved"], row["shipped"])
+
+
+class PostgresStockRepository(StockRepository):
+    def __init__(self, uow: UnitOfWork, conn: asyncpg.Connection) -> None:
+        super().__init__(uow)
+        self._conn = conn
+
+    async def _lock(self, skus: list[str]) -> list[Stock]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE", skus
+        )
+        return [_stock(r) for r in rows]
+
+    async def _create_if_missing(self, sku: str) -> None:
+        await self._conn.execute(
+            "INSERT INTO stock (sku, available, reserved, shipped) VALUES ($1, 0, 0, 0)"
+            " ON CONFLICT (sku) DO NOTHING",
+            sku,
+        )
+
+    async def _save(self, stock: Stock) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO stock (sku, available, reserved, shipped) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (sku) DO UPDATE
+            SET available = $2, reserved = $3, shipped = $4, updated_at = now()
+            """,
+            stock.sku,
+            stock.available,
+            stock.reserved,
+            stock.shipped,
+        )
+
+    async def get(self, sku: str) -> Stock | None:
+        row = await self._conn.fetchrow("SELECT * FROM stock WHERE sku = $1", sku)
+        return None if row is None else _stock(row)
+
+    async def list(self, limit: int, after: str | None) -> list[Stock]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM stock WHERE ($1::text IS NULL OR sku > $1) ORDER BY sku LIMIT $2",
+            after,
+            limit,
+        )
+        return [_stock(r) for r in rows]
+
+
+class PostgresReservationRepository(ReservationRepository):
+    def __init__(self, uow: UnitOfWork, conn: asyncpg.Connection) -> None:
+        super().__init__(uow)
+        self._conn = conn
+
+    async def _get(self, order_id: UUID) -> Reservation | None:
+        row = await self._conn.fetchrow(
+            "SELECT * FROM reservations WHERE order_id = $1 FOR UPDATE", order_id
+        )
+        if row is None:
+            return None
+        items = tuple(OrderLine.model_validate(i) for i in json.loads(row["items"]))
+        return Reservation(row["order_id"], items, ReservationStatus(row["status"]))
+
+    async def _save(self, reservation: Reservation) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO reservations (order_id, items, status) VALUES ($1, $2, $3)
+            ON CONFLICT (order_id) DO UPDATE SET status = $3, updated_at = now()
+            """,
+            reservation.order_id,
+            json.dumps([line.model_dump() for line in reservation.items]),
+            reservation.status.value,
+        )
+
+
+class PostgresInventoryUnitOfWork(PostgresUnitOfWork, InventoryUnitOfWork):
+    async def _begin(self) -> None:
+        await super()._begin()
+        self.stock = PostgresStockRepository(self, self.conn)
+        self.reservations = PostgresReservationRepository(self, self.conn)

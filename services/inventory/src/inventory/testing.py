@@ -1,0 +1,53 @@
+"""In-memory fakes of the inventory service's ports, for unit tests (never imported by the
+service itself). The contract tests hold them to the PostgreSQL adapters' behaviour."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from inventory.domain.stock import Reservation, Stock
+from inventory.repository import InventoryUnitOfWork, ReservationRepository, StockRepository
+from shared.testing.fakes import InMemoryUnitOfWork, stored_copy
+
+
+class InMemoryStockRepository(StockRepository):
+    def __init__(self, uow: InMemoryUnitOfWork) -> None:
+        super().__init__(uow)
+        self._rows: dict[str, Stock] = uow.table("stock")
+
+    async def _lock(self, skus: list[str]) -> list[Stock]:
+        return [stored_copy(self._rows[s]) for s in skus if s in self._rows]
+
+    async def _create_if_missing(self, sku: str) -> None:
+        self._rows.setdefault(sku, Stock(sku))
+
+    async def _save(self, stock: Stock) -> None:
+        self._rows[stock.sku] = stored_copy(stock)
+
+    async def get(self, sku: str) -> Stock | None:
+        found = self._rows.get(sku)
+        return None if found is None else stored_copy(found)
+
+    async def list(self, limit: int, after: str | None) -> list[Stock]:
+        skus = sorted(s for s in self._rows if after is None or s > after)[:limit]
+        return [stored_copy(self._rows[s]) for s in skus]
+
+
+class InMemoryReservationRepository(ReservationRepository):
+    def __init__(self, uow: InMemoryUnitOfWork) -> None:
+        super().__init__(uow)
+        self._rows: dict[UUID, Reservation] = uow.table("reservations")
+
+    async def _get(self, order_id: UUID) -> Reservation | None:
+        found = self._rows.get(order_id)
+        return None if found is None else stored_copy(found)
+
+    async def _save(self, reservation: Reservation) -> None:
+        self._rows[reservation.order_id] = stored_copy(reservation)
+
+
+class FakeInventoryUnitOfWork(InMemoryUnitOfWork, InventoryUnitOfWork):
+    async def _begin(self) -> None:
+        await super()._begin()
+        self.stock = InMemoryStockRepository(self)
+        self.reservations = InMemoryReservationRepository(self)

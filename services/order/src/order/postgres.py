@@ -1,0 +1,135 @@
+"""The order service's PostgreSQL adapters: orders and the SKU catalog replica."""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+import asyncpg
+
+from order.domain.order import Order, OrderStatus
+from order.repository import (
+    Catalog,
+    DuplicateIdempotencyKeyError,
+    IdempotencyRecord,
+    OrderRepository,
+    OrderUnitOfWork,
+)
+from shared.contracts.catalog import Address, OrderLine
+from shared.domain import ConcurrencyError
+from shared.postgres import PostgresUnitOfWork
+from shared.uow import UnitOfWork
+
+
+def _order_from_row(row: asyncpg.Record) -> Order:
+    return Order(
+        row["order_id"],
+        row["customer_id"],
+        tuple(OrderLine.model_validate(i) for i in json.loads(row["items"])),
+        Address.model_validate_json(row["shipping_address"]),
+        status=OrderStatus(row["status"]),
+        version=row["version"],
+        correlation_id=row["correlation_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class PostgresOrderRepository(OrderRepository):
+    def __init__(self, uow: UnitOfWork, conn: asyncpg.Connection) -> None:
+        super().__init__(uow)
+        self._conn = conn
+
+    async def _get(self, order_id: UUID, *, lock: bool) -> Order | None:
+        query = "SELECT * FROM orders WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
+        row = await self._conn.fetchrow(query, order_id)
+        return None if row is None else _order_from_row(row)
+
+    async def _insert_order(self, order: Order, idempotency: IdempotencyRecord | None) -> None:
+        try:
+            await self._conn.execute(
+                """
+                INSERT INTO orders (order_id, customer_id, status, items, shipping_address,
+                                    version, correlation_id, idempotency_key, request_hash,
+                                    created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                """,
+                order.order_id,
+                order.customer_id,
+                order.status.value,
+                json.dumps([line.model_dump() for line in order.items]),
+                order.shipping_address.model_dump_json(),
+                order.version,
+                order.correlation_id,
+                idempotency.key if idempotency else None,
+                idempotency.request_hash if idempotency else None,
+                order.created_at,
+                order.updated_at,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if idempotency is None or "idempotency_key" not in (exc.constraint_name or ""):
+                raise
+            raise DuplicateIdempotencyKeyError(idempotency.key) from exc
+
+    async def _update(self, order: Order, expected_version: int) -> None:
+        result = await self._conn.execute(
+            """
+            UPDATE orders SET status = $2, shipping_address = $3, version = $4, updated_at = $5
+            WHERE order_id = $1 AND version = $6
+            """,
+            order.order_id,
+            order.status.value,
+            order.shipping_address.model_dump_json(),
+            order.version,
+            order.updated_at,
+            expected_version,
+        )
+        if result != "UPDATE 1":
+            raise ConcurrencyError(f"order {order.order_id} changed concurrently")
+
+    async def by_idempotency_key(self, key: str) -> tuple[Order, str] | None:
+        row = await self._conn.fetchrow("SELECT * FROM orders WHERE idempotency_key = $1", key)
+        return None if row is None else (_order_from_row(row), row["request_hash"])
+
+    async def list(self, status: OrderStatus | None, limit: int, after: UUID | None) -> list[Order]:
+        rows = await self._conn.fetch(
+            """
+            SELECT * FROM orders
+            WHERE ($1::text IS NULL OR status = $1)
+              AND ($2::uuid IS NULL OR (created_at, order_id) >
+                   (SELECT created_at, order_id FROM orders WHERE order_id = $2))
+            ORDER BY created_at, order_id
+            LIMIT $3
+            """,
+            status.value if status else None,
+            after,
+            limit,
+        )
+        return [_order_from_row(r) for r in rows]
+
+
+class PostgresCatalog(Catalog):
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def unknown(self, skus: list[str]) -> list[str]:
+        known = await self._conn.fetch("SELECT sku FROM known_skus WHERE sku = ANY($1)", skus)
+        found = {r["sku"] for r in known}
+        return [sku for sku in skus if sku not in found]
+
+    async def update(self, sku: str, available: int) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO known_skus (sku, available) VALUES ($1, $2)
+            ON CONFLICT (sku) DO UPDATE SET available = $2, updated_at = now()
+            """,
+            sku,
+            available,
+        )
+
+
+class PostgresOrderUnitOfWork(PostgresUnitOfWork, OrderUnitOfWork):
+    async def _begin(self) -> None:
+        await super()._begin()
+        self.orders = PostgresOrderRepository(self, self.conn)
+        self.catalog = PostgresCatalog(self.conn)

@@ -1,0 +1,224 @@
+"""The PostgreSQL adapters of the machinery's ports: outbox, inbox and unit of work.
+
+The shared contract tests (``shared/tests/contract``) run the same cases against these and
+against the in-memory fakes of :mod:`shared.testing.fakes`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import cast
+from uuid import UUID
+
+import asyncpg
+
+from shared.envelope import Envelope, parse_envelope
+from shared.faults import failpoint
+from shared.inbox import Inbox, ParkedEvent, Stream
+from shared.outbox import Outbox, OutgoingMessage
+from shared.uow import DirectPublish, UnitOfWork
+
+
+def notify_channel(source: str) -> str:
+    return f"outbox_{source}"
+
+
+class PostgresOutbox(Outbox):
+    """Rows in the ``outbox`` table. The sequence comes from an upsert on
+    ``outbox_sequences``: its row lock makes a second writer of the same aggregate wait for
+    the first to commit, so sequence order, outbox id order and commit order agree."""
+
+    def __init__(self, conn: asyncpg.Connection, source: str, *, direct: bool = False) -> None:
+        super().__init__(source)
+        self._conn = conn
+        self._direct = direct
+        self.written = False
+        # Pitfall mode "naive dual write": messages kept here and published after commit.
+        self.direct_messages: list[OutgoingMessage] = []
+
+    async def _next_sequence(self, aggregate_type: str, aggregate_id: str) -> int:
+        sequence: int = await self._conn.fetchval(
+            """
+            INSERT INTO outbox_sequences (aggregate_type, aggregate_id, last_sequence)
+            VALUES ($1, $2, 1)
+            ON CONFLICT (aggregate_type, aggregate_id)
+            DO UPDATE SET last_sequence = outbox_sequences.last_sequence + 1
+            RETURNING last_sequence
+            """,
+            aggregate_type,
+            aggregate_id,
+        )
+        return sequence
+
+    async def _store(self, message: OutgoingMessage, envelope: Envelope) -> None:
+        if self._direct:
+            self.direct_messages.append(message)
+            return
+        await self._conn.execute(
+            """
+            INSERT INTO outbox (event_id, topic, message_key, value, headers)
+            VALUES ($1, $2, $3, $4, $5)
+            """,
+            envelope.event_id,
+            message.topic,
+            message.key,
+            message.value,
+            json.dumps(message.headers),
+        )
+        self.written = True
+
+
+class PostgresInbox(Inbox):
+    def __init__(self, conn: asyncpg.Connection, consumer: str) -> None:
+        self._conn = conn
+        self._consumer = consumer
+
+    async def seen(self, event_id: UUID) -> bool:
+        found = await self._conn.fetchval(
+            "SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2",
+            self._consumer,
+            event_id,
+        )
+        return found is not None
+
+    async def last_sequence(self, stream: Stream) -> int:
+        # Create the row first so that FOR UPDATE has something to lock: two consumers of
+        # the same stream (a rebalance overlap) then serialise instead of both applying.
+        await self._conn.execute(
+            """
+            INSERT INTO consumer_sequences (consumer, source, aggregate_type, aggregate_id,
+                                            last_sequence)
+            VALUES ($1, $2, $3, $4, 0) ON CONFLICT DO NOTHING
+            """,
+            self._consumer,
+            *stream,
+        )
+        last: int = await self._conn.fetchval(
+            """
+            SELECT last_sequence FROM consumer_sequences
+            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
+            FOR UPDATE
+            """,
+            self._consumer,
+            *stream,
+        )
+        return last
+
+    async def record(self, envelope: Envelope) -> None:
+        await self._conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING",
+            self._consumer,
+            envelope.event_id,
+        )
+        await self._conn.execute(
+            """
+            INSERT INTO consumer_sequences (consumer, source, aggregate_type, aggregate_id,
+                                            last_sequence)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = GREATEST(consumer_sequences.last_sequence, $5),
+                updated_at = now()
+            """,
+            self._consumer,
+            *envelope.stream,
+            envelope.sequence,
+        )
+
+    async def park(self, event: ParkedEvent) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id, sequence,
+                                       topic, partition, "offset", value, headers)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
+            """,
+            self._consumer,
+            *event.envelope.stream,
+            event.envelope.sequence,
+            event.topic,
+            event.partition,
+            event.offset,
+            event.envelope.to_bytes(),
+            json.dumps(event.headers),
+        )
+
+    async def unpark(self, stream: Stream, sequence: int) -> ParkedEvent | None:
+        row = await self._conn.fetchrow(
+            """
+            DELETE FROM parked_events
+            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
+              AND sequence = $5
+            RETURNING topic, partition, "offset", value, headers
+            """,
+            self._consumer,
+            *stream,
+            sequence,
+        )
+        if row is None:
+            return None
+        return ParkedEvent(
+            parse_envelope(row["value"]),
+            row["topic"],
+            row["partition"],
+            row["offset"],
+            json.loads(row["headers"]),
+        )
+
+
+class PostgresUnitOfWork(UnitOfWork):
+    """A pooled connection in a transaction. Subclasses build their repositories on
+    ``self.conn`` in ``_begin``. With ``direct_publish`` (the naive dual-write pitfall mode)
+    events skip the outbox and are published straight after commit."""
+
+    conn: asyncpg.Connection
+
+    def __init__(
+        self, pool: asyncpg.Pool, source: str, direct_publish: DirectPublish | None = None
+    ) -> None:
+        super().__init__()
+        self._pool = pool
+        self._source = source
+        self._direct_publish = direct_publish
+
+    async def _begin(self) -> None:
+        self._proxy = await self._pool.acquire()
+        self.conn = cast(asyncpg.Connection, self._proxy)
+        self._released = False
+        self._tx = self.conn.transaction()
+        try:
+            await self._tx.start()
+        except BaseException:
+            await self._release()
+            raise
+        self.outbox = PostgresOutbox(
+            self.conn, self._source, direct=self._direct_publish is not None
+        )
+        self.inbox = PostgresInbox(self.conn, self._source)
+
+    async def _commit(self) -> None:
+        try:
+            if isinstance(self.outbox, PostgresOutbox) and self.outbox.written:
+                # Delivered at commit: wakes the relay without waiting for its poll.
+                await self.conn.execute("SELECT pg_notify($1, '')", notify_channel(self._source))
+            await self._tx.commit()
+        finally:
+            await self._release()
+        await failpoint("uow.after_commit")
+        if self._direct_publish is not None and isinstance(self.outbox, PostgresOutbox):
+            # Pitfall: a crash here, or a broker that is down, loses these events for good.
+            await self._direct_publish(self.outbox.direct_messages)
+
+    async def _rollback(self) -> None:
+        if self._released:
+            return
+        try:
+            await self._tx.rollback()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            pass  # the connection is gone; so is the transaction
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._pool.release(self._proxy)

@@ -1,0 +1,118 @@
+"""In-memory fakes of the machinery's ports, for unit tests: outbox, inbox, unit of work.
+
+The shared contract tests hold them to the behaviour of the PostgreSQL adapters
+(:mod:`shared.postgres`), so a fake cannot drift from the real thing. Production code never
+imports this module.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from uuid import UUID
+
+from shared.domain import Aggregate
+from shared.envelope import Envelope
+from shared.inbox import Inbox, ParkedEvent, Stream
+from shared.outbox import Outbox, OutgoingMessage
+from shared.uow import UnitOfWork
+
+
+@dataclass
+class InMemoryOutboxState:
+    sequences: dict[tuple[str, str], int] = field(default_factory=dict)
+    envelopes: list[Envelope] = field(default_factory=list)
+
+
+class InMemoryOutbox(Outbox):
+    """The fake for unit tests; the shared contract tests hold it to the Postgres behaviour."""
+
+    def __init__(self, state: InMemoryOutboxState, source: str) -> None:
+        super().__init__(source)
+        self.state = state
+
+    async def _next_sequence(self, aggregate_type: str, aggregate_id: str) -> int:
+        key = (aggregate_type, aggregate_id)
+        self.state.sequences[key] = self.state.sequences.get(key, 0) + 1
+        return self.state.sequences[key]
+
+    async def _store(self, message: OutgoingMessage, envelope: Envelope) -> None:
+        self.state.envelopes.append(envelope)
+
+
+@dataclass
+class InMemoryInboxState:
+    processed: set[UUID] = field(default_factory=set)
+    sequences: dict[Stream, int] = field(default_factory=dict)
+    parked: dict[tuple[Stream, int], ParkedEvent] = field(default_factory=dict)
+
+
+class InMemoryInbox(Inbox):
+    """The fake for unit tests; the shared contract tests hold it to the Postgres behaviour."""
+
+    def __init__(self, state: InMemoryInboxState) -> None:
+        self.state = state
+
+    async def seen(self, event_id: UUID) -> bool:
+        return event_id in self.state.processed
+
+    async def last_sequence(self, stream: Stream) -> int:
+        return self.state.sequences.get(stream, 0)
+
+    async def record(self, envelope: Envelope) -> None:
+        self.state.processed.add(envelope.event_id)
+        stream = envelope.stream
+        self.state.sequences[stream] = max(self.state.sequences.get(stream, 0), envelope.sequence)
+
+    async def park(self, event: ParkedEvent) -> None:
+        self.state.parked.setdefault((event.envelope.stream, event.envelope.sequence), event)
+
+    async def unpark(self, stream: Stream, sequence: int) -> ParkedEvent | None:
+        return self.state.parked.pop((stream, sequence), None)
+
+
+@dataclass
+class InMemoryState:
+    """Everything a fake unit of work persists; ``tables`` holds the service's aggregates."""
+
+    outbox: InMemoryOutboxState = field(default_factory=InMemoryOutboxState)
+    inbox: InMemoryInboxState = field(default_factory=InMemoryInboxState)
+    tables: dict[str, dict[Any, Any]] = field(default_factory=dict)
+
+
+class InMemoryUnitOfWork(UnitOfWork):
+    """Works on a copy of the state and writes it back on commit, so a rollback (an exception
+    in a handler) leaves nothing behind, as a real transaction would."""
+
+    def __init__(self, state: InMemoryState, source: str) -> None:
+        super().__init__()
+        self.state = state
+        self._source = source
+
+    async def _begin(self) -> None:
+        self.working = copy.deepcopy(self.state)
+        self.outbox = InMemoryOutbox(self.working.outbox, self._source)
+        self.inbox = InMemoryInbox(self.working.inbox)
+
+    def table(self, name: str) -> dict[Any, Any]:
+        return self.working.tables.setdefault(name, {})
+
+    async def _commit(self) -> None:
+        self.state.outbox = self.working.outbox
+        self.state.inbox = self.working.inbox
+        self.state.tables = self.working.tables
+
+    async def _rollback(self) -> None:
+        return None
+
+
+A = TypeVar("A", bound=Aggregate)
+
+
+def stored_copy(aggregate: A) -> A:
+    """What a fake repository keeps or hands out: a deep copy, as a row would be, without
+    the events it recorded (those went to the outbox)."""
+    twin = copy.deepcopy(aggregate)
+    twin.events = []
+    return twin
