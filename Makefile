@@ -10,7 +10,7 @@ UV := $(BOOTSTRAP)/bin/uv
 PY := .venv/bin/python
 UV_VERSION := 0.13.8
 
-.PHONY: help deps run start stop status test test-unit test-integration test-e2e pitfalls lint typecheck fmt up down bench load clean
+.PHONY: help deps run start stop status test test-unit test-integration test-e2e pitfalls lint typecheck fmt docs up down bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -65,8 +65,11 @@ fmt: deps
 	@$(PY) -m ruff check --fix .
 
 typecheck: deps ## mypy --strict
-	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra
+	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools
 	@$(PY) -m mypy shared/tests services/order/tests services/inventory/tests services/shipping/tests tests
+
+docs: deps ## regenerate the tables in docs/ from the code (python -m tools.docs)
+	@$(PY) -m tools.docs
 
 up: ## the suite under docker compose (needs a Docker engine)
 	docker compose up --build -d

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.contracts import registered
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state"
 CACHE = REPO / ".cache"
@@ -23,8 +25,10 @@ INFRA = ("postgres", "kafka", "jaeger")
 SERVICES = ("order", "inventory", "shipping")
 COMPONENTS = INFRA + SERVICES
 
-TOPICS = ("orders", "inventory", "shipping", "stock")
-DLQ_TOPICS = ("order.dlq", "inventory.dlq", "shipping.dlq")
+# Derived from the event catalog, so a new topic there is created here too; docker-compose.yml
+# cannot import this and keeps its own list, which tests/static/test_compose.py checks.
+TOPICS = tuple(dict.fromkeys(spec.topic for spec in registered()))
+DLQ_TOPICS = tuple(f"{service}.dlq" for service in SERVICES)
 
 
 class InfraError(RuntimeError):
