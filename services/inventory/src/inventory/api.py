@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from inventory.domain.stock import Stock
 from inventory.repository import InventoryUnitOfWork
 from shared.http import unit_of_work
 
@@ -23,19 +22,12 @@ class Restock(BaseModel):
 
 
 class StockView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     sku: str
     available: int
     reserved: int
     shipped: int
-
-    @classmethod
-    def of(cls, stock: Stock) -> StockView:
-        return cls(
-            sku=stock.sku,
-            available=stock.available,
-            reserved=stock.reserved,
-            shipped=stock.shipped,
-        )
 
 
 class StockPage(BaseModel):
@@ -48,7 +40,7 @@ async def put_stock(sku: Sku, body: Restock, uow: UowDep) -> StockView:
     """Set the available quantity of a SKU (creating it); reserved stock is kept."""
     stock = await uow.stock.get_or_create(sku)
     stock.restock(body.available)
-    view = StockView.of(stock)
+    view = StockView.model_validate(stock)
     await uow.commit()
     return view
 
@@ -58,7 +50,7 @@ async def get_stock(sku: Sku, uow: UowDep) -> StockView:
     stock = await uow.stock.get(sku)
     if stock is None:
         raise HTTPException(404, f"no SKU {sku}")
-    return StockView.of(stock)
+    return StockView.model_validate(stock)
 
 
 @router.get("", response_model=StockPage)
@@ -69,4 +61,4 @@ async def list_stock(
 ) -> StockPage:
     stock = await uow.stock.list(limit, after)
     next_after = stock[-1].sku if len(stock) == limit else None
-    return StockPage(items=[StockView.of(s) for s in stock], next_after=next_after)
+    return StockPage(items=[StockView.model_validate(s) for s in stock], next_after=next_after)

@@ -7,10 +7,10 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from shared.http import unit_of_work
-from shipping.domain.shipment import Shipment, ShipmentStatus
+from shipping.domain.shipment import ShipmentStatus
 from shipping.repository import ShippingUnitOfWork
 
 router = APIRouter(prefix="/shipments", tags=["shipments"])
@@ -18,6 +18,8 @@ UowDep = Annotated[ShippingUnitOfWork, Depends(unit_of_work)]
 
 
 class ShipmentView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     order_id: UUID
     shipment_id: UUID
     status: ShipmentStatus
@@ -25,21 +27,10 @@ class ShipmentView(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def of(cls, s: Shipment) -> ShipmentView:
-        return cls(
-            order_id=s.order_id,
-            shipment_id=s.shipment_id,
-            status=s.status,
-            dispatch_at=s.dispatch_at,
-            created_at=s.created_at,
-            updated_at=s.updated_at,
-        )
-
 
 @router.get("/{order_id}", response_model=ShipmentView)
 async def get_shipment(order_id: UUID, uow: UowDep) -> ShipmentView:
     shipment = await uow.shipments.read(order_id)
     if shipment is None:
         raise HTTPException(404, f"no shipment for order {order_id}")
-    return ShipmentView.of(shipment)
+    return ShipmentView.model_validate(shipment)

@@ -8,14 +8,18 @@ imports this module.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from shared.contracts import Payload, lookup
 from shared.domain import Aggregate
-from shared.envelope import Envelope
+from shared.envelope import Envelope, new_envelope
 from shared.inbox import Inbox, ParkedEvent, Stream
 from shared.outbox import Outbox, OutgoingMessage
+from shared.processing import Delivery, EventProcessor, Outcome
+from shared.routing import Router, U
 from shared.uow import UnitOfWork
 
 
@@ -116,3 +120,44 @@ def stored_copy(aggregate: A) -> A:
     twin = copy.deepcopy(aggregate)
     twin.events = []
     return twin
+
+
+class InMemoryDelivery(Generic[U]):
+    """Delivers events to a service's routing table through the real ``EventProcessor``
+    (decode, dedup, sequence check, parking, the handler, commit), as the Kafka consumer
+    does, but in memory: a unit test exercises the wiring, not just a handler.
+
+    Each ``deliver`` of a new event takes the next sequence of its stream; redelivering an
+    envelope that was delivered before is how a test shows a duplicate."""
+
+    def __init__(self, router: Router[U], new_uow: Callable[[], U]) -> None:
+        self._processor = EventProcessor(router, new_uow)
+        self._sequences: dict[tuple[str, str], int] = {}
+
+    def envelope(
+        self, event: Payload, *, source: str, aggregate_id: str, correlation_id: str = "test-flow"
+    ) -> Envelope:
+        """A new envelope with the next sequence of the (source, aggregate) stream."""
+        key = (source, aggregate_id)
+        self._sequences[key] = self._sequences.get(key, 0) + 1
+        return new_envelope(
+            event,
+            source=source,
+            aggregate_id=aggregate_id,
+            sequence=self._sequences[key],
+            correlation_id=correlation_id,
+            causation_id=None,
+        )
+
+    async def deliver(
+        self, event: Payload | Envelope, *, source: str = "", key: str = ""
+    ) -> Outcome:
+        """Process ``event`` (a payload, wrapped in a new envelope from ``source`` keyed by
+        ``key``, or an envelope as it is); returns what the processor did with it."""
+        envelope = (
+            event
+            if isinstance(event, Envelope)
+            else self.envelope(event, source=source, aggregate_id=key)
+        )
+        topic = lookup(envelope.event_type, envelope.schema_version).topic
+        return await self._processor.process(Delivery(envelope, topic))
