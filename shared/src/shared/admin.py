@@ -20,8 +20,6 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
-from shared.postgres import notify_channel
-
 
 def require_admin(
     request: Request,
@@ -159,5 +157,5 @@ async def replay_dead_letter(letter_id: int, request: Request) -> Replayed:
             row["value"] or b"",
             json.dumps(headers),
         )
-        await conn.execute("SELECT pg_notify($1, '')", notify_channel(runtime.service))
+    runtime.relay.wake()
     return Replayed(id=letter_id, topic=row["topic"], replayed_at=row["replayed_at"])

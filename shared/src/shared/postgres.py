@@ -7,6 +7,7 @@ against the in-memory fakes of :mod:`shared.testing.fakes`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import cast
 from uuid import UUID
 
@@ -17,10 +18,6 @@ from shared.faults import failpoint
 from shared.inbox import Inbox, ParkedEvent, Stream
 from shared.outbox import Outbox, OutgoingMessage
 from shared.uow import DirectPublish, UnitOfWork
-
-
-def notify_channel(source: str) -> str:
-    return f"outbox_{source}"
 
 
 class PostgresOutbox(Outbox):
@@ -173,12 +170,18 @@ class PostgresUnitOfWork(UnitOfWork):
     conn: asyncpg.Connection
 
     def __init__(
-        self, pool: asyncpg.Pool, source: str, direct_publish: DirectPublish | None = None
+        self,
+        pool: asyncpg.Pool,
+        source: str,
+        direct_publish: DirectPublish | None = None,
+        *,
+        outbox_written: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self._pool = pool
         self._source = source
         self._direct_publish = direct_publish
+        self._outbox_written = outbox_written
 
     async def _begin(self) -> None:
         self._proxy = await self._pool.acquire()
@@ -190,21 +193,22 @@ class PostgresUnitOfWork(UnitOfWork):
         except BaseException:
             await self._release()
             raise
-        self.outbox = PostgresOutbox(
+        self.outbox: PostgresOutbox = PostgresOutbox(
             self.conn, self._source, direct=self._direct_publish is not None
         )
         self.inbox = PostgresInbox(self.conn, self._source)
 
     async def _commit(self) -> None:
         try:
-            if isinstance(self.outbox, PostgresOutbox) and self.outbox.written:
-                # Delivered at commit: wakes the relay without waiting for its poll.
-                await self.conn.execute("SELECT pg_notify($1, '')", notify_channel(self._source))
             await self._tx.commit()
         finally:
             await self._release()
+        if self._outbox_written is not None and self.outbox.written:
+            # An in-process signal, not pg_notify: a notifying transaction takes a lock that
+            # serialises every such commit in the whole cluster, fsync included.
+            self._outbox_written()
         await failpoint("uow.after_commit")
-        if self._direct_publish is not None and isinstance(self.outbox, PostgresOutbox):
+        if self._direct_publish is not None:
             # Pitfall: a crash here, or a broker that is down, loses these events for good.
             await self._direct_publish(self.outbox.direct_messages)
 

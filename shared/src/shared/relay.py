@@ -7,7 +7,12 @@
 - Rows are claimed in id order, published, and deleted only after the broker acknowledged
   the whole batch, in the same transaction that claimed them. No "highest id seen" cursor:
   a row whose transaction commits late is simply still in the table next time.
-- Woken by ``LISTEN/NOTIFY`` right after a commit, with a polling fallback.
+- Woken in-process right after a unit of work of this process commits outbox rows
+  (``wake``), and otherwise polls adaptively: every ``relay_poll_min_seconds`` while rows keep
+  coming, backing off to ``relay_poll_interval_seconds`` when idle, so rows committed by other
+  processes (another instance, an admin replay) go out too. Not ``LISTEN/NOTIFY``: a
+  transaction that notifies takes a cluster-wide lock through its commit, which serialised
+  every outbox-writing commit of the suite.
 - A crash between publish and delete republishes the batch: consumers drop the duplicates by
   event id and sequence. With the idempotent producer, retries inside a batch keep order.
 """
@@ -21,7 +26,6 @@ import logging
 import time
 import zlib
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -32,7 +36,6 @@ from shared.faults import failpoint
 from shared.kafka import Producer
 from shared.metrics import EVENTS_PUBLISHED, OUTBOX_TO_ACK_SECONDS, RELAY_PUBLISH_SECONDS
 from shared.outbox import OutgoingMessage
-from shared.postgres import notify_channel
 from shared.settings import ServiceSettings
 from shared.tracing import context_from_headers, tracer
 
@@ -85,17 +88,18 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             self.is_leader = True
             log.info("relay holds the outbox lease")
-            await conn.add_listener(notify_channel(self._service), self._on_notify)
             await self._publish_until_cancelled(conn)
         finally:
             self.is_leader = False
             conn.terminate()  # ends the session: frees the lease at once
 
-    def _on_notify(self, *_: Any) -> None:
+    def wake(self) -> None:
+        """Rows were committed: publish now rather than at the next poll."""
         self._wake.set()
 
     async def _publish_until_cancelled(self, lease: asyncpg.Connection) -> None:
         checked = time.monotonic()
+        idle_wait = self._settings.relay_poll_min_seconds
         while True:
             if time.monotonic() - checked > LEASE_CHECK_SECONDS:
                 # A lease connection that died silently would let a standby lead too: prove
@@ -106,10 +110,12 @@ class OutboxRelay:
             published = await self.publish_batch()
             if published >= self._settings.relay_batch_size:
                 continue  # more waiting: no pause
+            if published:
+                idle_wait = self._settings.relay_poll_min_seconds
+            else:
+                idle_wait = min(idle_wait * 2, self._settings.relay_poll_interval_seconds)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), self._settings.relay_poll_interval_seconds
-                )
+                await asyncio.wait_for(self._wake.wait(), idle_wait)
 
     async def publish_batch(self) -> int:
         """Publish up to one batch; returns how many rows were published and deleted."""

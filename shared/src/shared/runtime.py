@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic
+from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -29,11 +29,24 @@ from shared.processing import EventProcessor, Protections
 from shared.relay import OutboxRelay
 from shared.routing import Router, U
 from shared.settings import ServiceSettings
-from shared.uow import DirectPublish
+from shared.uow import DirectPublish, UnitOfWork
 
 log = logging.getLogger(__name__)
 
-UowFactory = Callable[[asyncpg.Pool, str, DirectPublish | None], U]
+U_co = TypeVar("U_co", bound=UnitOfWork, covariant=True)
+
+
+class UowFactory(Protocol[U_co]):
+    def __call__(
+        self,
+        pool: asyncpg.Pool,
+        source: str,
+        direct_publish: DirectPublish | None = None,
+        *,
+        outbox_written: Callable[[], None] | None = None,
+    ) -> U_co: ...
+
+
 Worker = Callable[["Runtime[Any]"], Awaitable[None]]
 
 
@@ -78,7 +91,9 @@ class Runtime(Generic[U]):
         direct: DirectPublish | None = None
         if self.settings.pitfall_naive_dual_write:
             direct = self.producer.publish
-        return self.definition.new_uow(self.pool, self.service, direct)
+        return self.definition.new_uow(
+            self.pool, self.service, direct, outbox_written=self.relay.wake
+        )
 
     async def start(self) -> None:
         self.pool = await create_pool(self.settings.database_url)

@@ -27,7 +27,8 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = 64 * 1024
 
     relay_batch_size: int = 200
-    relay_poll_interval_seconds: float = 1.0
+    relay_poll_interval_seconds: float = 1.0  # the longest idle wait between polls
+    relay_poll_min_seconds: float = 0.05  # the wait while rows keep coming
     consumer_max_attempts: int = 5
     consumer_retry_backoff_seconds: float = 0.2
     parked_gap_timeout_seconds: float = 60.0
