@@ -24,25 +24,42 @@ class ParkedEvent:
     headers: dict[str, str]
 
 
-class Inbox(ABC):
-    """Port of one consumer's receiving state.
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where a consumer stands on one stream: the last sequence applied (0 when none) and
+    whether events of it are parked ahead of a gap."""
 
-    - ``seen(event_id)``: the event was applied before (dedup).
-    - ``last_sequence(stream)``: the highest sequence applied on the stream, 0 when none; the
-      Postgres implementation locks the stream's row until the transaction ends.
-    - ``record(envelope)``: the event is applied: dedup row, stream advanced to its sequence.
+    last_sequence: int
+    has_parked: bool
+
+
+class Inbox(ABC):
+    """Port of one consumer's receiving state. Each method is one round trip to the
+    database in the PostgreSQL adapter, since the consumer calls them for every event.
+
+    - ``lock_stream(stream)``: the stream's position; the PostgreSQL adapter creates the
+      stream's row if needed and locks it until the transaction ends, so two consumers of one
+      stream (a rebalance overlap) take turns instead of both applying.
+    - ``mark_processed(event_id)``: write the dedup row; False when it was already there (the
+      event was applied before, and this is a duplicate).
+    - ``seen(event_id)``: the dedup row exists (read only).
+    - ``advance(stream, sequence)``: the stream's last applied sequence is now ``sequence``
+      (never lowered).
     - ``park(event)``: keep an event that arrived ahead of a gap; parking twice is harmless.
     - ``unpark(stream, sequence)``: remove and return the parked event with that sequence.
     """
 
     @abstractmethod
+    async def lock_stream(self, stream: Stream) -> StreamPosition: ...
+
+    @abstractmethod
+    async def mark_processed(self, event_id: UUID) -> bool: ...
+
+    @abstractmethod
     async def seen(self, event_id: UUID) -> bool: ...
 
     @abstractmethod
-    async def last_sequence(self, stream: Stream) -> int: ...
-
-    @abstractmethod
-    async def record(self, envelope: Envelope) -> None: ...
+    async def advance(self, stream: Stream, sequence: int) -> None: ...
 
     @abstractmethod
     async def park(self, event: ParkedEvent) -> None: ...

@@ -53,7 +53,8 @@ async def expire_gaps(
         stream = (candidate["source"], candidate["aggregate_type"], candidate["aggregate_id"])
         async with pool.acquire() as conn, conn.transaction():
             inbox = PostgresInbox(cast(asyncpg.Connection, conn), consumer)
-            last = await inbox.last_sequence(stream)  # locks the stream, as the consumer does
+            # Locks the stream, as the consumer does.
+            last = (await inbox.lock_stream(stream)).last_sequence
             row = await conn.fetchrow(
                 """
                 DELETE FROM parked_events

@@ -15,7 +15,7 @@ import asyncpg
 
 from shared.envelope import Envelope, parse_envelope
 from shared.faults import failpoint
-from shared.inbox import Inbox, ParkedEvent, Stream
+from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.outbox import Outbox, OutgoingMessage
 from shared.uow import DirectPublish, UnitOfWork
 
@@ -78,36 +78,38 @@ class PostgresInbox(Inbox):
         )
         return found is not None
 
-    async def last_sequence(self, stream: Stream) -> int:
-        # Create the row first so that FOR UPDATE has something to lock: two consumers of
-        # the same stream (a rebalance overlap) then serialise instead of both applying.
-        await self._conn.execute(
+    async def lock_stream(self, stream: Stream) -> StreamPosition:
+        # An upsert that changes nothing still locks the row and returns it: one round trip
+        # where an insert-if-missing and a SELECT ... FOR UPDATE took two.
+        row = await self._conn.fetchrow(
             """
-            INSERT INTO consumer_sequences (consumer, source, aggregate_type, aggregate_id,
-                                            last_sequence)
-            VALUES ($1, $2, $3, $4, 0) ON CONFLICT DO NOTHING
+            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
+                                                 last_sequence)
+            VALUES ($1, $2, $3, $4, 0)
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
+            DO UPDATE SET last_sequence = s.last_sequence
+            RETURNING s.last_sequence, EXISTS (
+                SELECT 1 FROM parked_events p
+                WHERE p.consumer = $1 AND p.source = $2 AND p.aggregate_type = $3
+                  AND p.aggregate_id = $4
+            ) AS has_parked
             """,
             self._consumer,
             *stream,
         )
-        last: int = await self._conn.fetchval(
-            """
-            SELECT last_sequence FROM consumer_sequences
-            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
-            FOR UPDATE
-            """,
-            self._consumer,
-            *stream,
-        )
-        return last
+        assert row is not None
+        return StreamPosition(row["last_sequence"], row["has_parked"])
 
-    async def record(self, envelope: Envelope) -> None:
-        await self._conn.execute(
+    async def mark_processed(self, event_id: UUID) -> bool:
+        inserted = await self._conn.fetchval(
             "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)"
-            " ON CONFLICT DO NOTHING",
+            " ON CONFLICT DO NOTHING RETURNING true",
             self._consumer,
-            envelope.event_id,
+            event_id,
         )
+        return inserted is not None
+
+    async def advance(self, stream: Stream, sequence: int) -> None:
         await self._conn.execute(
             """
             INSERT INTO consumer_sequences (consumer, source, aggregate_type, aggregate_id,
@@ -118,8 +120,8 @@ class PostgresInbox(Inbox):
                 updated_at = now()
             """,
             self._consumer,
-            *envelope.stream,
-            envelope.sequence,
+            *stream,
+            sequence,
         )
 
     async def park(self, event: ParkedEvent) -> None:

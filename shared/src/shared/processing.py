@@ -120,13 +120,12 @@ class EventProcessor(Generic[U]):
         self, uow: U, delivery: Delivery, payload: Payload | None, *, unblock: bool
     ) -> Outcome:
         envelope = delivery.envelope
-        if self._protections.dedup and await uow.inbox.seen(envelope.event_id):
-            return Outcome.DUPLICATE
+        has_parked = False
         if self._protections.sequence_check:
-            last = await uow.inbox.last_sequence(envelope.stream)
-            if envelope.sequence <= last:
+            position = await uow.inbox.lock_stream(envelope.stream)
+            if envelope.sequence <= position.last_sequence:
                 return Outcome.DUPLICATE
-            if envelope.sequence > last + 1:
+            if envelope.sequence > position.last_sequence + 1:
                 await uow.inbox.park(
                     ParkedEvent(
                         envelope,
@@ -137,29 +136,33 @@ class EventProcessor(Generic[U]):
                     )
                 )
                 return Outcome.PARKED
+            has_parked = position.has_parked
         outcome = await self._apply(uow, envelope, payload)
-        if self._protections.sequence_check and unblock:
+        if has_parked and unblock:
             await self._apply_unblocked(uow, envelope)
         return outcome
 
     async def _apply(self, uow: U, envelope: Envelope, payload: Payload | None) -> Outcome:
+        """Apply the event (or, with no handler, only move its stream on). The dedup row is
+        written first: when it was there already the event is a duplicate."""
         subscription = self._router.handler_for(envelope.event_type)
         if subscription is not None and payload is not None:
+            if self._protections.dedup and not await uow.inbox.mark_processed(envelope.event_id):
+                return Outcome.DUPLICATE
             # A parked event applied later keeps its own correlation and causation.
             with correlated(envelope.correlation_id, str(envelope.event_id)):
                 raise_if_armed("handler.raise", envelope.correlation_id)
                 await subscription.handler(payload, uow)
-        await uow.inbox.record(envelope)
+        await uow.inbox.advance(envelope.stream, envelope.sequence)
         return Outcome.APPLIED if subscription is not None else Outcome.IGNORED
 
     async def _apply_unblocked(self, uow: U, applied: Envelope) -> None:
         sequence = applied.sequence + 1
         while (parked := await uow.inbox.unpark(applied.stream, sequence)) is not None:
-            if not await uow.inbox.seen(parked.envelope.event_id):
-                try:
-                    await self._apply(uow, parked.envelope, self.decode(parked.envelope))
-                except TRANSIENT_DATABASE_ERRORS:
-                    raise  # the database, not the event: the whole delivery is retried
-                except Exception as exc:
-                    raise _SuccessorFailedError(parked, f"{type(exc).__name__}: {exc}") from exc
+            try:
+                await self._apply(uow, parked.envelope, self.decode(parked.envelope))
+            except TRANSIENT_DATABASE_ERRORS:
+                raise  # the database, not the event: the whole delivery is retried
+            except Exception as exc:
+                raise _SuccessorFailedError(parked, f"{type(exc).__name__}: {exc}") from exc
             sequence += 1

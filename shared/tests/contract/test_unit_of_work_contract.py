@@ -12,7 +12,7 @@ import pytest
 from shared.contracts.catalog import OrderRejected, StockLevelChanged
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope, parse_envelope
-from shared.inbox import ParkedEvent
+from shared.inbox import ParkedEvent, StreamPosition
 from shared.postgres import PostgresUnitOfWork
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 from shared.testing.infra import create_database, drop_database
@@ -112,13 +112,17 @@ async def test_the_inbox_remembers_applied_events_and_the_last_sequence(backend:
     )  # fmt: skip
     async with new_uow() as uow:
         assert not await uow.inbox.seen(envelope.event_id)
-        assert await uow.inbox.last_sequence(envelope.stream) == 0
-        await uow.inbox.record(envelope)
+        assert await uow.inbox.lock_stream(envelope.stream) == StreamPosition(0, False)
+        assert await uow.inbox.mark_processed(envelope.event_id)
+        await uow.inbox.advance(envelope.stream, envelope.sequence)
         await uow.commit()
     async with new_uow() as uow:
         assert await uow.inbox.seen(envelope.event_id)
-        assert await uow.inbox.last_sequence(envelope.stream) == 3
-        assert await uow.inbox.last_sequence(("other", "order", "b")) == 0
+        assert not await uow.inbox.mark_processed(envelope.event_id)  # a duplicate
+        assert (await uow.inbox.lock_stream(envelope.stream)).last_sequence == 3
+        await uow.inbox.advance(envelope.stream, 2)  # never lowered
+        assert (await uow.inbox.lock_stream(envelope.stream)).last_sequence == 3
+        assert (await uow.inbox.lock_stream(("other", "order", "b"))).last_sequence == 0
 
 
 async def test_an_inbox_record_rolled_back_is_forgotten(backend: Backend) -> None:
@@ -128,9 +132,11 @@ async def test_an_inbox_record_rolled_back_is_forgotten(backend: Backend) -> Non
         causation_id=None,
     )  # fmt: skip
     async with new_uow() as uow:
-        await uow.inbox.record(envelope)
+        await uow.inbox.mark_processed(envelope.event_id)
+        await uow.inbox.advance(envelope.stream, envelope.sequence)
     async with new_uow() as uow:
         assert not await uow.inbox.seen(envelope.event_id)
+        assert (await uow.inbox.lock_stream(envelope.stream)).last_sequence == 0
 
 
 async def test_parked_events_come_back_once_by_stream_and_sequence(backend: Backend) -> None:
@@ -145,6 +151,8 @@ async def test_parked_events_come_back_once_by_stream_and_sequence(backend: Back
         await uow.inbox.park(parked)  # parking twice is harmless
         await uow.commit()
     async with new_uow() as uow:
+        assert (await uow.inbox.lock_stream(envelope.stream)).has_parked
+        assert not (await uow.inbox.lock_stream(("other", "order", "b"))).has_parked
         assert await uow.inbox.unpark(envelope.stream, 4) is None
         assert await uow.inbox.unpark(envelope.stream, 5) == parked
         assert await uow.inbox.unpark(envelope.stream, 5) is None

@@ -16,7 +16,7 @@ from uuid import UUID
 from shared.contracts import Payload, lookup
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope
-from shared.inbox import Inbox, ParkedEvent, Stream
+from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.outbox import Outbox, OutgoingMessage
 from shared.processing import Delivery, EventProcessor, Outcome
 from shared.routing import Router, U
@@ -61,13 +61,18 @@ class InMemoryInbox(Inbox):
     async def seen(self, event_id: UUID) -> bool:
         return event_id in self.state.processed
 
-    async def last_sequence(self, stream: Stream) -> int:
-        return self.state.sequences.get(stream, 0)
+    async def lock_stream(self, stream: Stream) -> StreamPosition:
+        has_parked = any(s == stream for s, _ in self.state.parked)
+        return StreamPosition(self.state.sequences.get(stream, 0), has_parked)
 
-    async def record(self, envelope: Envelope) -> None:
-        self.state.processed.add(envelope.event_id)
-        stream = envelope.stream
-        self.state.sequences[stream] = max(self.state.sequences.get(stream, 0), envelope.sequence)
+    async def mark_processed(self, event_id: UUID) -> bool:
+        if event_id in self.state.processed:
+            return False
+        self.state.processed.add(event_id)
+        return True
+
+    async def advance(self, stream: Stream, sequence: int) -> None:
+        self.state.sequences[stream] = max(self.state.sequences.get(stream, 0), sequence)
 
     async def park(self, event: ParkedEvent) -> None:
         self.state.parked.setdefault((event.envelope.stream, event.envelope.sequence), event)
