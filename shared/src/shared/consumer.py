@@ -1,11 +1,17 @@
-"""The Kafka side of a consumer: fetch, hand each record to the EventProcessor, commit.
+"""The Kafka side of a consumer: fetch, hand the records to the EventProcessor, commit.
+
+The records of one poll of one partition are applied in one transaction (one commit for the
+lot); when that fails, they are applied one at a time, so the one that fails is retried and
+dead-lettered alone while the others go through. Correlation, spans, metrics and logs are
+middleware (:mod:`shared.middleware`), the same for both paths.
 
 Offsets are committed manually and only for records whose transaction committed (or that
-were dead-lettered), and only for partitions still assigned. A rebalance waits for the record
-in progress, commits what is done and drops what was fetched for revoked partitions. A crash
-between the database commit and the offset commit redelivers the record; the dedup row makes
-that harmless. (Storing offsets in Postgres would avoid the redelivery, but the dedup row is
-needed anyway for producer retries and replays, so Kafka-committed offsets are enough.)
+were dead-lettered), and only for partitions still assigned. A rebalance waits for the
+records in progress, commits what is done and drops what was fetched for revoked partitions.
+A crash between the database commit and the offset commit redelivers the records; the
+sequence check and dedup row make that harmless. (Storing offsets in Postgres would avoid the
+redelivery, but the dedup row is needed anyway for producer retries and replays, so
+Kafka-committed offsets are enough.)
 """
 
 from __future__ import annotations
@@ -13,26 +19,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Generic
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
-from shared.correlation import correlated
 from shared.db import TRANSIENT_DATABASE_ERRORS
 from shared.deadletter import DeadLetter, DeadLetterSink
 from shared.envelope import MalformedEnvelopeError, parse_envelope
 from shared.kafka import decode_headers, new_consumer
-from shared.metrics import CONSUMER_LAG, DEDUP_HITS, EVENTS_CONSUMED, HANDLER_SECONDS
-from shared.processing import Delivery, EventProcessor, Outcome, PermanentError
+from shared.metrics import CONSUMER_LAG, EVENTS_CONSUMED
+from shared.middleware import compose, measured, traced
+from shared.processing import (
+    Delivery,
+    EventObservation,
+    EventProcessor,
+    Outcome,
+    PermanentError,
+)
 from shared.routing import U
 from shared.settings import ServiceSettings
-from shared.tracing import context_from_headers, tracer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,8 @@ class ConsumerRunner(Generic[U]):
         self._topics = topics
         self._dead_letters = dead_letters
         self._service = settings.service_name
-        self._lock = asyncio.Lock()  # held while a record is processed; rebalance waits on it
+        self._observe = compose([traced, measured(self._service)])
+        self._lock = asyncio.Lock()  # held while records are applied; rebalance waits on it
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         # aiokafka still lists revoked partitions in assignment() until the group has synced,
         # so the runner keeps its own record of what it handed over.
@@ -109,17 +118,19 @@ class ConsumerRunner(Generic[U]):
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=200)
+            batches = await consumer.getmany(
+                timeout_ms=500, max_records=self._settings.consumer_max_poll_records
+            )
             for tp, records in batches.items():
-                for record in records:
-                    async with self._lock:
-                        if tp in self._revoked or tp not in consumer.assignment():
-                            break  # revoked while we worked: its new owner will process it
-                        if not await self._handle(record):
-                            break  # abandoned to a rebalance
-                        self._done[tp] = record.offset + 1
-                        lag = (consumer.highwater(tp) or 0) - (record.offset + 1)
-                    CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(max(lag, 0))
+                async with self._lock:
+                    if tp in self._revoked or tp not in consumer.assignment():
+                        continue  # revoked while we worked: its new owner will process it
+                    done = await self._apply(records)
+                    if done:
+                        self._done[tp] = records[done - 1].offset + 1
+                        lag = (consumer.highwater(tp) or 0) - self._done[tp]
+                        labels = (self._service, tp.topic, str(tp.partition))
+                        CONSUMER_LAG.labels(*labels).set(max(lag, 0))
             await self._commit(consumer)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
@@ -136,7 +147,7 @@ class ConsumerRunner(Generic[U]):
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._handing_over.set()  # a record stuck in a retry loop lets go
-        async with self._lock:  # let the record in progress finish, then hand over
+        async with self._lock:  # let the records in progress finish, then hand over
             self._handing_over.clear()
             if self._consumer is not None:
                 await self._commit(self._consumer)  # what is done, before the new owner starts
@@ -149,110 +160,116 @@ class ConsumerRunner(Generic[U]):
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._revoked -= assigned
 
-    async def _handle(self, record: ConsumerRecord) -> bool:
-        """Apply or dead-letter one record; False when a rebalance made us let go of it."""
-        headers = decode_headers(record.headers)
-        try:
-            envelope = parse_envelope(record.value)
-        except MalformedEnvelopeError as exc:
+    async def _apply(self, records: Sequence[ConsumerRecord]) -> int:
+        """Apply or dead-letter the records of one partition, in order; returns how many of
+        them, from the first, are done (fewer than all when a rebalance made us let go)."""
+        done = 0
+        run: list[Delivery] = []
+        for record in records:
+            headers = decode_headers(record.headers)
             try:
-                return await self._dead_letter(record, headers, str(exc), attempts=1)
-            except _AbandonedError:
-                return False
-        delivery = Delivery(envelope, record.topic, record.partition, record.offset, headers)
-        span_name = f"process {envelope.event_type}"
-        with (
-            correlated(envelope.correlation_id, str(envelope.event_id)),
-            tracer().start_as_current_span(
-                span_name, context=context_from_headers(headers), kind=trace.SpanKind.CONSUMER
-            ) as span,
-        ):
-            span.set_attribute("messaging.system", "kafka")
-            span.set_attribute("messaging.destination.name", record.topic)
-            span.set_attribute("messaging.kafka.partition", record.partition)
-            span.set_attribute("messaging.kafka.offset", record.offset)
-            span.set_attribute("event_id", str(envelope.event_id))
-            span.set_attribute("event_type", envelope.event_type)
-            span.set_attribute("aggregate_id", envelope.aggregate_id)
-            span.set_attribute("event.sequence", envelope.sequence)
+                envelope = parse_envelope(record.value)
+            except MalformedEnvelopeError as exc:
+                applied = await self._apply_run(run)
+                done += applied
+                if applied < len(run):
+                    return done
+                run = []
+                try:
+                    await self._dead_letter(record, headers, str(exc), attempts=1)
+                except _AbandonedError:
+                    return done
+                done += 1
+                continue
+            run.append(
+                Delivery(
+                    envelope,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    headers,
+                    record.key,
+                    record.value,
+                )
+            )
+        return done + await self._apply_run(run)
+
+    async def _apply_run(self, run: Sequence[Delivery]) -> int:
+        """Well-formed records: all in one transaction, or, when that fails, one by one."""
+        if len(run) > 1 and self._settings.consumer_batch:
             try:
-                outcome = await self._process_with_retries(record, headers, delivery)
+                await self._processor.process_batch(run, self._observe)
+                return len(run)
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                log.warning("batch of %d not applied (%s); one at a time", len(run), exc)
+            except Exception as exc:
+                log.info("batch of %d rolled back (%r); one at a time", len(run), exc)
+        for done, delivery in enumerate(run):
+            observation = self._observe(delivery)
+            try:
+                with observation.active():
+                    outcome = await self._process_with_retries(delivery, observation)
             except _AbandonedError:
-                span.set_attribute("outcome", "abandoned")
-                return False
-            span.set_attribute("outcome", outcome)
-        return True
+                observation.undone("abandoned to a rebalance")
+                return done
+            if outcome is not None:
+                observation.done(outcome)
+        return len(run)
 
     async def _process_with_retries(
-        self, record: ConsumerRecord, headers: dict[str, str], delivery: Delivery
-    ) -> str:
+        self, delivery: Delivery, observation: EventObservation
+    ) -> Outcome | None:
+        """The outcome, or None when the event was dead-lettered (and observed as such)."""
         attempt = 0
         infra_backoff = 0.5
         while True:
             attempt += 1
-            started = time.perf_counter()
             try:
-                outcome = await self._processor.process(delivery)
+                return await self._processor.process(delivery)
             except PermanentError as exc:
-                await self._dead_letter(record, headers, str(exc), attempts=attempt)
-                return "dead_lettered"
+                await self._dead_letter_delivery(delivery, observation, str(exc), attempt)
+                return None
             except TRANSIENT_DATABASE_ERRORS as exc:
                 attempt -= 1  # not the event's fault: wait for the database, forever
                 self._let_go_on_rebalance()
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, infra_backoff)
                 await asyncio.sleep(infra_backoff)
                 infra_backoff = min(infra_backoff * 2, 10.0)
-                continue
             except Exception as exc:
                 if attempt >= self._settings.consumer_max_attempts:
-                    await self._dead_letter(
-                        record, headers, f"{type(exc).__name__}: {exc}", attempts=attempt
-                    )
-                    return "dead_lettered"
+                    error = f"{type(exc).__name__}: {exc}"
+                    await self._dead_letter_delivery(delivery, observation, error, attempt)
+                    return None
                 self._let_go_on_rebalance()
                 delay = self._settings.consumer_retry_backoff_seconds * 2 ** (attempt - 1)
                 log.warning("attempt %d failed (%r); retrying in %.2fs", attempt, exc, delay)
                 await asyncio.sleep(delay)
-                continue
-            elapsed = time.perf_counter() - started
-            HANDLER_SECONDS.labels(self._service, record.topic).observe(elapsed)
-            envelope = delivery.envelope
-            log.info(
-                "%s %s #%d from %s",
-                outcome.value,
-                envelope.event_type,
-                envelope.sequence,
-                envelope.source,
-                extra={
-                    "fields": {
-                        "event_id": str(envelope.event_id),
-                        "event_type": envelope.event_type,
-                        "aggregate_id": envelope.aggregate_id,
-                        "sequence": envelope.sequence,
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                        "outcome": outcome.value,
-                        "elapsed_ms": round(elapsed * 1000, 2),
-                    }
-                },
-            )
-            EVENTS_CONSUMED.labels(self._service, record.topic, outcome).inc()
-            if outcome is Outcome.DUPLICATE:
-                DEDUP_HITS.labels(self._service, record.topic).inc()
-            return outcome.value
 
     def _let_go_on_rebalance(self) -> None:
         if self._handing_over.is_set():
             raise _AbandonedError
 
+    async def _dead_letter_delivery(
+        self, delivery: Delivery, observation: EventObservation, error: str, attempts: int
+    ) -> None:
+        letter = DeadLetter(
+            self._service,
+            delivery.topic,
+            delivery.partition,
+            delivery.offset,
+            delivery.key,
+            delivery.value if delivery.value is not None else delivery.envelope.to_bytes(),
+            delivery.headers,
+            error,
+            attempts,
+        )
+        await self._keep(letter)
+        observation.dead_lettered(error, attempts)
+
     async def _dead_letter(
         self, record: ConsumerRecord, headers: dict[str, str], error: str, attempts: int
-    ) -> bool:
-        span = trace.get_current_span()  # the processing span, when there is one
-        span.set_attribute("outcome", "dead_lettered")
-        span.set_attribute("dead_letter.error", error[:500])
-        span.set_status(Status(StatusCode.ERROR, error[:200]))
+    ) -> None:
+        """A record that is not even an envelope: kept as it came."""
         letter = DeadLetter(
             self._service,
             record.topic,
@@ -264,15 +281,20 @@ class ConsumerRunner(Generic[U]):
             error,
             attempts,
         )
+        await self._keep(letter)
+        EVENTS_CONSUMED.labels(self._service, record.topic, "dead_lettered").inc()
+        log.error(
+            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, error
+        )
+
+    async def _keep(self, letter: DeadLetter) -> None:
         backoff = 0.5
         while True:  # the offset must not move past a letter that was not kept
             try:
                 await self._dead_letters.send(letter)
-                break
+                return
             except (KafkaError, *TRANSIENT_DATABASE_ERRORS) as exc:
                 self._let_go_on_rebalance()
                 log.warning("dead-lettering failed (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-        EVENTS_CONSUMED.labels(self._service, record.topic, "dead_lettered").inc()
-        return True

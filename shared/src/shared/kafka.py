@@ -118,7 +118,7 @@ def new_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
         auto_commit_interval_ms=100,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
-        max_poll_records=200,
+        max_poll_records=settings.consumer_max_poll_records,
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
     )

@@ -1,16 +1,22 @@
-"""Applying one event exactly once and in order: the consumer's core, free of Kafka.
+"""Applying events exactly once and in order: the consumer's core, free of Kafka.
 
-In one unit of work: skip an event already applied (dedup row) or at/below the stream's last
+In a unit of work: skip an event already applied (dedup row) or at/below the stream's last
 sequence (stale); park one that arrives ahead of a gap; otherwise apply it, record it, and
 apply any parked successors it unblocks. Events the service has no handler for still advance
 the stream, so a consumer that ignores some event types never waits for them.
+
+``process`` applies one event in its own transaction; ``process_batch`` applies the events
+of one poll of one partition in a single transaction (one commit, one WAL flush), and raises
+if any of them fails, so the caller can fall back to ``process`` one at a time, which
+isolates the failing event for its retries and dead letter.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Generic
 
@@ -63,6 +69,32 @@ class Delivery:
     partition: int = 0
     offset: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    key: bytes | None = None  # the record's own key and value, kept as they came for a
+    value: bytes | None = None  # dead letter (the envelope drops fields it does not know)
+
+
+class EventObservation:
+    """What the per-event middleware (correlation, tracing, metrics, logs) sees of one
+    event: ``active()`` is entered while the event is applied (its span and correlation
+    current, so the events it causes carry them), then exactly one of ``done`` (after the
+    commit), ``dead_lettered`` or ``undone`` (its batch rolled back) is called. This base
+    observes nothing."""
+
+    def active(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def done(self, outcome: Outcome) -> None: ...
+
+    def dead_lettered(self, error: str, attempts: int) -> None: ...
+
+    def undone(self, reason: str) -> None: ...
+
+
+Observe = Callable[[Delivery], EventObservation]
+
+
+def _unobserved(_: Delivery) -> EventObservation:
+    return EventObservation()
 
 
 class EventProcessor(Generic[U]):
@@ -86,6 +118,34 @@ class EventProcessor(Generic[U]):
         except (UnknownEventError, InvalidPayloadError) as exc:
             raise PermanentError(str(exc)) from exc
 
+    async def process_batch(
+        self, deliveries: Sequence[Delivery], observe: Observe = _unobserved
+    ) -> list[Outcome]:
+        """Apply every delivery in one transaction, each observed by ``observe(delivery)``
+        (its span, its metrics). All or nothing: raises the first failure, committing
+        nothing."""
+        payloads = [self.decode(d.envelope) for d in deliveries]  # poison fails before writing
+        outcomes: list[Outcome] = []
+        observations: list[EventObservation] = []
+        async with self._new_uow() as uow:
+            try:
+                for delivery, payload in zip(deliveries, payloads, strict=True):
+                    observation = observe(delivery)
+                    observations.append(observation)
+                    with observation.active():
+                        outcomes.append(await self._admit_one(uow, delivery, payload))
+                        await uow.flush()  # this event's outbox rows, in its own context
+                await failpoint("consumer.before_db_commit")
+                await uow.commit()
+            except BaseException as exc:
+                for observation in observations:
+                    observation.undone(f"batch rolled back: {type(exc).__name__}")
+                raise
+        for observation, outcome in zip(observations, outcomes, strict=True):
+            observation.done(outcome)
+        await failpoint("consumer.after_db_commit")
+        return outcomes
+
     async def process(self, delivery: Delivery) -> Outcome:
         payload = self.decode(delivery.envelope)  # poison fails here, before any write
         try:
@@ -108,13 +168,18 @@ class EventProcessor(Generic[U]):
         self, delivery: Delivery, payload: Payload | None, *, unblock: bool
     ) -> Outcome:
         async with self._new_uow() as uow:
-            try:
-                outcome = await self._admit(uow, delivery, payload, unblock=unblock)
-            except (DomainError, NotFoundError) as exc:  # no retry will change a rule
-                raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
+            outcome = await self._admit_one(uow, delivery, payload, unblock=unblock)
             await failpoint("consumer.before_db_commit")
             await uow.commit()
         return outcome
+
+    async def _admit_one(
+        self, uow: U, delivery: Delivery, payload: Payload | None, *, unblock: bool = True
+    ) -> Outcome:
+        try:
+            return await self._admit(uow, delivery, payload, unblock=unblock)
+        except (DomainError, NotFoundError) as exc:  # no retry will change a rule
+            raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _admit(
         self, uow: U, delivery: Delivery, payload: Payload | None, *, unblock: bool

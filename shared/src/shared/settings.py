@@ -29,6 +29,8 @@ class ServiceSettings(BaseSettings):
     relay_batch_size: int = 200
     relay_poll_interval_seconds: float = 1.0  # the longest idle wait between polls
     relay_poll_min_seconds: float = 0.05  # the wait while rows keep coming
+    consumer_batch: bool = True  # apply the records of one poll of a partition in one commit
+    consumer_max_poll_records: int = 200
     consumer_max_attempts: int = 5
     consumer_retry_backoff_seconds: float = 0.2
     parked_gap_timeout_seconds: float = 60.0

@@ -47,12 +47,19 @@ class UnitOfWork(ABC):
         if not self._committed:
             await self._rollback()
 
-    async def commit(self) -> None:
+    async def flush(self) -> None:
+        """Save what changed and drain the recorded events into the outbox, without ending
+        the transaction: a consumer applying several events in one transaction flushes after
+        each, so each event's outbox rows carry its own correlation and trace context, and
+        the next event reads what the previous one wrote."""
         await self._persist()
         for aggregate in self._tracked:
             for event in aggregate.events:
                 await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
             aggregate.events.clear()
+
+    async def commit(self) -> None:
+        await self.flush()
         await self._commit()
         self._committed = True
 

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from shared.contracts.catalog import OrderCancelled, OrderRejected
 from shared.envelope import Envelope, new_envelope
-from shared.processing import Delivery, EventProcessor, Outcome, PermanentError, Protections
+from shared.processing import (
+    Delivery,
+    EventObservation,
+    EventProcessor,
+    Outcome,
+    PermanentError,
+    Protections,
+)
 from shared.routing import Router
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 
@@ -199,3 +206,75 @@ async def test_a_parked_successor_that_fails_stays_parked_and_does_not_sink_the_
     assert await proc.process(Delivery(e1)) is Outcome.APPLIED  # not dead-lettered for e2
     assert applied(state) == ["r1"]
     assert list(state.inbox.parked) == [(e2.stream, 2)]  # left for the gap timeout
+
+
+class Recorder(EventObservation):
+    def __init__(self, log: list[str], delivery: Delivery) -> None:
+        self._log = log
+        self._reason = delivery.envelope.payload["reason"]
+
+    def done(self, outcome: Outcome) -> None:
+        self._log.append(f"{self._reason}:{outcome.value}")
+
+    def undone(self, reason: str) -> None:
+        self._log.append(f"{self._reason}:undone")
+
+
+class CountingUnitOfWork(InMemoryUnitOfWork):
+    commits = 0
+
+    async def _commit(self) -> None:
+        CountingUnitOfWork.commits += 1
+        await super()._commit()
+
+
+async def test_a_batch_applies_its_events_in_order_in_one_commit_and_observes_each() -> None:
+    state = InMemoryState()
+    CountingUnitOfWork.commits = 0
+    proc = EventProcessor(router, lambda: CountingUnitOfWork(state, "test"))
+    e1, e2, e3 = stream_of(3)
+    seen: list[str] = []
+    outcomes = await proc.process_batch(
+        [Delivery(e2), Delivery(e1), Delivery(e3), Delivery(e1)],
+        lambda d: Recorder(seen, d),
+    )
+    assert outcomes == [Outcome.PARKED, Outcome.APPLIED, Outcome.APPLIED, Outcome.DUPLICATE]
+    assert applied(state) == ["r1", "r2", "r3"]  # e2 parked, then unparked by e1
+    assert CountingUnitOfWork.commits == 1
+    assert seen == ["r2:parked", "r1:applied", "r3:applied", "r1:duplicate"]
+
+
+async def test_a_batch_with_one_failing_event_commits_none_of_them() -> None:
+    picky = Router[InMemoryUnitOfWork]()
+
+    @picky.subscriber(OrderRejected)
+    async def when_order_rejected_refuse_r2(event: OrderRejected, uow: InMemoryUnitOfWork) -> None:
+        if event.reason == "r2":
+            raise RuntimeError("a bug that only r2 triggers")
+        uow.table("applied").setdefault("log", []).append(event.reason)
+
+    state = InMemoryState()
+    proc = EventProcessor(picky, lambda: InMemoryUnitOfWork(state, "test"))
+    e1, e2, e3 = stream_of(3)
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="only r2"):
+        await proc.process_batch(
+            [Delivery(e1), Delivery(e2), Delivery(e3)], lambda d: Recorder(seen, d)
+        )
+    assert applied(state) == []
+    assert state.inbox.sequences == {}
+    assert seen == ["r1:undone", "r2:undone"]  # e3 was never reached
+    # One at a time, as the consumer falls back to, e1 goes through and e2 is isolated.
+    assert await proc.process(Delivery(e1)) is Outcome.APPLIED
+    with pytest.raises(RuntimeError):
+        await proc.process(Delivery(e2))
+    assert applied(state) == ["r1"]
+
+
+async def test_a_poison_payload_fails_a_batch_before_anything_is_written() -> None:
+    state = InMemoryState()
+    e1, e2 = stream_of(2)
+    bad = e2.model_copy(update={"schema_version": 99})
+    with pytest.raises(PermanentError, match="schema_version=99"):
+        await processor(state).process_batch([Delivery(e1), Delivery(bad)])
+    assert applied(state) == []

@@ -12,8 +12,13 @@ from order.handlers import router
 from order.postgres import PostgresOrderUnitOfWork
 from order.settings import Settings
 from order.testing import FakeOrderUnitOfWork
-from shared.contracts.catalog import InventoryReserved, OrderLine, StockLevelChanged
-from shared.processing import Outcome, PermanentError
+from shared.contracts.catalog import (
+    InventoryReserved,
+    OrderLine,
+    ShipmentDispatched,
+    StockLevelChanged,
+)
+from shared.processing import Delivery, EventProcessor, Outcome, PermanentError
 from shared.testing.fakes import InMemoryDelivery, InMemoryState
 
 from .test_commands_and_handlers import command
@@ -65,3 +70,30 @@ async def test_an_event_for_an_order_this_service_does_not_have_is_permanent() -
     reserved = InventoryReserved(order_id=order_id, items=(OrderLine(sku="A", quantity=1),))
     with pytest.raises(PermanentError, match=f"no order {order_id}"):
         await delivery.deliver(reserved, source="inventory", key=str(order_id))
+
+
+async def test_two_events_of_one_order_in_one_batch_each_see_what_the_other_wrote() -> None:
+    state = InMemoryState()
+    delivery = InMemoryDelivery(router, lambda: FakeOrderUnitOfWork(state, "order"))
+    stock = StockLevelChanged(sku="SKU-1", available=10, reserved=0, shipped=0)
+    await delivery.deliver(stock, source="inventory", key="SKU-1")
+    async with FakeOrderUnitOfWork(state, "order") as uow:
+        order = await place_order(command(), uow)
+    key = str(order.order_id)
+    reserved = delivery.envelope(
+        InventoryReserved(order_id=order.order_id, items=(OrderLine(sku="SKU-1", quantity=2),)),
+        source="inventory",
+        aggregate_id=key,
+    )
+    dispatched = delivery.envelope(
+        ShipmentDispatched(order_id=order.order_id, shipment_id=uuid4()),
+        source="shipping",
+        aggregate_id=key,
+    )
+    processor = EventProcessor(router, lambda: FakeOrderUnitOfWork(state, "order"))
+    outcomes = await processor.process_batch([Delivery(reserved), Delivery(dispatched)])
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
+    assert state.tables["orders"][order.order_id].order.status is OrderStatus.SHIPPED
+    _, confirmed, shipped = state.outbox.envelopes
+    assert (confirmed.event_type, confirmed.sequence) == ("OrderConfirmed", 2)
+    assert (shipped.event_type, shipped.sequence) == ("OrderShipped", 3)
