@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from infra.settings import DLQ_TOPICS, SERVICES, TOPICS
 from inventory.handlers import router as inventory_router
+from inventory.settings import Settings as InventorySettings
 from order.handlers import router as order_router
+from order.settings import Settings as OrderSettings
 from shared.contracts import EventSpec, registered
 from shared.routing import Router
+from shared.settings import ServiceSettings
 from shipping.handlers import router as shipping_router
+from shipping.settings import Settings as ShippingSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -136,15 +141,53 @@ def topic_list() -> str:
     return table(header, rows)
 
 
+def configuration() -> str:
+    """Every setting: the shared ones (defaults per service where they differ), then each
+    service's own. One environment variable per field, described by its Field."""
+    classes: dict[str, type[ServiceSettings]] = {
+        "order": OrderSettings,
+        "inventory": InventorySettings,
+        "shipping": ShippingSettings,
+    }
+    rows = []
+    for name, info in ServiceSettings.model_fields.items():
+        # A default that only names its service reads as one: `.../<service>`.
+        defaults = {
+            setting_text(classes[s].model_fields[name].default).replace(s, "<service>")
+            for s in SERVICES
+        }
+        if len(defaults) == 1:
+            shown = f"`{defaults.pop()}`"
+        else:
+            shown = " / ".join(
+                f"`{setting_text(classes[s].model_fields[name].default)}`" for s in SERVICES
+            )
+        rows.append([f"`{name.upper()}`", shown, info.description or ""])
+    for service, settings in classes.items():
+        for name, info in settings.model_fields.items():
+            if name not in ServiceSettings.model_fields:
+                variable = f"`{name.upper()}` ({service})"
+                rows.append([variable, f"`{setting_text(info.default)}`", info.description or ""])
+    return table(["variable", "default", "meaning"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "events": event_catalog,
     "value-types": value_types,
     "routing": routing_tables,
     "topics": topic_list,
+    "configuration": configuration,
 }
 
 
 # --- what the tables are made of --------------------------------------------------------------
+
+
+def setting_text(value: object) -> str:
+    """A default as one writes it in the environment."""
+    if value is PydanticUndefined:
+        return "required"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def producer_of(topic: str) -> str:

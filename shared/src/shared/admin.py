@@ -94,7 +94,7 @@ class Replayed(BaseModel):
 
 
 def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.runtime.pool
+    pool: asyncpg.Pool = request.app.state.runtime.http_pool
     return pool
 
 

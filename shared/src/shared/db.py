@@ -55,7 +55,7 @@ def migrate(migrations_dir: Path, url: str) -> None:
     command.upgrade(config, "head")
 
 
-async def create_pool(url: str) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=10, command_timeout=30)
+async def create_pool(url: str, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=30)
     assert pool is not None
     return pool

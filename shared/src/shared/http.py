@@ -225,5 +225,5 @@ def _error_name(status: int) -> str:
 
 async def unit_of_work(request: Request) -> AsyncIterator[Any]:
     """FastAPI dependency: a unit of work for the request, rolled back unless committed."""
-    async with request.app.state.runtime.new_uow() as uow:
+    async with request.app.state.runtime.new_http_uow() as uow:
         yield uow

@@ -178,15 +178,19 @@ class PostgresUnitOfWork(UnitOfWork):
         direct_publish: DirectPublish | None = None,
         *,
         outbox_written: Callable[[], None] | None = None,
+        acquire_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self._pool = pool
         self._source = source
         self._direct_publish = direct_publish
         self._outbox_written = outbox_written
+        self._acquire_timeout = acquire_timeout
 
     async def _begin(self) -> None:
-        self._proxy = await self._pool.acquire()
+        # Past the timeout: asyncio.TimeoutError, which HTTP answers with 503 and the
+        # consumer waits out like any database outage.
+        self._proxy = await self._pool.acquire(timeout=self._acquire_timeout)
         self.conn = cast(asyncpg.Connection, self._proxy)
         self._released = False
         self._tx = self.conn.transaction()

@@ -44,6 +44,7 @@ class UowFactory(Protocol[U_co]):
         direct_publish: DirectPublish | None = None,
         *,
         outbox_written: Callable[[], None] | None = None,
+        acquire_timeout: float | None = None,
     ) -> U_co: ...
 
 
@@ -88,15 +89,31 @@ class Runtime(Generic[U]):
         self._tasks: list[asyncio.Task[None]] = []
 
     def new_uow(self) -> U:
+        """A unit of work for background work: consumer, dispatcher, maintenance."""
+        return self._new_uow(self.pool)
+
+    def new_http_uow(self) -> U:
+        """A unit of work for an HTTP request, from the HTTP requests' own pool, so a burst
+        of requests cannot starve event processing (nor the other way round)."""
+        return self._new_uow(self.http_pool)
+
+    def _new_uow(self, pool: asyncpg.Pool) -> U:
         direct: DirectPublish | None = None
         if self.settings.pitfall_naive_dual_write:
             direct = self.producer.publish
         return self.definition.new_uow(
-            self.pool, self.service, direct, outbox_written=self.relay.wake
+            pool,
+            self.service,
+            direct,
+            outbox_written=self.relay.wake,
+            acquire_timeout=self.settings.db_acquire_timeout_seconds,
         )
 
     async def start(self) -> None:
-        self.pool = await create_pool(self.settings.database_url)
+        self.pool = await create_pool(self.settings.database_url, self.settings.db_pool_size)
+        self.http_pool = await create_pool(
+            self.settings.database_url, self.settings.db_http_pool_size
+        )
         self.dead_letters = DeadLetterSink(self.pool, self.producer, self.service)
         self.relay = OutboxRelay(self.settings, self.pool, self.producer)
         processor = EventProcessor(
@@ -127,6 +144,7 @@ class Runtime(Generic[U]):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.producer.close()
+        await self.http_pool.close()
         await self.pool.close()
 
     async def ready(self) -> dict[str, bool]:

@@ -11,36 +11,82 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
+    """Every field is one environment variable (its name in upper case); its description is
+    the documentation (``make docs`` renders the configuration table from it)."""
+
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    service_name: str = Field(description="Logical name: consumer group, outbox source, DLQ topic")
-    http_host: str = "127.0.0.1"
-    http_port: int
-    database_url: str
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    kafka_topic_partitions: int = 6
+    service_name: str = Field(
+        description="the logical name: outbox source, consumer group `<name>-service`, DLQ"
+        " topic `<name>.dlq`, OpenTelemetry `service.name` `<name>-service`"
+    )
+    http_host: str = Field("127.0.0.1", description="bind address")
+    http_port: int = Field(description="HTTP port")
+    database_url: str = Field(description="the service's own database")
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="the broker")
+    kafka_topic_partitions: int = Field(
+        6, description="read, but topics are created by the launcher or compose's `kafka-init`"
+    )
 
-    otel_exporter_otlp_endpoint: str = "http://127.0.0.1:4318"
-    otel_sdk_disabled: bool = False
-    log_level: str = "INFO"
-    admin_token: str = "change-me"
-    max_body_bytes: int = 64 * 1024
+    otel_exporter_otlp_endpoint: str = Field(
+        "http://127.0.0.1:4318", description="OTLP/HTTP collector (`/v1/traces` is appended)"
+    )
+    otel_sdk_disabled: bool = Field(False, description="`true`: no span export")
+    log_level: str = Field("INFO", description="root log level")
+    admin_token: str = Field(
+        "change-me", description="the token of the dead-letter admin API (`Bearer <token>`)"
+    )
+    max_body_bytes: int = Field(64 * 1024, description="larger request bodies get 413")
 
-    relay_batch_size: int = 200
-    relay_poll_interval_seconds: float = 1.0  # the longest idle wait between polls
-    relay_poll_min_seconds: float = 0.05  # the wait while rows keep coming
-    consumer_batch: bool = True  # apply the records of one poll of a partition in one commit
-    consumer_max_poll_records: int = 200
-    consumer_max_attempts: int = 5
-    consumer_retry_backoff_seconds: float = 0.2
-    parked_gap_timeout_seconds: float = 60.0
-    dedup_retention_hours: float = 24.0 * 7
+    db_pool_size: int = Field(
+        6, description="database connections for the consumer, relay, dispatcher, maintenance"
+    )
+    db_http_pool_size: int = Field(
+        10, description="database connections for HTTP requests (a pool of their own)"
+    )
+    db_acquire_timeout_seconds: float = Field(
+        5.0, description="wait for a free connection; then 503 (HTTP) or a retry (events)"
+    )
+
+    relay_batch_size: int = Field(200, description="outbox rows per publish batch")
+    relay_poll_interval_seconds: float = Field(
+        1.0, description="the relay's longest wait between polls while idle"
+    )
+    relay_poll_min_seconds: float = Field(
+        0.05,
+        description="the relay's wait between polls while rows keep coming (its own process's"
+        " commits wake it at once; this catches rows other processes commit)",
+    )
+    consumer_batch: bool = Field(
+        True,
+        description="apply the records of one poll of a partition in one transaction (one"
+        " at a time when that fails)",
+    )
+    consumer_max_poll_records: int = Field(200, description="records fetched per poll, at most")
+    consumer_max_attempts: int = Field(
+        5, description="attempts before an event is dead-lettered (ordinary errors)"
+    )
+    consumer_retry_backoff_seconds: float = Field(
+        0.2, description="the first retry delay, doubled for each attempt"
+    )
+    parked_gap_timeout_seconds: float = Field(
+        60.0, description="how long a parked event waits for its gap to fill"
+    )
+    dedup_retention_hours: float = Field(
+        24.0 * 7, description="age after which dedup rows are purged"
+    )
 
     # Pitfall modes: each switch turns one protection off, to show the pitfall happening.
-    pitfall_naive_dual_write: bool = False
-    pitfall_no_dedup: bool = False
-    pitfall_no_sequence_check: bool = False
-    pitfall_auto_commit: bool = False
+    pitfall_naive_dual_write: bool = Field(
+        False, description="pitfall mode: publish after commit, no outbox"
+    )
+    pitfall_no_dedup: bool = Field(False, description="pitfall mode: no dedup row check")
+    pitfall_no_sequence_check: bool = Field(
+        False, description="pitfall mode: no per-stream sequence check"
+    )
+    pitfall_auto_commit: bool = Field(
+        False, description="pitfall mode: Kafka auto-commits offsets before the work is done"
+    )
 
     @property
     def consumer_group(self) -> str:

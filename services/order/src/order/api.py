@@ -71,7 +71,7 @@ async def post_order(
     # the winner's order on its second pass.
     for attempt in (1, 2):
         try:
-            async with request.app.state.runtime.new_uow() as uow:
+            async with request.app.state.runtime.new_http_uow() as uow:
                 order = await place_order(command, uow)
             break
         except DuplicateIdempotencyKeyError:

@@ -123,7 +123,7 @@ async def flow_api(
     order = None
     if order_id is not None:
         # Read, then give the connection back before the (slow) calls to Jaeger.
-        async with request.app.state.runtime.new_uow() as uow:
+        async with request.app.state.runtime.new_http_uow() as uow:
             order = await uow.orders.read(order_id)
     correlation_id = order.correlation_id if order is not None else q
     try:
