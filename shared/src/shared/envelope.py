@@ -6,7 +6,6 @@ Value: the JSON envelope. Key: the aggregate id (UTF-8). Headers: ``event_type``
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -83,6 +82,6 @@ def parse_envelope(value: bytes | str | None) -> Envelope:
     if value is None:
         raise MalformedEnvelopeError("empty record value (tombstone)")
     try:
-        return Envelope.model_validate(json.loads(value))
+        return Envelope.model_validate_json(value)
     except (ValueError, ValidationError) as exc:
         raise MalformedEnvelopeError(f"not a valid envelope: {exc}") from exc
