@@ -5,6 +5,13 @@ lot); when that fails, they are applied one at a time, so the one that fails is 
 dead-lettered alone while the others go through. Correlation, spans, metrics and logs are
 middleware (:mod:`shared.middleware`), the same for both paths.
 
+Each partition's records are worked on in a task of their own while that partition is paused
+(so its order holds), and the loop keeps polling the others: a record waiting out its retry
+backoff, or a database outage, holds only its own partition, and the consumer keeps polling
+well within ``max_poll_interval_ms``. Transactions take turns (``CONSUMER_CONCURRENCY``, 1 by
+default): two batches that lock shared rows (stock of one SKU) in different orders would
+deadlock.
+
 Offsets are committed manually and only for records whose transaction committed (or that
 were dead-lettered), and only for partitions still assigned. A rebalance waits for the
 records in progress, commits what is done and drops what was fetched for revoked partitions.
@@ -78,7 +85,8 @@ class ConsumerRunner(Generic[U]):
         self._dead_letters = dead_letters
         self._service = settings.service_name
         self._observe = compose([traced, measured(self._service)])
-        self._lock = asyncio.Lock()  # held while records are applied; rebalance waits on it
+        self._turns = asyncio.Semaphore(settings.consumer_concurrency)
+        self._working: dict[TopicPartition, asyncio.Task[None]] = {}
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         # aiokafka still lists revoked partitions in assignment() until the group has synced,
         # so the runner keeps its own record of what it handed over.
@@ -107,6 +115,10 @@ class ConsumerRunner(Generic[U]):
             backoff = min(backoff * 2, 10.0)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
+        for task in self._working.values():
+            task.cancel()
+        await asyncio.gather(*self._working.values(), return_exceptions=True)
+        self._working.clear()
         try:
             await asyncio.shield(self._commit(consumer))
         except Exception as exc:  # a dead broker; the records will be redelivered
@@ -119,19 +131,34 @@ class ConsumerRunner(Generic[U]):
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batches = await consumer.getmany(
-                timeout_ms=500, max_records=self._settings.consumer_max_poll_records
+                timeout_ms=200, max_records=self._settings.consumer_max_poll_records
             )
             for tp, records in batches.items():
-                async with self._lock:
-                    if tp in self._revoked or tp not in consumer.assignment():
-                        continue  # revoked while we worked: its new owner will process it
-                    done = await self._apply(records)
-                    if done:
-                        self._done[tp] = records[done - 1].offset + 1
-                        lag = (consumer.highwater(tp) or 0) - self._done[tp]
-                        labels = (self._service, tp.topic, str(tp.partition))
-                        CONSUMER_LAG.labels(*labels).set(max(lag, 0))
+                if tp in self._revoked or tp not in consumer.assignment():
+                    continue  # revoked meanwhile: its new owner will process it
+                consumer.pause(tp)  # until these are done: one batch per partition at a time
+                self._working[tp] = asyncio.create_task(self._work(consumer, tp, records))
             await self._commit(consumer)
+
+    async def _work(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: Sequence[ConsumerRecord]
+    ) -> None:
+        try:
+            done = await self._apply(records)
+        except Exception:  # a bug here must not leave the partition paused for good
+            log.exception("applying %s[%d] failed; fetching again", tp.topic, tp.partition)
+            done = 0
+        finally:
+            del self._working[tp]
+        if done:
+            self._done[tp] = records[done - 1].offset + 1
+            lag = (consumer.highwater(tp) or 0) - self._done[tp]
+            CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(max(lag, 0))
+        if tp in self._revoked or tp not in consumer.assignment():
+            return
+        if done < len(records):  # let go of the rest: fetch them again from the first one
+            consumer.seek(tp, records[done].offset)
+        consumer.resume(tp)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         if self._settings.pitfall_auto_commit or not self._done:
@@ -147,15 +174,17 @@ class ConsumerRunner(Generic[U]):
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._handing_over.set()  # a record stuck in a retry loop lets go
-        async with self._lock:  # let the records in progress finish, then hand over
+        try:  # let the records in progress finish, then hand over
+            await asyncio.gather(*self._working.values(), return_exceptions=True)
+        finally:
             self._handing_over.clear()
-            if self._consumer is not None:
-                await self._commit(self._consumer)  # what is done, before the new owner starts
-            self._revoked |= revoked
-            for tp in revoked:
-                self._done.pop(tp, None)
-                with contextlib.suppress(KeyError):
-                    CONSUMER_LAG.remove(self._service, tp.topic, str(tp.partition))
+        if self._consumer is not None:
+            await self._commit(self._consumer)  # what is done, before the new owner starts
+        self._revoked |= revoked
+        for tp in revoked:
+            self._done.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(self._service, tp.topic, str(tp.partition))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._revoked -= assigned
@@ -198,7 +227,8 @@ class ConsumerRunner(Generic[U]):
         """Well-formed records: all in one transaction, or, when that fails, one by one."""
         if len(run) > 1 and self._settings.consumer_batch:
             try:
-                await self._processor.process_batch(run, self._observe)
+                async with self._turns:
+                    await self._processor.process_batch(run, self._observe)
                 return len(run)
             except TRANSIENT_DATABASE_ERRORS as exc:
                 log.warning("batch of %d not applied (%s); one at a time", len(run), exc)
@@ -225,27 +255,30 @@ class ConsumerRunner(Generic[U]):
         while True:
             attempt += 1
             try:
-                return await self._processor.process(delivery)
+                async with self._turns:
+                    return await self._processor.process(delivery)
             except PermanentError as exc:
                 await self._dead_letter_delivery(delivery, observation, str(exc), attempt)
                 return None
             except TRANSIENT_DATABASE_ERRORS as exc:
                 attempt -= 1  # not the event's fault: wait for the database, forever
-                self._let_go_on_rebalance()
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, infra_backoff)
-                await asyncio.sleep(infra_backoff)
+                await self._wait(infra_backoff)
                 infra_backoff = min(infra_backoff * 2, 10.0)
             except Exception as exc:
                 if attempt >= self._settings.consumer_max_attempts:
                     error = f"{type(exc).__name__}: {exc}"
                     await self._dead_letter_delivery(delivery, observation, error, attempt)
                     return None
-                self._let_go_on_rebalance()
                 delay = self._settings.consumer_retry_backoff_seconds * 2 ** (attempt - 1)
                 log.warning("attempt %d failed (%r); retrying in %.2fs", attempt, exc, delay)
-                await asyncio.sleep(delay)
+                await self._wait(delay)
 
-    def _let_go_on_rebalance(self) -> None:
+    async def _wait(self, delay: float) -> None:
+        """Sleep before a retry, unless a rebalance hands the partition over first: then
+        let go of the record at once (raises _AbandonedError)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._handing_over.wait(), delay)
         if self._handing_over.is_set():
             raise _AbandonedError
 
@@ -294,7 +327,6 @@ class ConsumerRunner(Generic[U]):
                 await self._dead_letters.send(letter)
                 return
             except (KafkaError, *TRANSIENT_DATABASE_ERRORS) as exc:
-                self._let_go_on_rebalance()
                 log.warning("dead-lettering failed (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
+                await self._wait(backoff)
                 backoff = min(backoff * 2, 10.0)

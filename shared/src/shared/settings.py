@@ -63,6 +63,12 @@ class ServiceSettings(BaseSettings):
         " at a time when that fails)",
     )
     consumer_max_poll_records: int = Field(200, description="records fetched per poll, at most")
+    consumer_concurrency: int = Field(
+        1,
+        ge=1,
+        description="transactions of different partitions applied at once (batches that lock"
+        " shared rows in different orders deadlock: raise it only where they cannot)",
+    )
     consumer_max_attempts: int = Field(
         5, description="attempts before an event is dead-lettered (ordinary errors)"
     )

@@ -1,0 +1,108 @@
+"""A record waiting out its retries holds only its own partition: the consumer keeps
+applying the others (real Kafka and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from uuid import uuid4
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shared.consumer import ConsumerRunner
+from shared.contracts.catalog import OrderRejected
+from shared.deadletter import DeadLetterSink
+from shared.envelope import new_envelope
+from shared.kafka import Producer
+from shared.postgres import PostgresUnitOfWork
+from shared.processing import EventProcessor
+from shared.routing import Router
+from shared.settings import ServiceSettings
+from shared.testing.infra import (
+    create_topics,
+    eventually,
+    kafka_bootstrap,
+    start_group_at_end,
+    unique,
+)
+from shared.testing.worker import APPLIED_TABLE
+
+flaky = Router[PostgresUnitOfWork]()
+ATTEMPTS: list[float] = []
+
+
+@flaky.subscriber(OrderRejected)
+async def when_order_rejected_fail_on_bad_ones(
+    event: OrderRejected, uow: PostgresUnitOfWork
+) -> None:
+    if event.reason == "bad":
+        ATTEMPTS.append(time.monotonic())
+        raise RuntimeError("a handler bug this record triggers")
+    await uow.conn.execute(
+        "INSERT INTO applied (aggregate_id, reason) VALUES ($1, $2)", "x", event.reason
+    )
+
+
+async def send(partition: int, reasons: list[str]) -> None:
+    key = unique("order")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap(), enable_idempotence=True)
+    await producer.start()
+    try:
+        for sequence, reason in enumerate(reasons, start=1):
+            envelope = new_envelope(
+                OrderRejected(order_id=uuid4(), reason=reason),
+                source="order",
+                aggregate_id=key,
+                sequence=sequence,
+                correlation_id=unique("corr"),
+                causation_id=None,
+            )
+            await producer.send_and_wait(
+                "orders", envelope.to_bytes(), key=key.encode(), partition=partition
+            )
+    finally:
+        await producer.stop()
+
+
+async def test_a_record_in_retries_does_not_hold_up_the_other_partitions(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    # Four attempts 1 s, 2 s, 4 s apart: the bad record holds its partition for 7 s.
+    settings = settings.model_copy(
+        update={"consumer_retry_backoff_seconds": 1.0, "consumer_max_attempts": 4}
+    )
+    await pool.execute(APPLIED_TABLE)
+    await create_topics(settings.dlq_topic)
+    await start_group_at_end(settings.consumer_group, ["orders"])
+    producer = Producer(settings)
+    runner = ConsumerRunner(
+        settings,
+        EventProcessor(flaky, lambda: PostgresUnitOfWork(pool, settings.service_name)),
+        ["orders"],
+        DeadLetterSink(pool, producer, settings.service_name),
+    )
+    ATTEMPTS.clear()
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, runner.running), bool)
+        await send(0, ["bad"])
+        await eventually(lambda: asyncio.sleep(0, len(ATTEMPTS)), lambda n: n >= 1)
+        sent = time.monotonic()
+        await send(1, ["good-1", "good-2"])
+
+        async def applied() -> list[str]:
+            return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied")]
+
+        await eventually(applied, lambda rows: sorted(rows) == ["good-1", "good-2"], timeout=20)
+        waited = time.monotonic() - sent
+        assert len(ATTEMPTS) < 4, "the bad record was already dead-lettered: nothing shown"
+        assert waited < 4.0, f"the other partition waited {waited:.1f}s behind the retries"
+        letters = await eventually(
+            lambda: pool.fetch("SELECT * FROM dead_letters"), lambda rows: len(rows) == 1
+        )
+        assert letters[0]["attempts"] == 4
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.close()
