@@ -65,7 +65,7 @@ fmt: deps
 	@$(PY) -m ruff check --fix .
 
 typecheck: deps ## mypy --strict
-	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools
+	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools bench
 	@$(PY) -m mypy shared/tests services/order/tests services/inventory/tests services/shipping/tests tests
 
 docs: deps ## regenerate the tables in docs/ from the code (python -m tools.docs)
@@ -76,6 +76,9 @@ up: ## the suite under docker compose (needs a Docker engine)
 
 down:
 	docker compose down -v
+
+bench: deps ## the benchmark: rising open-model load, table + JSON + plot in reports/bench (BENCH_ARGS=--help)
+	@$(PY) -m bench $(BENCH_ARGS)
 
 clean: stop ## stop and delete state (data, logs); keeps the download cache
 	rm -rf .state

@@ -1,0 +1,53 @@
+"""Command line: ``python -m bench`` (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from bench.report import HEADER, row, summary, write
+from bench.run import VARIANTS, Plan, run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Open-model load at rising rates over the running suite (docs/benchmark.md).",
+    )
+    parser.add_argument(
+        "--rates",
+        default="25,50,100,150,200,250,300",
+        help="offered orders/s, one step each, rising (default %(default)s)",
+    )
+    parser.add_argument("--seconds", type=float, default=20, help="length of a step")
+    parser.add_argument("--warmup", type=float, default=5, help="unreported first step, seconds")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from: {', '.join(VARIANTS)} (the first is the baseline)",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    plan = Plan(
+        rates=[float(r) for r in args.rates.split(",")],
+        seconds=args.seconds,
+        variants=variants,
+        seed=args.seed,
+        warmup_seconds=args.warmup,
+    )
+    print(HEADER, flush=True)
+    steps = asyncio.run(run(plan, lambda step: print(row(step), flush=True)))
+    path = write(steps, vars(args))
+    for key, value in summary(steps).items():
+        print(f"{key}: {value}")
+    print(f"report: {path} and {path.with_suffix('.png').name}")
+    return 0

@@ -1,0 +1,241 @@
+"""The benchmark's steps: restart the services with the bench settings, offer a rate for a
+while, wait for the orders to finish, and read what it cost and how long it took."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from bench.httpclient import Client
+from bench.load import Sent, offer
+from bench.probe import (
+    TERMINAL,
+    Histogram,
+    Outcome,
+    Samples,
+    cpu_snapshot,
+    gauge_sum,
+    known_skus,
+    outcomes,
+    percentile,
+    scrape,
+)
+from infra import components
+from infra.settings import HOST, INFRA, SERVICES
+
+SKUS = [f"BENCH-{i:02d}" for i in range(20)]
+# What every variant runs with: shipments leave at once, the dispatcher looks often.
+BENCH_ENV = {"DISPATCH_DELAY_SECONDS": "0", "DISPATCH_POLL_INTERVAL_SECONDS": "0.05"}
+VARIANTS: dict[str, dict[str, str]] = {
+    "outbox, tracing on": {},
+    "naive dual write": {"PITFALL_NAIVE_DUAL_WRITE": "true"},
+    "tracing off": {"OTEL_SDK_DISABLED": "true"},
+}
+SETTLE_SECONDS = 5.0  # every order terminal within this after a step, or it is not sustained
+SHIPPED_P99_LIMIT = 1.0
+
+
+@dataclass
+class Step:
+    """The figures of one rate, as the JSON file and the table show them."""
+
+    variant: str
+    offered: float
+    seconds: float
+    sent: int
+    accepted: int
+    achieved: float
+    post_ms: dict[str, float | None]
+    confirmed_ms: dict[str, float | None]
+    shipped_ms: dict[str, float | None]
+    relay_ms: dict[str, float | None]
+    terminal_within_settle: float
+    lag_after_settle: float
+    drained_seconds: float | None
+    cpu_ms_per_order: dict[str, float]
+    sustained: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        p99 = self.shipped_ms["p99"]
+        self.sustained = (
+            self.accepted == self.sent
+            and self.terminal_within_settle == 1.0
+            and p99 is not None
+            and p99 < SHIPPED_P99_LIMIT * 1000
+        )
+
+    @property
+    def service_cpu_ms(self) -> float:
+        return sum(self.cpu_ms_per_order.get(name, 0.0) for name in SERVICES)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+class Suite:
+    """The running suite as the benchmark drives it (services restarted per variant)."""
+
+    def __init__(self) -> None:
+        self.ports = components.ports()
+        self.clients = {name: Client(HOST, self.ports.of(name)) for name in SERVICES}
+        self.order_db = components.service_env("order")["DATABASE_URL"]
+
+    def restart_services(self, env: Mapping[str, str]) -> None:
+        components.start(*INFRA)
+        components.stop(*SERVICES)
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            components.start(*SERVICES)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        for client in self.clients.values():
+            client.close()
+
+    def pids(self) -> dict[str, int]:
+        found = {name: components.pid(name) for name in (*SERVICES, *INFRA)}
+        return {name: pid for name, pid in found.items() if pid is not None}
+
+    async def stock_up(self, units: int) -> None:
+        """Put ``units`` of every bench SKU on the shelf, and wait until the order service
+        has heard of them all (its catalog replica follows the stock topic)."""
+        inventory = self.clients["inventory"]
+        for sku in SKUS:
+            body = json.dumps({"available": units}).encode()
+            response = await inventory.request("PUT", f"/inventory/{sku}", body)
+            if response.status != 200:
+                raise RuntimeError(f"restocking {sku}: {response.status} {response.body!r}")
+        deadline = time.monotonic() + 60
+        while await known_skus(self.order_db, SKUS) < len(SKUS):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the order service did not learn the bench SKUs within 60 s")
+            await asyncio.sleep(0.5)
+
+    async def scrape_all(self) -> dict[str, Samples]:
+        return {name: await scrape(client) for name, client in self.clients.items()}
+
+
+async def run_step(
+    suite: Suite,
+    variant: str,
+    rate: float,
+    seconds: float,
+    rng: random.Random,
+    drain_seconds: float = 60.0,
+    during: Callable[[], Any] | None = None,
+) -> Step:
+    """Offer ``rate`` orders/s for ``seconds``, then wait for every order to be terminal
+    (judged after ``SETTLE_SECONDS``, waited for up to ``drain_seconds``)."""
+    pids = suite.pids()
+    cpu_before, metrics_before = cpu_snapshot(pids), await suite.scrape_all()
+    sent = await offer(suite.clients["order"], rate, seconds, SKUS, rng)
+    ended = time.monotonic()
+    ids = [s.order_id for s in sent if s.order_id is not None]
+
+    finished: dict[UUID, Outcome] = {}
+    settled, lag, drained = 0.0, 0.0, None
+    while True:
+        finished = await outcomes(suite.order_db, ids)
+        terminal = sum(1 for o in finished.values() if o.status in TERMINAL)
+        waited = time.monotonic() - ended
+        if waited <= SETTLE_SECONDS:
+            settled = terminal / len(ids) if ids else 1.0
+            lag = sum(gauge_sum(s, "consumer_lag") for s in (await suite.scrape_all()).values())
+        if terminal == len(ids):
+            drained = waited
+            break
+        if waited > drain_seconds:
+            break
+        await asyncio.sleep(0.2)
+    cpu_after, metrics_after = cpu_snapshot(pids), await suite.scrape_all()
+    return _figures(
+        variant, rate, seconds, sent, finished, (settled, lag, drained),
+        (cpu_before, cpu_after), (metrics_before, metrics_after),
+    )  # fmt: skip
+
+
+def _figures(
+    variant: str,
+    rate: float,
+    seconds: float,
+    sent: list[Sent],
+    finished: dict[UUID, Outcome],
+    settle: tuple[float, float, float | None],
+    cpu: tuple[dict[str, float], dict[str, float]],
+    metrics: tuple[dict[str, Samples], dict[str, Samples]],
+) -> Step:
+    accepted = [s for s in sent if s.status == 202]
+    post = [s.latency for s in sent]
+    shipped = [o.seconds for o in finished.values() if o.status == "SHIPPED"]
+    before, after = metrics
+    confirmed = Histogram.between(
+        before["order"], after["order"], "aggregate_status_age_seconds", status="CONFIRMED"
+    )
+    relay = Histogram.total(  # the three relays together
+        Histogram.between(before[name], after[name], "outbox_write_to_ack_seconds")
+        for name in SERVICES
+    )
+    orders = max(len(accepted), 1)
+    return Step(
+        variant=variant,
+        offered=rate,
+        seconds=seconds,
+        sent=len(sent),
+        accepted=len(accepted),
+        achieved=round(len(accepted) / seconds, 1),
+        post_ms={"p50": _ms(percentile(post, 0.5)), "p99": _ms(percentile(post, 0.99))},
+        confirmed_ms={f"p{q}": _ms(confirmed.quantile(q / 100)) for q in (50, 95, 99)},
+        shipped_ms={f"p{q}": _ms(percentile(shipped, q / 100)) for q in (50, 95, 99)},
+        relay_ms={f"p{q}": _ms(relay.quantile(q / 100)) for q in (50, 99)},
+        terminal_within_settle=round(settle[0], 4),
+        lag_after_settle=settle[1],
+        drained_seconds=None if settle[2] is None else round(settle[2], 1),
+        cpu_ms_per_order={
+            name: round((cpu[1][name] - cpu[0].get(name, 0.0)) * 1000 / orders, 2)
+            for name in cpu[1]
+        },
+    )
+
+
+@dataclass
+class Plan:
+    rates: list[float]
+    seconds: float
+    variants: list[str]
+    seed: int = 7
+    warmup_seconds: float = 5.0
+    stock: int = 10_000_000
+
+
+async def run(plan: Plan, report: Callable[[Step], None]) -> list[Step]:
+    """Every variant over the rising rates, each until its first unsustained step."""
+    suite = Suite()
+    steps: list[Step] = []
+    for variant in plan.variants:
+        print(f"==> {variant}: restarting the services", flush=True)
+        suite.restart_services(BENCH_ENV | VARIANTS[variant])
+        await suite.stock_up(plan.stock)
+        rng = random.Random(plan.seed)
+        print(f"    warming up for {plan.warmup_seconds:.0f} s", flush=True)
+        await run_step(suite, variant, min(plan.rates), plan.warmup_seconds, rng)
+        for rate in plan.rates:
+            step = await run_step(suite, variant, rate, plan.seconds, rng)
+            steps.append(step)
+            report(step)
+            if not step.sustained:
+                break
+    for client in suite.clients.values():
+        client.close()
+    return steps
