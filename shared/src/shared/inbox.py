@@ -45,6 +45,9 @@ class Inbox(ABC):
     - ``seen(event_id)``: the dedup row exists (read only).
     - ``advance(stream, sequence)``: the stream's last applied sequence is now ``sequence``
       (never lowered).
+    - ``pass_over(stream, sequence)``: the fast path for an event this consumer ignores: when
+      it is the stream's next one and nothing of the stream is parked, advance to it (locking
+      the stream's row) and return True; otherwise change nothing and return False.
     - ``park(event)``: keep an event that arrived ahead of a gap; parking twice is harmless.
     - ``unpark(stream, sequence)``: remove and return the parked event with that sequence.
     """
@@ -60,6 +63,9 @@ class Inbox(ABC):
 
     @abstractmethod
     async def advance(self, stream: Stream, sequence: int) -> None: ...
+
+    @abstractmethod
+    async def pass_over(self, stream: Stream, sequence: int) -> bool: ...
 
     @abstractmethod
     async def park(self, event: ParkedEvent) -> None: ...

@@ -124,6 +124,24 @@ class PostgresInbox(Inbox):
             sequence,
         )
 
+    async def pass_over(self, stream: Stream, sequence: int) -> bool:
+        result = await self._conn.execute(
+            """
+            UPDATE consumer_sequences SET last_sequence = $5, updated_at = now()
+            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
+              AND last_sequence = $5 - 1
+              AND NOT EXISTS (
+                  SELECT 1 FROM parked_events p
+                  WHERE p.consumer = $1 AND p.source = $2 AND p.aggregate_type = $3
+                    AND p.aggregate_id = $4
+              )
+            """,
+            self._consumer,
+            *stream,
+            sequence,
+        )
+        return bool(result == "UPDATE 1")
+
     async def park(self, event: ParkedEvent) -> None:
         await self._conn.execute(
             """

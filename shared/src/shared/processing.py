@@ -187,6 +187,8 @@ class EventProcessor(Generic[U]):
         envelope = delivery.envelope
         has_parked = False
         if self._protections.sequence_check:
+            if payload is None and await uow.inbox.pass_over(envelope.stream, envelope.sequence):
+                return Outcome.IGNORED  # the common case for an ignored event: one statement
             position = await uow.inbox.lock_stream(envelope.stream)
             if envelope.sequence <= position.last_sequence:
                 return Outcome.DUPLICATE

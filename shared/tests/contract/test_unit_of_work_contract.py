@@ -157,3 +157,28 @@ async def test_parked_events_come_back_once_by_stream_and_sequence(backend: Back
         assert await uow.inbox.unpark(envelope.stream, 5) == parked
         assert await uow.inbox.unpark(envelope.stream, 5) is None
         await uow.commit()
+
+
+async def test_passing_over_an_ignored_event_advances_only_the_next_one_of_a_clear_stream(
+    backend: Backend,
+) -> None:
+    new_uow, _ = backend
+    stream, other = ("other", "order", "a"), ("other", "order", "b")
+    async with new_uow() as uow:
+        assert not await uow.inbox.pass_over(stream, 1)  # a stream never seen: the slow path
+        await uow.inbox.lock_stream(stream)
+        assert await uow.inbox.pass_over(stream, 1)
+        assert not await uow.inbox.pass_over(stream, 1)  # a duplicate
+        assert not await uow.inbox.pass_over(stream, 3)  # ahead of a gap
+        assert await uow.inbox.pass_over(stream, 2)
+        await uow.commit()
+    async with new_uow() as uow:
+        assert (await uow.inbox.lock_stream(stream)).last_sequence == 2
+        await uow.inbox.lock_stream(other)
+        parked = new_envelope(
+            rejected(), source="other", aggregate_id="b", sequence=3, correlation_id="c",
+            causation_id=None,
+        )  # fmt: skip
+        await uow.inbox.park(ParkedEvent(parked, "orders", 0, 1, {}))
+        assert not await uow.inbox.pass_over(other, 1)  # something of the stream is parked
+        assert (await uow.inbox.lock_stream(other)).last_sequence == 0

@@ -63,12 +63,22 @@ class InMemoryInbox(Inbox):
 
     async def lock_stream(self, stream: Stream) -> StreamPosition:
         has_parked = any(s == stream for s, _ in self.state.parked)
-        return StreamPosition(self.state.sequences.get(stream, 0), has_parked)
+        # Like the upsert, which leaves the stream's row behind at 0.
+        return StreamPosition(self.state.sequences.setdefault(stream, 0), has_parked)
 
     async def mark_processed(self, event_id: UUID) -> bool:
         if event_id in self.state.processed:
             return False
         self.state.processed.add(event_id)
+        return True
+
+    async def pass_over(self, stream: Stream, sequence: int) -> bool:
+        parked = any(s == stream for s, _ in self.state.parked)
+        if parked or stream not in self.state.sequences:
+            return False  # like the UPDATE, which finds no row for a stream never seen
+        if self.state.sequences[stream] != sequence - 1:
+            return False
+        self.state.sequences[stream] = sequence
         return True
 
     async def advance(self, stream: Stream, sequence: int) -> None:
