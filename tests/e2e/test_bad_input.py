@@ -11,7 +11,7 @@ import pytest
 
 from shared.testing.infra import postgres_url
 from tests.e2e.conftest import Suite, new_sku
-from tests.e2e.flow import ADDRESS, place, restock
+from tests.e2e.flow import ADDRESS, list_orders, order_status_becomes, place, restock
 
 GOOD_LINE = {"sku": "SKU-1", "quantity": 1}
 
@@ -29,28 +29,37 @@ async def order_rows() -> int:
     ("body", "message"),
     [
         ({"items": [GOOD_LINE], "shipping_address": ADDRESS}, "customer_id: Field required"),
-        ({"customer_id": "c", "items": [], "shipping_address": ADDRESS}, "items"),
+        (
+            {"customer_id": "c", "items": [], "shipping_address": ADDRESS},
+            "items: List should have at least 1 item",
+        ),
         (
             {"customer_id": "c", "items": [{"sku": "A", "quantity": 0}],
              "shipping_address": ADDRESS},
-            "greater than 0",
+            "items.0.quantity: Input should be greater than 0",
         ),
         (
             {"customer_id": "c", "items": [{"sku": "A", "quantity": -3}],
              "shipping_address": ADDRESS},
-            "greater than 0",
+            "items.0.quantity: Input should be greater than 0",
         ),
         (
             {"customer_id": "c", "items": [{"sku": f"S{i}", "quantity": 1} for i in range(51)],
              "shipping_address": ADDRESS},
-            "at most 50",
+            "items: List should have at most 50 items",
         ),
-        ({"customer_id": "c", "items": [GOOD_LINE], "shipping_address": {"line1": "x"}}, "city"),
+        (
+            {"customer_id": "c", "items": [GOOD_LINE], "shipping_address": {"line1": "x"}},
+            "shipping_address.city: Field required",
+        ),
         (
             {"customer_id": "c", "items": [GOOD_LINE, GOOD_LINE], "shipping_address": ADDRESS},
-            "one line",
+            "each SKU may appear on one line only",
         ),
-        ({"customer_id": "c", "items": [GOOD_LINE], "shipping_address": ADDRESS, "x": 1}, "x"),
+        (
+            {"customer_id": "c", "items": [GOOD_LINE], "shipping_address": ADDRESS, "x": 1},
+            "x: Extra inputs are not permitted",
+        ),
     ],
 )  # fmt: skip
 async def test_an_invalid_order_is_refused_with_422_and_a_message(
@@ -108,26 +117,46 @@ async def test_unknown_ids_are_404_and_malformed_ids_422(
 
 
 async def test_negative_stock_is_refused(suite: Suite, http: httpx.AsyncClient) -> None:
-    response = await http.put(f"{suite.inventory}/inventory/{new_sku()}", json={"available": -1})
+    sku = new_sku()
+    response = await http.put(f"{suite.inventory}/inventory/{sku}", json={"available": -1})
     assert response.status_code == 422
+    assert "available" in response.json()["message"]
+    assert (await http.get(f"{suite.inventory}/inventory/{sku}")).status_code == 404
 
 
 async def test_the_order_list_pages_and_filters_by_status(
     suite: Suite, http: httpx.AsyncClient
 ) -> None:
-    sku = new_sku()
+    sku, scarce = new_sku(), new_sku()
     await restock(http, suite.inventory, sku, 10)
-    for _ in range(3):
-        await place(http, suite.order, [{"sku": sku, "quantity": 1}])
-    page = (await http.get(f"{suite.order}/orders", params={"limit": 2})).json()
-    assert len(page["items"]) == 2
-    assert page["next_after"] is not None
-    following = (
-        await http.get(f"{suite.order}/orders", params={"limit": 2, "after": page["next_after"]})
-    ).json()
-    assert {o["order_id"] for o in following["items"]}.isdisjoint(
-        {o["order_id"] for o in page["items"]}
-    )
+    await restock(http, suite.inventory, scarce, 1)
+    # Listing after this order sees only what the test places next (the list runs in
+    # creation order), however many orders the database already holds.
+    start = (await place(http, suite.order, [{"sku": sku, "quantity": 1}]))["order_id"]
+    placed = {
+        (await place(http, suite.order, [line]))["order_id"]: status
+        for line, status in [
+            ({"sku": sku, "quantity": 1}, "SHIPPED"),
+            ({"sku": scarce, "quantity": 2}, "REJECTED"),
+            ({"sku": sku, "quantity": 1}, "SHIPPED"),
+        ]
+    }
+    for order_id, status in placed.items():
+        order = await order_status_becomes(
+            http, suite.order, order_id, {"SHIPPED", "REJECTED", "CANCELLED"}
+        )
+        assert order["status"] == status
+
+    pages = await list_orders(http, suite.order, after=start, limit=2)
+    listed = [o["order_id"] for page in pages for o in page]
+    assert len(pages) >= 2
+    assert len(listed) == len(set(listed))  # no order on two pages
+    assert [i for i in listed if i in placed] == list(placed)  # all of them, in order
+    for status in ("SHIPPED", "REJECTED"):
+        pages = await list_orders(http, suite.order, status=status, after=start, limit=2)
+        found = {o["order_id"] for page in pages for o in page} & placed.keys()
+        assert found == {i for i, s in placed.items() if s == status}, status
+
     bad = await http.get(f"{suite.order}/orders", params={"status": "LOST"})
     assert bad.status_code == 422
 

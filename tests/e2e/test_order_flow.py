@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from uuid import uuid4
 
 import httpx
 
 from shared.testing.infra import eventually
-from tests.e2e.conftest import Suite, new_sku
-from tests.e2e.flow import order_status_becomes, place, restock, stock
+from tests.e2e.conftest import TEST_ENV, Suite, new_sku, restarted_with
+from tests.e2e.flow import (
+    list_orders,
+    order_status_becomes,
+    place,
+    post_order,
+    restock,
+    shipment_becomes,
+    stock,
+)
 
 
 async def test_an_order_within_stock_ends_shipped_and_its_stock_is_shipped(
@@ -69,22 +78,30 @@ async def test_a_cancelled_order_gives_back_its_stock_and_never_ships(
 ) -> None:
     sku = new_sku()
     await restock(http, suite.inventory, sku, 4)
-    accepted = await place(http, suite.order, [{"sku": sku, "quantity": 4}])
-    response = await http.post(f"{suite.order}/orders/{accepted['order_id']}/cancel")
-    assert response.status_code == 202, response.text
-    assert response.json()["status"] in {"CANCELLED", "CANCELLING"}
+    # Shipping holds its shipments far longer than this test lasts, so the cancel comes
+    # first whether the order is still PENDING or already CONFIRMED when it arrives.
+    with restarted_with("shipping", DISPATCH_DELAY_SECONDS="300"):
+        accepted = await place(http, suite.order, [{"sku": sku, "quantity": 4}])
+        order_id = accepted["order_id"]
+        # Cancel once inventory holds the stock for the order, so giving it back shows.
+        await eventually(
+            lambda: stock(http, suite.inventory, sku),
+            lambda s: s == {"sku": sku, "available": 0, "reserved": 4, "shipped": 0},
+            timeout=20,
+        )
+        response = await http.post(f"{suite.order}/orders/{order_id}/cancel")
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] in {"CANCELLED", "CANCELLING"}
 
-    order = await order_status_becomes(
-        http, suite.order, accepted["order_id"], {"SHIPPED", "CANCELLED"}
-    )
-    assert order["status"] == "CANCELLED"
-    await eventually(
-        lambda: stock(http, suite.inventory, sku),
-        lambda s: s == {"sku": sku, "available": 4, "reserved": 0, "shipped": 0},
-        timeout=20,
-    )
-    shipment = await http.get(f"{suite.shipping}/shipments/{accepted['order_id']}")
-    assert shipment.status_code == 404 or shipment.json()["status"] == "CANCELLED"
+        order = await order_status_becomes(http, suite.order, order_id, {"SHIPPED", "CANCELLED"})
+        assert order["status"] == "CANCELLED"
+        await eventually(
+            lambda: stock(http, suite.inventory, sku),
+            lambda s: s == {"sku": sku, "available": 4, "reserved": 0, "shipped": 0},
+            timeout=20,
+        )
+        shipment = await http.get(f"{suite.shipping}/shipments/{order_id}")
+        assert shipment.status_code == 404 or shipment.json()["status"] == "CANCELLED"
 
 
 async def test_a_confirmed_order_cancelled_before_dispatch_ends_cancelled_everywhere(
@@ -92,22 +109,64 @@ async def test_a_confirmed_order_cancelled_before_dispatch_ends_cancelled_everyw
 ) -> None:
     sku = new_sku()
     await restock(http, suite.inventory, sku, 2)
-    accepted = await place(http, suite.order, [{"sku": sku, "quantity": 2}])
-    await order_status_becomes(http, suite.order, accepted["order_id"], {"CONFIRMED"})
-    response = await http.post(f"{suite.order}/orders/{accepted['order_id']}/cancel")
-    assert response.status_code == 202
-    order = await order_status_becomes(
-        http, suite.order, accepted["order_id"], {"SHIPPED", "CANCELLED"}
-    )
-    shipment = (await http.get(f"{suite.shipping}/shipments/{accepted['order_id']}")).json()
-    # Exactly one outcome, agreed by all three services.
-    if order["status"] == "CANCELLED":
-        assert shipment["status"] == "CANCELLED"
-        expected = {"sku": sku, "available": 2, "reserved": 0, "shipped": 0}
-    else:
-        assert shipment["status"] == "DISPATCHED"
-        expected = {"sku": sku, "available": 0, "reserved": 0, "shipped": 2}
-    await eventually(lambda: stock(http, suite.inventory, sku), lambda s: s == expected, 20)
+    # Shipping holds its shipments far longer than this test lasts, so the cancel surely
+    # reaches a shipment that is still SCHEDULED: the outcome is CANCELLED, not a race.
+    with restarted_with("shipping", DISPATCH_DELAY_SECONDS="300"):
+        accepted = await place(http, suite.order, [{"sku": sku, "quantity": 2}])
+        order_id = accepted["order_id"]
+        await order_status_becomes(http, suite.order, order_id, {"CONFIRMED"})
+        await shipment_becomes(http, suite.shipping, order_id, {"SCHEDULED"})
+        assert await stock(http, suite.inventory, sku) == {
+            "sku": sku, "available": 0, "reserved": 2, "shipped": 0,
+        }  # fmt: skip
+
+        response = await http.post(f"{suite.order}/orders/{order_id}/cancel")
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "CANCELLING"  # shipping must agree first
+
+        order = await order_status_becomes(http, suite.order, order_id, {"SHIPPED", "CANCELLED"})
+        assert order["status"] == "CANCELLED"
+        shipment = await http.get(f"{suite.shipping}/shipments/{order_id}")
+        assert shipment.status_code == 200, shipment.text
+        assert shipment.json()["status"] == "CANCELLED"
+        await eventually(
+            lambda: stock(http, suite.inventory, sku),
+            lambda s: s == {"sku": sku, "available": 2, "reserved": 0, "shipped": 0},
+            timeout=20,
+        )
+
+
+async def test_cancels_racing_the_dispatch_each_end_one_way_that_all_three_services_agree_on(
+    suite: Suite, http: httpx.AsyncClient
+) -> None:
+    """Cancels sent from well before to just after the moment shipping dispatches: either
+    may win, but exactly one does, and order, shipping and inventory tell the same story."""
+
+    async def cancel_after(delay: float) -> None:
+        sku = new_sku()
+        await restock(http, suite.inventory, sku, 2)
+        accepted = await place(http, suite.order, [{"sku": sku, "quantity": 2}])
+        order_id = accepted["order_id"]
+        await shipment_becomes(http, suite.shipping, order_id, {"SCHEDULED"})
+        await asyncio.sleep(delay)
+        response = await http.post(f"{suite.order}/orders/{order_id}/cancel")
+        assert response.status_code in {202, 409}, response.text
+        order = await order_status_becomes(http, suite.order, order_id, {"SHIPPED", "CANCELLED"})
+        shipment = await http.get(f"{suite.shipping}/shipments/{order_id}")
+        assert shipment.status_code == 200, shipment.text
+        if order["status"] == "CANCELLED":
+            assert response.status_code == 202
+            assert shipment.json()["status"] == "CANCELLED"
+            expected = {"sku": sku, "available": 2, "reserved": 0, "shipped": 0}
+        else:
+            assert shipment.json()["status"] == "DISPATCHED"
+            expected = {"sku": sku, "available": 0, "reserved": 0, "shipped": 2}
+        await eventually(lambda: stock(http, suite.inventory, sku), lambda s: s == expected, 20)
+
+    dispatch_delay = float(TEST_ENV["DISPATCH_DELAY_SECONDS"])
+    async with asyncio.TaskGroup() as race:
+        for step in range(8):
+            race.create_task(cancel_after(dispatch_delay * step / 4))
 
 
 async def test_cancelling_a_shipped_order_is_refused_with_409(
@@ -128,13 +187,27 @@ async def test_the_correlation_id_given_is_echoed_stored_and_listed(
     sku = new_sku()
     await restock(http, suite.inventory, sku, 1)
     correlation_id = f"e2e-{uuid4()}"
-    accepted = await place(
+    response = await post_order(
         http, suite.order, [{"sku": sku, "quantity": 1}], correlation_id=correlation_id
     )
+    assert response.headers["x-correlation-id"] == correlation_id
+    accepted = response.json()
     assert accepted["correlation_id"] == correlation_id
-    response = await http.get(f"{suite.order}/orders/{accepted['order_id']}")
-    assert response.headers["x-correlation-id"]  # generated when absent
-    assert response.json()["correlation_id"] == correlation_id
+    order_id = accepted["order_id"]
+
+    stored = await http.get(f"{suite.order}/orders/{order_id}")
+    assert stored.json()["correlation_id"] == correlation_id
+    # This request gave none: it gets its own, not the order's.
+    assert stored.headers["x-correlation-id"] not in {"", correlation_id}
+
+    await order_status_becomes(http, suite.order, order_id, {"SHIPPED"})
+    listed = [
+        o
+        for page in await list_orders(http, suite.order, status="SHIPPED")
+        for o in page
+        if o["order_id"] == order_id
+    ]
+    assert [o["correlation_id"] for o in listed] == [correlation_id]
 
 
 async def test_the_same_idempotency_key_gives_the_same_order_and_another_body_conflicts(

@@ -41,17 +41,23 @@ class _Composite(EventObservation):
                 stack.enter_context(part.active())
             yield self
 
+    # The end of an event is heard inside its context again (a batch commits after its events
+    # were applied), innermost observer first: the log line is written inside the span, which
+    # ends last.
     def done(self, outcome: Outcome) -> None:
-        for part in self._parts:
-            part.done(outcome)
+        with self.active():
+            for part in reversed(self._parts):
+                part.done(outcome)
 
     def dead_lettered(self, error: str, attempts: int) -> None:
-        for part in self._parts:
-            part.dead_lettered(error, attempts)
+        with self.active():
+            for part in reversed(self._parts):
+                part.dead_lettered(error, attempts)
 
     def undone(self, reason: str) -> None:
-        for part in self._parts:
-            part.undone(reason)
+        with self.active():
+            for part in reversed(self._parts):
+                part.undone(reason)
 
 
 def compose(observers: Sequence[Observer]) -> Observe:

@@ -1,0 +1,82 @@
+"""How the per-event middleware composes: the end of an event is heard inside its context."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from uuid import uuid4
+
+import pytest
+
+from shared.contracts.catalog import OrderRejected
+from shared.correlation import current_correlation_id
+from shared.envelope import new_envelope
+from shared.middleware import compose
+from shared.processing import Delivery, EventObservation, Outcome
+
+span = contextvars.ContextVar[str | None]("span", default=None)
+
+
+class Outer(EventObservation):
+    """Plays the tracer: a context current while active, ended when the event ends."""
+
+    def __init__(self, heard: list[str]) -> None:
+        self.heard = heard
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[object]:
+        token = span.set("the event's span")
+        try:
+            yield self
+        finally:
+            span.reset(token)
+
+    def done(self, outcome: Outcome) -> None:
+        self.heard.append("span ended")
+
+
+class Inner(EventObservation):
+    """Plays the log line: written when the event ends, wanting the span and correlation."""
+
+    def __init__(self, heard: list[str]) -> None:
+        self.heard = heard
+
+    def done(self, outcome: Outcome) -> None:
+        self.heard.append(f"logged in {span.get()} of {current_correlation_id()}")
+
+    def dead_lettered(self, error: str, attempts: int) -> None:
+        self.done(Outcome.APPLIED)
+
+    def undone(self, reason: str) -> None:
+        self.done(Outcome.APPLIED)
+
+
+def delivery() -> Delivery:
+    event = OrderRejected(order_id=uuid4(), reason="r")
+    envelope = new_envelope(
+        event, source="order", aggregate_id="a", sequence=1, correlation_id="flow-7",
+        causation_id=None,
+    )  # fmt: skip
+    return Delivery(envelope)
+
+
+def test_an_event_that_ends_after_its_batch_commits_is_logged_inside_its_span() -> None:
+    heard: list[str] = []
+    observe = compose([lambda _: Outer(heard), lambda _: Inner(heard)])
+    observation = observe(delivery())
+    with observation.active():
+        pass  # the event is applied; its batch commits later, outside this block
+    observation.done(Outcome.APPLIED)
+    assert heard == ["logged in the event's span of flow-7", "span ended"]
+
+
+@pytest.mark.parametrize("end", ["dead_lettered", "undone"])
+def test_dead_letters_and_rollbacks_are_heard_inside_the_span_too(end: str) -> None:
+    heard: list[str] = []
+    observation = compose([lambda _: Outer(heard), lambda _: Inner(heard)])(delivery())
+    if end == "dead_lettered":
+        observation.dead_lettered("boom", 3)
+    else:
+        observation.undone("rolled back")
+    assert heard == ["logged in the event's span of flow-7"]
