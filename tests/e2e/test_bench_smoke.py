@@ -9,8 +9,9 @@ import random
 from pathlib import Path
 
 from bench.report import write
-from bench.run import SERVICES, run_step
 from bench.run import Suite as Bench
+from bench.run import run_step
+from infra.settings import SERVICES
 from tests.e2e.conftest import Suite
 
 
