@@ -63,17 +63,27 @@ class Client:
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect()
+            if self._idle:
+                connection = self._idle.pop()
+                try:
+                    return self._keep(connection, await connection.exchange(request))
+                except (OSError, asyncio.IncompleteReadError):
+                    # The server closed it while idle (its keep-alive timeout): the request
+                    # never reached it, so it is sent again on a new connection.
+                    connection.close()
+            connection = await self._connect()
             try:
-                response = await connection.exchange(request)
+                return self._keep(connection, await connection.exchange(request))
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
                 connection.close()
                 raise HttpError(f"{method} {path}: {error!r}") from error
             except BaseException:
                 connection.close()
                 raise
-            self._idle.append(connection)
-            return response
+
+    def _keep(self, connection: _Connection, response: Response) -> Response:
+        self._idle.append(connection)
+        return response
 
     async def _connect(self) -> _Connection:
         reader, writer = await asyncio.open_connection(self._host, self._port)

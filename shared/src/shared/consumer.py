@@ -5,15 +5,21 @@ lot); when that fails, they are applied one at a time, so the one that fails is 
 dead-lettered alone while the others go through. Correlation, spans, metrics and logs are
 middleware (:mod:`shared.middleware`), the same for both paths.
 
-Each partition's records are worked on in a task of their own while that partition is paused
-(so its order holds), and the loop keeps polling the others: a record waiting out its retry
-backoff, or a database outage, holds only its own partition, and the consumer keeps polling
-well within ``max_poll_interval_ms``. Transactions take turns (``CONSUMER_CONCURRENCY``, 1 by
+Each partition's records are worked on in a task of their own, in order, and the loop keeps
+polling: records fetched meanwhile queue up behind the ones in progress and go in the next
+transaction. A partition is paused only once a poll's worth is queued (the rest waits in Kafka,
+memory stays bounded). So a record waiting out its retry backoff, or a database outage, holds
+only its own partition, and the consumer keeps polling well within ``max_poll_interval_ms``.
+(Pausing a partition for every batch would cost a fetch round per batch: the broker holds a
+fetch up to ``fetch_max_wait_ms`` for the partitions in it, and a resumed one waits for the
+next.) Transactions take turns (``CONSUMER_CONCURRENCY``, 1 by
 default): two batches that lock shared rows (stock of one SKU) in different orders would
 deadlock.
 
 Offsets are committed manually and only for records whose transaction committed (or that
-were dead-lettered), and only for partitions still assigned. A rebalance waits for the
+were dead-lettered), and only for partitions still assigned, at most every
+``CONSUMER_COMMIT_INTERVAL_SECONDS`` (an offset commit per batch cost the broker as much CPU
+as the rest of its work). A rebalance waits for the
 records in progress, commits what is done and drops what was fetched for revoked partitions.
 A crash between the database commit and the offset commit redelivers the records; the
 sequence check and dedup row make that harmless. (Storing offsets in Postgres would avoid the
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Generic
 
@@ -87,6 +94,7 @@ class ConsumerRunner(Generic[U]):
         self._observe = compose([traced, measured(self._service)])
         self._turns = asyncio.Semaphore(settings.consumer_concurrency)
         self._working: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._queued: dict[TopicPartition, list[ConsumerRecord]] = {}  # fetched, not begun
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         # aiokafka still lists revoked partitions in assignment() until the group has synced,
         # so the runner keeps its own record of what it handed over.
@@ -115,6 +123,7 @@ class ConsumerRunner(Generic[U]):
             backoff = min(backoff * 2, 10.0)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
+        self._queued.clear()
         for task in self._working.values():
             task.cancel()
         await asyncio.gather(*self._working.values(), return_exceptions=True)
@@ -129,36 +138,50 @@ class ConsumerRunner(Generic[U]):
             await consumer.stop()
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        limit = self._settings.consumer_max_poll_records
+        interval = self._settings.consumer_commit_interval_seconds
+        committed = time.monotonic()
         while True:
-            batches = await consumer.getmany(
-                timeout_ms=200, max_records=self._settings.consumer_max_poll_records
-            )
+            batches = await consumer.getmany(timeout_ms=200, max_records=limit)
             for tp, records in batches.items():
-                if tp in self._revoked or tp not in consumer.assignment():
+                if not self._owns(consumer, tp):
                     continue  # revoked meanwhile: its new owner will process it
-                consumer.pause(tp)  # until these are done: one batch per partition at a time
-                self._working[tp] = asyncio.create_task(self._work(consumer, tp, records))
-            await self._commit(consumer)
+                queued = self._queued.setdefault(tp, [])
+                queued.extend(records)
+                if len(queued) >= limit:
+                    consumer.pause(tp)  # enough in hand; resumed when the queue is taken
+                if tp not in self._working:
+                    self._working[tp] = asyncio.create_task(self._work(consumer, tp))
+            if time.monotonic() - committed >= interval:
+                await self._commit(consumer)
+                committed = time.monotonic()
 
-    async def _work(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: Sequence[ConsumerRecord]
-    ) -> None:
+    def _owns(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+        return tp not in self._revoked and tp in consumer.assignment()
+
+    async def _work(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Apply what is queued for ``tp``, in order, until nothing is."""
         try:
-            done = await self._apply(records)
-        except Exception:  # a bug here must not leave the partition paused for good
-            log.exception("applying %s[%d] failed; fetching again", tp.topic, tp.partition)
-            done = 0
+            while records := self._queued.pop(tp, None):
+                if tp in consumer.paused():
+                    consumer.resume(tp)
+                try:
+                    done = await self._apply(records)
+                except Exception:  # a bug here must not stop the partition for good
+                    log.exception("applying %s[%d] failed; fetching again", *tp)
+                    done = 0
+                if done:
+                    self._done[tp] = records[done - 1].offset + 1
+                    lag = (consumer.highwater(tp) or 0) - self._done[tp]
+                    CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(max(lag, 0))
+                if done < len(records):  # let go of the rest: fetch again from the first one
+                    self._queued.pop(tp, None)
+                    if self._owns(consumer, tp):
+                        consumer.seek(tp, records[done].offset)
+                        consumer.resume(tp)  # paused meanwhile if a poll's worth had queued
+                    return
         finally:
             del self._working[tp]
-        if done:
-            self._done[tp] = records[done - 1].offset + 1
-            lag = (consumer.highwater(tp) or 0) - self._done[tp]
-            CONSUMER_LAG.labels(self._service, tp.topic, str(tp.partition)).set(max(lag, 0))
-        if tp in self._revoked or tp not in consumer.assignment():
-            return
-        if done < len(records):  # let go of the rest: fetch them again from the first one
-            consumer.seek(tp, records[done].offset)
-        consumer.resume(tp)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         if self._settings.pitfall_auto_commit or not self._done:
@@ -173,6 +196,8 @@ class ConsumerRunner(Generic[U]):
                 log.warning("offset commit refused after a rebalance: %s", exc)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self._queued.pop(tp, None)  # not begun: the new owner fetches them
         self._handing_over.set()  # a record stuck in a retry loop lets go
         try:  # let the records in progress finish, then hand over
             await asyncio.gather(*self._working.values(), return_exceptions=True)

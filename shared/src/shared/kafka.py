@@ -119,6 +119,8 @@ def new_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=settings.consumer_max_poll_records,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        fetch_min_bytes=settings.consumer_fetch_min_bytes,
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
     )

@@ -63,6 +63,21 @@ class ServiceSettings(BaseSettings):
         " at a time when that fails)",
     )
     consumer_max_poll_records: int = Field(200, description="records fetched per poll, at most")
+    consumer_fetch_max_wait_ms: int = Field(
+        500,
+        ge=0,
+        description="how long the broker may hold a fetch to gather consumer_fetch_min_bytes",
+    )
+    consumer_fetch_min_bytes: int = Field(
+        1, ge=1, description="bytes the broker gathers before answering a fetch (1: at once)"
+    )
+    consumer_commit_interval_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="offsets of applied records are committed to Kafka at most this often (and "
+        "on every rebalance and shutdown); after a crash, what was applied since is redelivered "
+        "and dropped as duplicates",
+    )
     consumer_concurrency: int = Field(
         1,
         ge=1,
