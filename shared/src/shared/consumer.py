@@ -244,6 +244,7 @@ class ConsumerRunner(Generic[U]):
                     headers,
                     record.key,
                     record.value,
+                    record.timestamp,
                 )
             )
         return done + await self._apply_run(run)
@@ -310,16 +311,18 @@ class ConsumerRunner(Generic[U]):
     async def _dead_letter_delivery(
         self, delivery: Delivery, observation: EventObservation, error: str, attempts: int
     ) -> None:
-        letter = DeadLetter(
+        letter = DeadLetter.of_record(
             self._service,
             delivery.topic,
             delivery.partition,
             delivery.offset,
+            delivery.timestamp,
             delivery.key,
             delivery.value if delivery.value is not None else delivery.envelope.to_bytes(),
             delivery.headers,
             error,
             attempts,
+            delivery.envelope,
         )
         await self._keep(letter)
         observation.dead_lettered(error, attempts)
@@ -328,11 +331,12 @@ class ConsumerRunner(Generic[U]):
         self, record: ConsumerRecord, headers: dict[str, str], error: str, attempts: int
     ) -> None:
         """A record that is not even an envelope: kept as it came."""
-        letter = DeadLetter(
+        letter = DeadLetter.of_record(
             self._service,
             record.topic,
             record.partition,
             record.offset,
+            record.timestamp,
             record.key,
             record.value,
             headers,
@@ -348,6 +352,8 @@ class ConsumerRunner(Generic[U]):
     async def _keep(self, letter: DeadLetter) -> None:
         backoff = 0.5
         while True:  # the offset must not move past a letter that was not kept
+            # Only what can pass reaches here: the sink keeps a letter Kafka refuses for
+            # good (too large, say) in the table, so it cannot stop the partition.
             try:
                 await self._dead_letters.send(letter)
                 return

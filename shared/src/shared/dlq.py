@@ -1,8 +1,11 @@
 """Dead-letter queue CLI for scripts: the same operations as ``/admin/dlq``.
 
-    python -m shared.dlq list inventory [--pending] [--correlation-id ID]
+    python -m shared.dlq list inventory [--pending] [--correlation-id ID] [--aggregate-id ID]
     python -m shared.dlq show inventory 12
     python -m shared.dlq replay inventory 12
+    python -m shared.dlq replay-stream inventory 3f2c1d4e-... [--source order]
+
+``replay-stream`` replays every pending letter of one aggregate's stream, in sequence order.
 
 The service's URL defaults to the native ports (``ORDER_PORT``, ``INVENTORY_PORT``,
 ``SHIPPING_PORT``, or 8001-8003); ``--url`` overrides it. The token is ``ADMIN_TOKEN``.
@@ -30,15 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m shared.dlq", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("command", choices=["list", "show", "replay"])
+    parser.add_argument("command", choices=["list", "show", "replay", "replay-stream"])
     parser.add_argument("service", choices=sorted(DEFAULT_PORTS))
-    parser.add_argument("id", nargs="?", type=int)
+    parser.add_argument("id", nargs="?", help="a dead-letter id (replay-stream: an aggregate id)")
     parser.add_argument("--url", help="the service's base URL")
     parser.add_argument("--pending", action="store_true", help="only letters not replayed")
     parser.add_argument("--correlation-id")
+    parser.add_argument("--aggregate-id", help="list: only this aggregate's letters")
+    parser.add_argument("--source", help="replay-stream: only the stream from this source")
+    parser.add_argument("--aggregate-type", help="replay-stream: only this aggregate type")
     args = parser.parse_args(argv)
-    if args.command != "list" and args.id is None:
-        parser.error(f"{args.command} needs a dead-letter id")
+    if args.command == "replay-stream" and not args.id:
+        parser.error("replay-stream needs an aggregate id")
+    if args.command in ("show", "replay") and not (args.id or "").isdigit():
+        parser.error(f"{args.command} needs a dead-letter id (a number)")
     url = (args.url or base_url(args.service)).rstrip("/") + "/admin/dlq"
     headers = {"Authorization": f"Bearer {os.environ.get('ADMIN_TOKEN', 'change-me')}"}
     try:
@@ -49,11 +57,20 @@ def main(argv: list[str] | None = None) -> int:
                     params["pending"] = "true"
                 if args.correlation_id:
                     params["correlation_id"] = args.correlation_id
+                if args.aggregate_id:
+                    params["aggregate_id"] = args.aggregate_id
                 response = client.get(url, params=params)
             elif args.command == "show":
                 response = client.get(f"{url}/{args.id}")
-            else:
+            elif args.command == "replay":
                 response = client.post(f"{url}/{args.id}/replay")
+            else:
+                stream = {
+                    "aggregate_id": args.id,
+                    "source": args.source,
+                    "aggregate_type": args.aggregate_type,
+                }
+                response = client.post(f"{url}/streams/replay", json=stream)
     except httpx.HTTPError as exc:
         print(f"cannot reach {url}: {exc}", file=sys.stderr)
         return 2

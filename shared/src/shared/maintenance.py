@@ -29,21 +29,48 @@ async def refresh_gauges(pool: asyncpg.Pool, service: str) -> None:
     DLQ_DEPTH.labels(service).set(row["dlq"])
 
 
+# A parked event whose missing predecessor (the stream's next sequence, ``last + 1``) is
+# itself a dead letter waits for that letter to be replayed, and for a gap timeout after its
+# replay (the replayed record goes through the relay and the consumer first): dead-lettering
+# it too would only leave one more letter to replay, in the right order. ``p`` is the parked
+# row, ``$1`` the consumer, ``$2`` the timeout in seconds.
+_PREDECESSOR_IS_A_LETTER = """
+    EXISTS (
+        SELECT 1 FROM dead_letters d
+        WHERE d.consumer = $1 AND d.source = p.source AND d.aggregate_type = p.aggregate_type
+          AND d.aggregate_id = p.aggregate_id
+          AND d.sequence = {last} + 1
+          AND (d.replayed_at IS NULL OR d.replayed_at > now() - make_interval(secs => $2))
+    )
+"""
+
+
 async def expire_gaps(
     pool: asyncpg.Pool, sink: DeadLetterSink, consumer: str, timeout_seconds: float
 ) -> int:
     """Dead-letter events parked longer than ``timeout_seconds``: the event they wait for is
-    not coming (lost upstream, or itself dead-lettered), or they failed once it came.
-    Replaying the missing event, then these, restores the stream. Returns how many.
+    not coming (lost upstream), or they failed once it came. Replaying the missing event,
+    then these, restores the stream. Returns how many.
+
+    An event whose missing predecessor is a pending dead letter is left parked: the stream
+    waits for that letter's replay (``POST /admin/dlq/streams/replay`` replays a stream's
+    letters in order), and applies it when the predecessor comes.
 
     Each one is taken in a transaction that holds its stream's row lock, the lock the
     consumer takes too, and deleted only if still parked: an event the consumer applies
-    meanwhile is never also dead-lettered, and one being dead-lettered is never applied."""
+    meanwhile is never also dead-lettered, and one being dead-lettered is never applied. The
+    letter is written and published in that same transaction, so a failed publish leaves
+    the event parked and no letter behind."""
     candidates = await pool.fetch(
-        """
-        SELECT source, aggregate_type, aggregate_id, sequence FROM parked_events
-        WHERE consumer = $1 AND parked_at < now() - make_interval(secs => $2)
-        ORDER BY parked_at
+        f"""
+        SELECT p.source, p.aggregate_type, p.aggregate_id, p.sequence
+        FROM parked_events p
+        LEFT JOIN consumer_sequences s
+               ON s.consumer = p.consumer AND s.source = p.source
+              AND s.aggregate_type = p.aggregate_type AND s.aggregate_id = p.aggregate_id
+        WHERE p.consumer = $1 AND p.parked_at < now() - make_interval(secs => $2)
+          AND NOT {_PREDECESSOR_IS_A_LETTER.format(last="coalesce(s.last_sequence, 0)")}
+        ORDER BY p.parked_at
         """,
         consumer,
         timeout_seconds,
@@ -56,19 +83,23 @@ async def expire_gaps(
             # Locks the stream, as the consumer does.
             last = (await inbox.lock_stream(stream)).last_sequence
             row = await conn.fetchrow(
-                """
-                DELETE FROM parked_events
-                WHERE consumer = $1 AND source = $2 AND aggregate_type = $3
-                  AND aggregate_id = $4 AND sequence = $5
+                f"""
+                DELETE FROM parked_events p
+                WHERE consumer = $1 AND source = $3 AND aggregate_type = $4
+                  AND aggregate_id = $5 AND sequence = $6
+                  AND NOT {_PREDECESSOR_IS_A_LETTER.format(last="$7")}
                 RETURNING *
                 """,
                 consumer,
+                timeout_seconds,
                 *stream,
                 candidate["sequence"],
+                last,
             )
             if row is None:
-                continue  # applied since we looked
-            await sink.send(_gap_letter(consumer, row, last, timeout_seconds))
+                continue  # applied since we looked, or its predecessor was dead-lettered
+            letter = _gap_letter(consumer, row, last, timeout_seconds)
+            await sink.keep(cast(asyncpg.Connection, conn), letter)
             expired += 1
     return expired
 
@@ -97,6 +128,8 @@ def _gap_letter(
         json.loads(row["headers"]),
         reason,
         1,
+        stream=(row["source"], row["aggregate_type"], row["aggregate_id"]),
+        sequence=row["sequence"],
     )
 
 

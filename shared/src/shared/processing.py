@@ -71,6 +71,7 @@ class Delivery:
     headers: dict[str, str] = field(default_factory=dict)
     key: bytes | None = None  # the record's own key and value, kept as they came for a
     value: bytes | None = None  # dead letter (the envelope drops fields it does not know)
+    timestamp: int | None = None  # the record's; with its offset, the dead letter's identity
 
 
 class EventObservation:

@@ -8,5 +8,6 @@ step, never by editing one; see that package for how.
 - ``processed_events``: the dedup row ``(consumer, event_id)`` of every event applied.
 - ``consumer_sequences``: the last sequence applied per ``(consumer, source, aggregate)``.
 - ``parked_events``: events that arrived ahead of a gap, applied when it fills.
-- ``dead_letters``: what the consumer gave up on, with the reason, for ``/admin/dlq``.
+- ``dead_letters``: what the consumer gave up on, whole, with the reason, its own
+  ``letter_id`` and its stream, for ``/admin/dlq`` and replay.
 """

@@ -10,11 +10,12 @@ from uuid import uuid4
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from infra import components
 from shared.consumer import ConsumerRunner
 from shared.contracts.catalog import OrderRejected
-from shared.deadletter import DeadLetterSink
+from shared.deadletter import STUB_VALUE_BYTES, DeadLetterSink
 from shared.envelope import Envelope, new_envelope
 from shared.kafka import Producer
 from shared.postgres import PostgresUnitOfWork
@@ -171,3 +172,29 @@ async def test_a_database_outage_makes_the_consumer_wait_instead_of_dead_letteri
         components.start("postgres")
     await eventually(lambda: applied(pool), lambda rows: rows == ["r1"], timeout=60)
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_a_record_too_large_to_dead_letter_whole_is_kept_and_its_partition_keeps_flowing(
+    running: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    """The record fits the producer's 1 MiB ``max_request_size``; with the ``dlq.*`` headers
+    it does not, a non-retriable error: the letter is kept whole in the table, a stub goes to
+    the dead-letter topic, and the next event of the partition is applied."""
+    key = unique("order")
+    (e1,) = stream(key, 1)
+    room = (
+        1024 * 1024 - 100 - DefaultRecordBatchBuilder.estimate_size_in_bytes(key.encode(), b"", [])
+    )
+    huge = b"x" * room  # not an envelope: dead-lettered at once
+    dlq_since = await end_offsets(running.dlq_topic)
+    await produce(key, [huge, e1.to_bytes()])
+    await eventually(lambda: applied(pool), lambda rows: rows == ["r1"])
+
+    (letter,) = await pool.fetch("SELECT * FROM dead_letters")
+    assert bytes(letter["value"]) == huge
+    assert letter["on_topic"] == "stub"
+    (record,) = await read_records(running.dlq_topic, dlq_since, lambda rs: len(rs) >= 1)
+    headers = {k: v.decode() for k, v in record.headers}  # type: ignore[attr-defined]
+    assert record.value == huge[:STUB_VALUE_BYTES]  # type: ignore[attr-defined]
+    assert "MessageSizeTooLargeError" in headers["dlq.truncated"]
+    assert headers["dlq.letter_id"] == str(letter["letter_id"])

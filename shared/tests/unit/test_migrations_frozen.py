@@ -33,6 +33,10 @@ SHIPPED_STEPS: dict[str, tuple[str, str]] = {
         "e2bca351204446fb219954c87fee59688806efe22da7663c28b30856256aecfa",
         "f9d55a75e4b6e8b59e1f6af3d0502b5c82e1f3306cfcbc22059ac3c37e7ed49a",
     ),
+    "0002_dead_letter_identity": (
+        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
+        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
+    ),
 }
 
 # (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
@@ -52,6 +56,18 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("shipping", "0002"): (
         "8838498fd2f4744e7af684560897d9a2cbcfcb436ddd1b26c354a81403f543aa",
         "8d1c6a8cf89368b8b00309ded0b6dbd828b94e1b655395884ed18b45ae8977f7",
+    ),
+    ("order", "0002"): (
+        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
+        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
+    ),
+    ("inventory", "0002"): (
+        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
+        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
+    ),
+    ("shipping", "0003"): (
+        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
+        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
     ),
 }
 

@@ -1,0 +1,20 @@
+"""Machinery step 0002: every dead letter its own identity and its stream.
+
+Revision ID: 0003
+"""
+
+from shared.machinery_migrations import MACHINERY_0002
+from shared.migrations import apply, revert
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    apply(MACHINERY_0002)
+
+
+def downgrade() -> None:
+    revert(MACHINERY_0002)
