@@ -17,6 +17,7 @@ import asyncpg
 from shared.kafka import Producer
 from shared.metrics import DEAD_LETTERS
 from shared.outbox import OutgoingMessage
+from shared.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class DeadLetter:
     headers: dict[str, str]
     error: str
     attempts: int
+
+    def __post_init__(self) -> None:
+        # The error travels to a topic, a table and the admin API: no credentials in it.
+        object.__setattr__(self, "error", redact(self.error))
 
     def dlq_headers(self) -> dict[str, str]:
         return {
