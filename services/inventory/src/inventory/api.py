@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inventory.repository import InventoryUnitOfWork
 from shared.http import unit_of_work
+from shared.text import Text
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
 UowDep = Annotated[InventoryUnitOfWork, Depends(unit_of_work)]
-Sku = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+Sku = Annotated[Text, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
 
 
 class Restock(BaseModel):
@@ -57,7 +58,7 @@ async def get_stock(sku: Sku, uow: UowDep) -> StockView:
 async def list_stock(
     uow: UowDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: str | None = None,
+    after: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> StockPage:
     stock = await uow.stock.list(limit, after)
     next_after = stock[-1].sku if len(stock) == limit else None
