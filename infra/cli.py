@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from infra import components
 from infra.foreground import run
 from infra.install import ensure_browser
-from infra.settings import COMPONENTS, SERVICES, InfraError
+from infra.services import admin_token_path
+from infra.settings import COMPONENTS, REPO, SERVICES, InfraError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +46,17 @@ def _print_status() -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[4]]))
+    print(_admin_token_whereabouts())
+
+
+def _admin_token_whereabouts() -> str:
+    path = admin_token_path()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    if path.is_file():
+        where = f"admin token: in {shown} (`Authorization: Bearer $(cat {shown})`)"
+    else:
+        where = f"admin token: none yet; the first start writes it to {shown}"
+    return where + "; ADMIN_TOKEN, when set, overrides it"
 
 
 def _dispatch(args: argparse.Namespace) -> int:

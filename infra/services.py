@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
 from infra.base import Component, Launch
 from infra.jaeger import http_ok
 from infra.kafka import bootstrap_servers
-from infra.settings import HOST, REPO, Ports, topic_partitions
+from infra.settings import ADMIN_TOKEN_FILE, HOST, REPO, STATE, Ports, topic_partitions
 
 
 def python() -> str:
@@ -27,9 +28,34 @@ def common_env(ports: Ports) -> dict[str, str]:
     }
 
 
+def admin_token_path(state: Path | None = None) -> Path:
+    return (state or STATE) / ADMIN_TOKEN_FILE
+
+
+def admin_token(state: Path | None = None) -> str:
+    """The admin token of the services started from ``state``: ``ADMIN_TOKEN`` when set,
+    else the one in ``<state>/admin-token``, generated on first use (random, mode 0600) and
+    reused by every later start, so scripts and the dead-letter CLI can read it there."""
+    if given := os.environ.get("ADMIN_TOKEN", "").strip():
+        return given
+    path = admin_token_path(state)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: two launchers racing keep one token; 0600 from creation, never wider.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 def service_env(name: str, ports: Ports) -> dict[str, str]:
     """The variables the launcher sets for service ``name`` (they override os.environ)."""
     env = {
+        "ADMIN_TOKEN": admin_token(),
         "HTTP_HOST": HOST,
         "HTTP_PORT": str(ports.of(name)),
         "DATABASE_URL": f"postgresql://postgres@{HOST}:{ports.postgres}/{name}",

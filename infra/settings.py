@@ -19,6 +19,7 @@ STATE = REPO / ".state"
 CACHE = REPO / ".cache"
 LOGS = STATE / "logs"
 RUN = STATE / "run"
+ADMIN_TOKEN_FILE = "admin-token"  # in the state folder: the services' admin token (mode 0600)
 HOST = "127.0.0.1"
 
 INFRA = ("postgres", "kafka", "jaeger")

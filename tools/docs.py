@@ -187,6 +187,8 @@ def setting_text(value: object) -> str:
     """A default as one writes it in the environment."""
     if value is PydanticUndefined:
         return "required"
+    if value == "":
+        return "none"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

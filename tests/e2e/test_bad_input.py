@@ -60,6 +60,20 @@ async def order_rows() -> int:
             {"customer_id": "c", "items": [GOOD_LINE], "shipping_address": ADDRESS, "x": 1},
             "x: Extra inputs are not permitted",
         ),
+        (
+            {"customer_id": "c\x00", "items": [GOOD_LINE], "shipping_address": ADDRESS},
+            "customer_id: must not contain control characters (found U+0000 at position 1)",
+        ),
+        (
+            {"customer_id": "c", "items": [GOOD_LINE],
+             "shipping_address": ADDRESS | {"line1": "1 Main\x00St"}},
+            "shipping_address.line1: must not contain control characters (found U+0000",
+        ),
+        (
+            {"customer_id": "c", "items": [{"sku": "SKU\x00", "quantity": 1}],
+             "shipping_address": ADDRESS},
+            "items.0.sku: must not contain control characters",
+        ),
     ],
 )  # fmt: skip
 async def test_an_invalid_order_is_refused_with_422_and_a_message(

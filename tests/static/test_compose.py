@@ -57,7 +57,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Addresses the user's browser follows (links on a page), not the container: loopback is
 # right for them, since the compose file publishes every port on 127.0.0.1.
 BROWSER_FACING = frozenset({"JAEGER_UI_URL"})
-INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<operator>:?[-?])(?P<default>[^}]*))?\}"
+)
 HEALTHCHECK_URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):(?P<port>\d+)(?P<path>/[^'\"\s]*)")
 CREATED_TOPIC = re.compile(r"^\s*create\s+(?P<topic>\S+)\s*$", re.MULTILINE)
 
@@ -163,8 +165,15 @@ def declared_draft(schema: dict[str, Any]) -> str:
 
 
 def interpolate(value: object) -> str:
-    """The value as Compose passes it when no variable is set on the host: `${X:-d}` -> d."""
-    return INTERPOLATION.sub(lambda m: m.group("default") or "", str(value))
+    """The value as Compose passes it when no variable is set on the host: `${X:-d}` -> d;
+    `${X:?message}` (compose refuses to start without X) -> a stand-in for the host's value."""
+
+    def value_of(match: re.Match[str]) -> str:
+        if (match.group("operator") or "").endswith("?"):
+            return f"<{match.group('name')} from the host>"
+        return match.group("default") or ""
+
+    return INTERPOLATION.sub(value_of, str(value))
 
 
 def env_var_names(settings_cls: type[ServiceSettings]) -> set[str]:
@@ -317,6 +326,11 @@ def settings_from_compose(
         if key.upper().removeprefix(prefix) in fields
     }
     return settings_cls.model_validate(values)
+
+
+def native_settings(settings_cls: type[ServiceSettings]) -> ServiceSettings:
+    """The defaults of a native run (the launcher supplies the one setting with none)."""
+    return settings_cls.model_validate({"admin_token": "the-launchers-token"})
 
 
 # --- the checks ----------------------------------------------------------------------------
@@ -673,6 +687,15 @@ def test_each_service_gets_exactly_the_settings_variables_it_needs(service_name:
 
 
 @pytest.mark.parametrize("service_name", sorted(SERVICE_SETTINGS))
+def test_each_service_needs_an_admin_token_from_the_host(service_name: str) -> None:
+    """No default token: compose refuses to start (`${ADMIN_TOKEN:?...}`) until one is set."""
+    token = str(environment_of(load_compose()["services"][service_name]).get("ADMIN_TOKEN"))
+    match = INTERPOLATION.fullmatch(token)
+    assert match is not None, f"{service_name}: ADMIN_TOKEN must come from the host: {token!r}"
+    assert (match["name"], match["operator"]) == ("ADMIN_TOKEN", ":?"), token
+
+
+@pytest.mark.parametrize("service_name", sorted(SERVICE_SETTINGS))
 def test_each_service_publishes_its_http_port_and_is_healthy_when_ready(
     service_name: str,
 ) -> None:
@@ -690,7 +713,7 @@ def test_each_service_reaches_its_database_broker_and_collector_by_service_name(
 def test_each_service_keeps_the_native_database_name_and_http_port(service_name: str) -> None:
     settings_cls = SERVICE_SETTINGS[service_name]
     in_compose = settings_from_compose(load_compose(), service_name, settings_cls)
-    native = settings_cls.model_validate({})
+    native = native_settings(settings_cls)
     assert in_compose.http_port == native.http_port
     assert urlsplit(in_compose.database_url).scheme == urlsplit(native.database_url).scheme
     assert urlsplit(in_compose.database_url).path == urlsplit(native.database_url).path
@@ -728,9 +751,7 @@ def test_kafka_init_creates_every_topic_of_the_event_catalog_and_every_dead_lett
         settings_from_compose(compose, name, cls).dlq_topic
         for name, cls in SERVICE_SETTINGS.items()
     }
-    partitions = {
-        cls.model_validate({}).kafka_topic_partitions for cls in SERVICE_SETTINGS.values()
-    }
+    partitions = {native_settings(cls).kafka_topic_partitions for cls in SERVICE_SETTINGS.values()}
     assert dead_letter_topics == set(DLQ_TOPICS)
     assert sorted(CREATED_TOPIC.findall(script)) == sorted(TOPICS + DLQ_TOPICS)
     assert "--if-not-exists" in script

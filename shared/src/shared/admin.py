@@ -23,6 +23,8 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
+from shared.text import Text
+
 
 def require_admin(
     request: Request,
@@ -130,8 +132,10 @@ def _pool(request: Request) -> asyncpg.Pool:
 async def list_dead_letters(
     request: Request,
     pending: Annotated[bool, Query(description="only those not replayed yet")] = False,
-    correlation_id: str | None = None,
-    aggregate_id: Annotated[str | None, Query(description="only this aggregate's")] = None,
+    correlation_id: Annotated[Text | None, Query(max_length=200)] = None,
+    aggregate_id: Annotated[
+        Text | None, Query(max_length=200, description="only this aggregate's")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeadLetterPage:
     pool = _pool(request)

@@ -11,6 +11,8 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 
+from shared.redaction import redact
+
 log = logging.getLogger(__name__)
 
 # Errors that say the database is unreachable or restarting, not that the work is wrong:
@@ -38,8 +40,10 @@ async def wait_for_database(url: str, timeout: float = 60.0) -> None:
             conn = await asyncpg.connect(url, timeout=5)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"database {url} unreachable for {timeout:.0f}s: {exc}") from exc
-            log.info("waiting for the database (%s)", exc)
+                raise RuntimeError(
+                    redact(f"database {url} unreachable for {timeout:.0f}s: {exc}")
+                ) from exc
+            log.info("waiting for the database (%s)", redact(str(exc)))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
         else:

@@ -31,6 +31,7 @@ from shared.inbox import Stream
 from shared.kafka import Producer
 from shared.metrics import DEAD_LETTERS
 from shared.outbox import OutgoingMessage
+from shared.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ class DeadLetter:
             stream=None if envelope is None else envelope.stream,
             sequence=None if envelope is None else envelope.sequence,
         )
+
+    def __post_init__(self) -> None:
+        # The error travels to a topic, a table and the admin API: no credentials in it.
+        object.__setattr__(self, "error", redact(self.error))
 
     def dlq_headers(self) -> dict[str, str]:
         return {

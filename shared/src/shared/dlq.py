@@ -8,7 +8,9 @@
 ``replay-stream`` replays every pending letter of one aggregate's stream, in sequence order.
 
 The service's URL defaults to the native ports (``ORDER_PORT``, ``INVENTORY_PORT``,
-``SHIPPING_PORT``, or 8001-8003); ``--url`` overrides it. The token is ``ADMIN_TOKEN``.
+``SHIPPING_PORT``, or 8001-8003); ``--url`` overrides it. The token is ``ADMIN_TOKEN``, else
+the one the native launcher wrote to ``.state/admin-token`` (looked for from the current
+directory up).
 Exit status: 0 done, 1 refused (404, 409, ...), 2 usage or connection error.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -27,6 +30,19 @@ DEFAULT_PORTS = {"order": 8001, "inventory": 8002, "shipping": 8003}
 def base_url(service: str) -> str:
     port = os.environ.get(f"{service.upper()}_PORT", str(DEFAULT_PORTS[service]))
     return f"http://127.0.0.1:{port}"
+
+
+def admin_token(start: Path | None = None) -> str | None:
+    """``ADMIN_TOKEN``, else the launcher's ``.state/admin-token`` in ``start`` (the current
+    directory) or the nearest of its parents that has one."""
+    if given := os.environ.get("ADMIN_TOKEN", "").strip():
+        return given
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        path = folder / ".state" / "admin-token"
+        if path.is_file():
+            return path.read_text().strip()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("show", "replay") and not (args.id or "").isdigit():
         parser.error(f"{args.command} needs a dead-letter id (a number)")
     url = (args.url or base_url(args.service)).rstrip("/") + "/admin/dlq"
-    headers = {"Authorization": f"Bearer {os.environ.get('ADMIN_TOKEN', 'change-me')}"}
+    token = admin_token()
+    if token is None:
+        print(
+            "no admin token: set ADMIN_TOKEN, or run from the repository whose launcher wrote"
+            " .state/admin-token",
+            file=sys.stderr,
+        )
+        return 2
+    headers = {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(timeout=10, headers=headers) as client:
             if args.command == "list":

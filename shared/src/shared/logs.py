@@ -1,15 +1,19 @@
-"""JSON log lines carrying the service, the correlation id and the trace id."""
+"""JSON log lines carrying the service, the correlation id and the trace id, with every
+credential redacted (:mod:`shared.redaction`), uncaught exceptions included."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
+from types import TracebackType
 
 from opentelemetry import trace
 
 from shared.correlation import causation_id_var, correlation_id_var
+from shared.redaction import redact
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         if (correlation_id := correlation_id_var.get()) is not None:
             line["correlation_id"] = correlation_id
@@ -33,10 +37,30 @@ class JsonFormatter(logging.Formatter):
         if span.is_valid:
             line["trace_id"] = format(span.trace_id, "032x")
         for key, value in getattr(record, "fields", {}).items():
-            line[key] = value
+            line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+            line["exception"] = redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line["exception"] = redact(record.exc_text)
+        return json.dumps(line, default=lambda value: redact(str(value)))
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    # Through the formatter rather than Python's default print to stderr, so the traceback
+    # of a start-up failure (the database URL in it) is redacted like every other line.
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger("uncaught").critical(
+        "uncaught %s: %s", kind.__name__, error, exc_info=(kind, error, traceback)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def setup_logging(service: str, level: str) -> None:
@@ -45,6 +69,8 @@ def setup_logging(service: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     for noisy in ("aiokafka", "kafka", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # uvicorn installs its own handlers; send its lines through ours.

@@ -6,8 +6,14 @@ reads the environment. Every field is one upper-case environment variable of the
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Tokens that read as "fill me in": a service started with one would guard its admin API with
+# a value anyone can guess. Compared case-insensitively.
+PLACEHOLDER_TOKENS = frozenset(
+    {"change-me", "changeme", "change_me", "changeit", "secret", "password", "admin", "token"}
+)
 
 
 class ServiceSettings(BaseSettings):
@@ -34,7 +40,11 @@ class ServiceSettings(BaseSettings):
     otel_sdk_disabled: bool = Field(False, description="`true`: no span export")
     log_level: str = Field("INFO", description="root log level")
     admin_token: str = Field(
-        "change-me", description="the token of the dead-letter admin API (`Bearer <token>`)"
+        "",
+        validate_default=True,
+        description="the token of the dead-letter admin API (`Bearer <token>`); required, and"
+        " not a placeholder such as `change-me` (the native launcher generates one in"
+        " `.state/admin-token`)",
     )
     max_body_bytes: int = Field(64 * 1024, description="larger request bodies get 413")
 
@@ -108,6 +118,22 @@ class ServiceSettings(BaseSettings):
     pitfall_auto_commit: bool = Field(
         False, description="pitfall mode: Kafka auto-commits offsets before the work is done"
     )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _a_real_admin_token(cls, token: str) -> str:
+        # Refused here, so a service never starts with its admin API open to a guess.
+        if not token.strip():
+            raise ValueError(
+                "ADMIN_TOKEN is not set: set it to a random secret (e.g. `openssl rand -hex 32`);"
+                " `make start` generates one in .state/admin-token"
+            )
+        if token.strip().lower() in PLACEHOLDER_TOKENS:
+            raise ValueError(
+                f"ADMIN_TOKEN is the placeholder {token.strip()!r}: set it to a random secret"
+                " (e.g. `openssl rand -hex 32`)"
+            )
+        return token
 
     @property
     def consumer_group(self) -> str:

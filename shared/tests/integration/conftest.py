@@ -39,4 +39,5 @@ def settings(database: str) -> ServiceSettings:
         relay_poll_interval_seconds=0.2,
         consumer_retry_backoff_seconds=0.05,
         consumer_max_attempts=3,
+        admin_token="integration-test-token",
     )

@@ -45,9 +45,17 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
         "b9fed416e3aebd263d7e4f20055ee2cf4e9c56ccd3b9d0d34beafbcf5ca9df2d",
         "7b9cb990b5363a3c4b84638da9b324473cc851ac4e815a5dba682c2dd812e7f2",
     ),
+    ("order", "0003"): (
+        "e142fe92bd8e4aade667e056b17f8584d1ff147ef66ca738bef6d76513f263a3",
+        "dd2d3b48721816ed180a4b06b94aad38522b93de1b22c428546632feae5c7b0e",
+    ),
     ("inventory", "0001"): (
         "ff85f66516883cdfa2548247174d69f16f00b55be386cd5f69b050d5850da139",
         "30c44d34eafd0c81486ad74e3a46f594af197b7de63fe6a61ed6ccee0168a66a",
+    ),
+    ("inventory", "0003"): (
+        "39589d107747be64fd143dd11741b90604f3ef348b6316ee9adf9e41ec48d06e",
+        "de7d4c0b879d34f9c1843e95f29efdeefa1eb5e506bca7a852d29964e64e8c36",
     ),
     ("shipping", "0001"): (
         "4796953a408b02d967e2127e3c796f1d986eab2cefba73ada3157ef6595c349e",

@@ -83,3 +83,18 @@ async def test_nothing_is_saved_without_commit(new_uow: NewUow) -> None:
         a = await uow.stock.get("A")
     assert a is not None
     assert a.available == 5
+
+
+async def test_stock_counters_hold_values_past_2_to_the_31(new_uow: NewUow) -> None:
+    """64-bit counters: a dispatch that takes ``shipped`` past 2^31 is stored, not refused."""
+    past = 2**31 + 7
+    await restock(new_uow, A=past + 5)
+    async with new_uow() as uow:
+        a = (await uow.stock.lock(["A"]))["A"]
+        a.reserve(past)
+        a.ship(past)
+        await uow.commit()
+    async with new_uow() as uow:
+        stored = await uow.stock.get("A")
+    assert stored is not None
+    assert (stored.available, stored.reserved, stored.shipped) == (5, 0, past)

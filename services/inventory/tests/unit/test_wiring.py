@@ -29,7 +29,9 @@ def test_the_routing_table_names_each_reaction() -> None:
 
 
 def test_bootstrap_wires_the_routing_table_the_postgres_unit_of_work_and_the_migrations() -> None:
-    definition = bootstrap(Settings(database_url="postgresql://nowhere/inventory"))
+    definition = bootstrap(
+        Settings(database_url="postgresql://nowhere/inventory", admin_token="unit-test-token")
+    )
     assert definition.router is router
     assert definition.new_uow is PostgresInventoryUnitOfWork
     assert definition.migrations == MIGRATIONS

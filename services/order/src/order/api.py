@@ -14,6 +14,7 @@ from order.domain.order import OrderStatus
 from order.repository import DuplicateIdempotencyKeyError, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
 from shared.http import unit_of_work
+from shared.text import Text
 
 MAX_LINES = 50
 
@@ -24,7 +25,7 @@ UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
 class PlaceOrderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(min_length=1, max_length=100)
+    customer_id: Text = Field(min_length=1, max_length=100)
     items: list[OrderLine] = Field(min_length=1, max_length=MAX_LINES)
     shipping_address: Address
 
@@ -58,7 +59,7 @@ class OrderPage(BaseModel):
 async def post_order(
     body: PlaceOrderRequest,
     request: Request,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[Text | None, Header(max_length=200)] = None,
 ) -> OrderAccepted:
     """Place an order. It is PENDING until inventory answers; follow it with GET."""
     command = PlaceOrder(

@@ -21,6 +21,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from shared.text import Text
+
 SERVICES = ("order-service", "inventory-service", "shipping-service")
 STEP_PREFIXES = ("process ", "publish ", "dispatch ", "POST ", "PUT ")
 ASGI_INTERNAL = (" http receive", " http send")  # the ASGI instrumentation's inner spans
@@ -116,7 +118,7 @@ def _as_uuid(text: str) -> UUID | None:
 @router.get("/flow/api", response_model=Flow, summary="The chain of events of one flow")
 async def flow_api(
     request: Request,
-    q: Annotated[str, Query(min_length=1, max_length=128, description="correlation or order id")],
+    q: Annotated[Text, Query(min_length=1, max_length=128, description="correlation or order id")],
 ) -> Flow:
     settings = request.app.state.runtime.settings
     order_id = _as_uuid(q)

@@ -135,3 +135,11 @@ async def test_the_catalog_knows_the_skus_it_was_told_about(new_uow: NewUow) -> 
         await uow.commit()
     async with new_uow() as uow:
         assert await uow.catalog.unknown(["A", "B"]) == ["B"]
+
+
+async def test_the_catalog_holds_a_stock_level_past_2_to_the_31(new_uow: NewUow) -> None:
+    async with new_uow() as uow:
+        await uow.catalog.update("BIG", 2**31 + 7)
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.catalog.unknown(["BIG", "NONE"]) == ["NONE"]

@@ -36,7 +36,9 @@ def test_the_routing_table_names_each_reaction() -> None:
 
 
 def test_bootstrap_wires_the_routing_table_the_postgres_unit_of_work_and_the_migrations() -> None:
-    definition = bootstrap(Settings(database_url="postgresql://nowhere/order"))
+    definition = bootstrap(
+        Settings(database_url="postgresql://nowhere/order", admin_token="unit-test-token")
+    )
     assert definition.router is router
     assert definition.new_uow is PostgresOrderUnitOfWork
     assert definition.migrations == MIGRATIONS

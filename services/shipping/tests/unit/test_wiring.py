@@ -26,7 +26,9 @@ def test_the_routing_table_names_each_reaction() -> None:
 
 
 def test_bootstrap_wires_the_routing_table_the_dispatcher_and_the_migrations() -> None:
-    definition = bootstrap(Settings(database_url="postgresql://nowhere/shipping"))
+    definition = bootstrap(
+        Settings(database_url="postgresql://nowhere/shipping", admin_token="unit-test-token")
+    )
     assert definition.router is router
     assert definition.new_uow is PostgresShippingUnitOfWork
     assert definition.migrations == MIGRATIONS

@@ -12,18 +12,20 @@ from uuid import UUID
 from pydantic import Field
 
 from shared.contracts import Payload, integration_event
+from shared.text import Text
 
 
+# Request bodies are made of these two, so their text refuses control characters (Text).
 class OrderLine(Payload):
-    sku: str = Field(min_length=1, max_length=64)
+    sku: Text = Field(min_length=1, max_length=64)
     quantity: int = Field(gt=0, le=10_000)
 
 
 class Address(Payload):
-    line1: str = Field(min_length=1, max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    postal_code: str = Field(min_length=1, max_length=20)
-    country: str = Field(min_length=2, max_length=2, pattern="^[A-Z]{2}$")
+    line1: Text = Field(min_length=1, max_length=200)
+    city: Text = Field(min_length=1, max_length=100)
+    postal_code: Text = Field(min_length=1, max_length=20)
+    country: Text = Field(min_length=2, max_length=2, pattern="^[A-Z]{2}$")
 
 
 # --- topic "orders": source order, aggregate order ---------------------------------------

@@ -54,6 +54,7 @@ async def when_order_rejected_record_it(event: OrderRejected, uow: PostgresUnitO
 
 class WorkerSettings(ServiceSettings):
     http_port: int = 0
+    admin_token: str = "unused: the worker serves no admin API"
     write_interval_seconds: float = 0.0
 
 

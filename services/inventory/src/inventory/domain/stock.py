@@ -21,6 +21,16 @@ from shared.contracts.catalog import (
 )
 from shared.domain import Aggregate, DomainError
 
+# The most units a SKU may ever hold in all: available + reserved + shipped. The flow only
+# moves units between the three, so only a restock can add to the total, and refusing one
+# past this keeps every counter in range forever: far inside the 64-bit columns, and exact
+# as a JSON number (2^53) for any client.
+MAX_STOCK_UNITS = 10**15
+
+
+class StockOverflowError(DomainError):
+    """A restock that would put a SKU's total over :data:`MAX_STOCK_UNITS`."""
+
 
 class Stock(Aggregate):
     def __init__(self, sku: str, available: int = 0, reserved: int = 0, shipped: int = 0) -> None:
@@ -34,6 +44,11 @@ class Stock(Aggregate):
         """Set the quantity on hand that is free to reserve (reservations are untouched)."""
         if available < 0:
             raise DomainError("available stock cannot be negative")
+        if available + self.reserved + self.shipped > MAX_STOCK_UNITS:
+            raise StockOverflowError(
+                f"{self.sku}: available {available} + reserved {self.reserved} + shipped"
+                f" {self.shipped} would exceed the most a SKU can hold, {MAX_STOCK_UNITS}"
+            )
         self.available = available
         self._changed()
 
