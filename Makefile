@@ -52,7 +52,7 @@ test-e2e: deps
 	@$(PY) -m infra start --infra-only
 	@$(PY) -m pytest -q -m e2e tests
 
-pitfalls: deps ## each delivery fault with its protection on, then off (pitfall mode): see README
+pitfalls: deps ## each delivery fault with its protection on, then off (pitfall mode): see docs/pitfalls.md
 	@$(PY) -m infra start --infra-only
 	@$(PY) -m pytest -v tests/faults
 
