@@ -35,6 +35,14 @@ class CorrelationIdSpanProcessor(SpanProcessor):
 
 
 def setup_tracing(settings: ServiceSettings) -> TracerProvider:
+    provider = new_tracer_provider(settings)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def new_tracer_provider(settings: ServiceSettings) -> TracerProvider:
+    """Every trace sampled unless ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` say
+    otherwise (the SDK reads them); exported to Jaeger unless ``OTEL_SDK_DISABLED``."""
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"{settings.service_name}-service"})
     )
@@ -44,7 +52,6 @@ def setup_tracing(settings: ServiceSettings) -> TracerProvider:
         provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=5))
         )
-    trace.set_tracer_provider(provider)
     return provider
 
 
