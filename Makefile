@@ -10,7 +10,7 @@ UV := $(BOOTSTRAP)/bin/uv
 PY := .venv/bin/python
 UV_VERSION := 0.13.8
 
-.PHONY: help deps run start stop status test test-unit test-integration test-e2e pitfalls lint typecheck fmt docs up down bench clean
+.PHONY: help deps run start stop status test test-unit test-integration test-e2e pitfalls lint typecheck schema-check schemas fmt docs up down bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -35,7 +35,7 @@ stop: deps ## stop everything `make start` started
 status: deps ## what is running, with pids and ports
 	@$(PY) -m infra status
 
-test: deps lint typecheck ## every tier; starts the real Postgres, Kafka and Jaeger it needs
+test: deps lint typecheck schema-check ## every tier; starts the real Postgres, Kafka and Jaeger it needs
 	@$(PY) -m infra install-browser
 	@$(PY) -m infra start --infra-only
 	@$(PY) -m pytest -q shared/tests services tests
@@ -67,6 +67,12 @@ fmt: deps
 typecheck: deps ## mypy --strict
 	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools bench
 	@$(PY) -m mypy shared/tests services/order/tests services/inventory/tests services/shipping/tests tests
+
+schema-check: deps ## the schema gate: the event models against the committed JSON Schemas
+	@$(PY) -m tools.schemas --check
+
+schemas: deps ## write the JSON Schema of every event version into shared/schemas
+	@$(PY) -m tools.schemas
 
 docs: deps ## regenerate the tables in docs/ from the code (python -m tools.docs)
 	@$(PY) -m tools.docs

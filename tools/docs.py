@@ -25,7 +25,7 @@ from inventory.handlers import router as inventory_router
 from inventory.settings import Settings as InventorySettings
 from order.handlers import router as order_router
 from order.settings import Settings as OrderSettings
-from shared.contracts import EventSpec, registered
+from shared.contracts import EventSpec, compatibility_of, current_events, registered
 from shared.routing import Router
 from shared.settings import ServiceSettings
 from shipping.handlers import router as shipping_router
@@ -83,6 +83,53 @@ def event_catalog() -> str:
         "payload",
     ]
     return table(header, rows)
+
+
+def catalog_page() -> str:
+    """docs/catalog.md: each event version with its topic, key, producer, consumers, rule,
+    committed schema and every field with its type and description."""
+    sections = []
+    for spec in registered():
+        path = f"../shared/schemas/{spec.event_type}/v{spec.schema_version}.json"
+        facts = (
+            f"topic `{spec.topic}` ({compatibility_of(spec.topic)}), key: the "
+            f"`{spec.aggregate_type}` id, producer {producer_of(spec.topic)}, consumers "
+            f"{', '.join(consumers_of(spec)) or 'none yet'}; schema [{path.removeprefix('../')}]"
+            f"({path})"
+        )
+        rows = [
+            [
+                f"`{name}`",
+                f"`{type_name(field.annotation)}`",
+                "yes" if field.is_required() else f"no (default `{field.get_default()!r}`)",
+                field.description or "",
+            ]
+            for name, field in spec.model.model_fields.items()
+        ]
+        sections.append(
+            f"### {spec.event_type} v{spec.schema_version}\n\n{facts}\n\n"
+            + table(["field", "type", "required", "meaning"], rows)
+        )
+    return "\n\n".join(sections)
+
+
+def event_summary() -> str:
+    """The README's table: the current version of each event and who reads it."""
+    rows = [
+        [
+            f"[`{spec.event_type}`](docs/catalog.md#{anchor_of(spec)})",
+            str(spec.schema_version),
+            f"`{spec.topic}`",
+            producer_of(spec.topic),
+            ", ".join(consumers_of(spec)) or "none yet",
+        ]
+        for spec in current_events()
+    ]
+    return table(["event", "current version", "topic", "producer", "consumers"], rows)
+
+
+def anchor_of(spec: EventSpec) -> str:
+    return f"{spec.event_type.lower()}-v{spec.schema_version}"
 
 
 def value_types() -> str:
@@ -173,6 +220,8 @@ def configuration() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "events": event_catalog,
+    "catalog": catalog_page,
+    "event-summary": event_summary,
     "value-types": value_types,
     "routing": routing_tables,
     "topics": topic_list,
@@ -257,7 +306,7 @@ def regenerate(text: str) -> str:
 
 
 def documents() -> list[Path]:
-    return sorted(DOCS.glob("*.md"))
+    return [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 def stale_files() -> list[Path]:

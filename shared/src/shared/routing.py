@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from shared.contracts import Payload, spec_of
+from shared.contracts import Payload, current, spec_of
 from shared.uow import UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
@@ -38,6 +38,13 @@ class Router(Generic[U]):
 
     def subscriber(self, event: type[P]) -> Callable[[Handler[P, U]], Handler[P, U]]:
         spec = spec_of(event)
+        if current(spec.event_type) is not spec:
+            # decode_payload upcasts every version to the current model: that is what
+            # the handler receives, so that is what it must be declared for.
+            raise ValueError(
+                f"{event.__name__} is {spec.event_type} v{spec.schema_version}; handlers "
+                f"take the current version, v{current(spec.event_type).schema_version}"
+            )
 
         def register(handler: Handler[P, U]) -> Handler[P, U]:
             if spec.event_type in self._subscriptions:

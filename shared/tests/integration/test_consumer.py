@@ -4,6 +4,7 @@ poison messages, offsets, and the pitfall modes that switch the protections off.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from uuid import uuid4
 
@@ -117,17 +118,27 @@ async def test_a_poison_message_is_dead_lettered_and_its_partition_keeps_flowing
 ) -> None:
     key = unique("order")
     e1, e2 = stream(key, 2)
-    bad_version = e2.model_copy(update={"schema_version": 7, "event_id": uuid4()})
+    wrong_envelope = json.dumps({"event_type": "OrderRejected", "payload": {}}).encode()
+    # v7, from a producer ahead of us, that does not read as the v1 this consumer knows
+    bad_version = e2.model_copy(
+        update={"schema_version": 7, "event_id": uuid4(), "payload": {"order_id": key}}
+    )
+    bad_payload = e2.model_copy(update={"event_id": uuid4(), "payload": {"reason": "r"}})
     dlq_since = await end_offsets(running.dlq_topic)
-    await produce(key, [b"{not json", bad_version.to_bytes(), e1.to_bytes(), e2.to_bytes()])
+    poison = [b"{not json", wrong_envelope, bad_version.to_bytes(), bad_payload.to_bytes()]
+    await produce(key, [*poison, e1.to_bytes(), e2.to_bytes()])
     await eventually(lambda: applied(pool), lambda rows: rows == ["r1", "r2"])
 
     letters = await pool.fetch('SELECT * FROM dead_letters ORDER BY "offset"')
-    assert [row["attempts"] for row in letters] == [1, 1]
-    assert "not a valid envelope" in letters[0]["error"]
-    assert "schema_version=7" in letters[1]["error"]
+    assert [row["attempts"] for row in letters] == [1, 1, 1, 1]
+    assert "Invalid JSON" in letters[0]["error"]
+    assert "not a valid envelope" in letters[1]["error"]
+    assert "event_id" in letters[1]["error"]
+    assert "OrderRejected v7 is newer than v1 and does not read as it" in letters[2]["error"]
+    assert "OrderRejected v1" in letters[3]["error"]
+    assert "order_id" in letters[3]["error"]
 
-    records = await read_records(running.dlq_topic, dlq_since, lambda rs: len(rs) >= 2)
+    records = await read_records(running.dlq_topic, dlq_since, lambda rs: len(rs) >= 4)
     headers = {k: v.decode() for k, v in records[0].headers}  # type: ignore[attr-defined]
     assert records[0].key.decode() == key  # type: ignore[attr-defined]
     assert records[0].value == b"{not json"  # type: ignore[attr-defined]

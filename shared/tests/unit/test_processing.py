@@ -128,8 +128,9 @@ async def test_events_without_a_handler_still_advance_their_stream() -> None:
 
 async def test_a_handled_event_with_an_unknown_version_is_permanent_and_writes_nothing() -> None:
     state = InMemoryState()
-    bad = stream_of(1)[0].model_copy(update={"schema_version": 99})
-    with pytest.raises(PermanentError, match="schema_version=99"):
+    e1 = stream_of(1)[0]  # a version from a producer ahead of us, that v1 cannot read
+    bad = e1.model_copy(update={"schema_version": 99, "payload": {"order_id": str(uuid4())}})
+    with pytest.raises(PermanentError, match="OrderRejected v99 is newer than v1"):
         await processor(state).process(Delivery(bad))
     assert state.inbox.processed == set()
 
@@ -274,7 +275,7 @@ async def test_a_batch_with_one_failing_event_commits_none_of_them() -> None:
 async def test_a_poison_payload_fails_a_batch_before_anything_is_written() -> None:
     state = InMemoryState()
     e1, e2 = stream_of(2)
-    bad = e2.model_copy(update={"schema_version": 99})
-    with pytest.raises(PermanentError, match="schema_version=99"):
+    bad = e2.model_copy(update={"payload": {"order_id": "not a uuid", "reason": "r"}})
+    with pytest.raises(PermanentError, match="OrderRejected v1"):
         await processor(state).process_batch([Delivery(e1), Delivery(bad)])
     assert applied(state) == []

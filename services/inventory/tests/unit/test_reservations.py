@@ -11,12 +11,15 @@ from inventory.handlers import (
     when_shipment_dispatched_ship_stock,
 )
 from inventory.testing import FakeInventoryUnitOfWork
+from shared.contracts import spec_of
 from shared.contracts.catalog import (
     Address,
+    InventoryRejected,
     OrderCancelled,
     OrderLine,
     OrderPlaced,
     ShipmentDispatched,
+    Shortfall,
 )
 from shared.domain import DomainError
 from shared.testing.fakes import InMemoryState
@@ -49,6 +52,19 @@ def test_a_reservation_takes_nothing_when_one_line_is_short() -> None:
 def test_an_unknown_sku_rejects_the_reservation() -> None:
     reservation = Reservation.reserve(uuid4(), lines(Z=1), {})
     assert reservation.status is ReservationStatus.REJECTED
+
+
+def test_a_rejection_lists_each_short_line_as_a_v2_shortfall() -> None:
+    stock = {"A": Stock("A", available=5), "B": Stock("B", available=1)}
+    reservation = Reservation.reserve(uuid4(), lines(A=2, B=2, Z=1), stock)
+    [event] = reservation.events
+    assert isinstance(event, InventoryRejected)
+    assert spec_of(event).schema_version == 2
+    assert event.shortfalls == (
+        Shortfall(sku="B", wanted=2, available=1),
+        Shortfall(sku="Z", wanted=1, available=None),
+    )
+    assert event.reason == "B: 2 wanted, 1 available; unknown SKU Z"
 
 
 def test_stock_cannot_be_released_or_shipped_beyond_what_is_reserved() -> None:

@@ -49,7 +49,19 @@ async def when_inventory_rejected_reject_order(
     event: InventoryRejected, uow: OrderUnitOfWork
 ) -> None:
     order = await _load(uow, event.order_id)
-    order.reject(event.reason, _now())
+    order.reject(_rejection_reason(event), _now())
+
+
+def _rejection_reason(event: InventoryRejected) -> str:
+    """For the customer: the SKUs short, from the structured shortfalls when inventory sent
+    them (v2); else inventory's own text (a v1 event, upcast with no shortfalls)."""
+    if not event.shortfalls:
+        return event.reason
+    short = ", ".join(
+        f"{s.sku} (unknown)" if s.available is None else f"{s.sku} ({s.available} of {s.wanted})"
+        for s in event.shortfalls
+    )
+    return f"not enough stock: {short}"
 
 
 @router.subscriber(ShipmentDispatched)

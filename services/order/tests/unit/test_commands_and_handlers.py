@@ -8,14 +8,18 @@ from order.commands import IdempotencyConflictError, PlaceOrder, UnknownSkuError
 from order.domain.order import OrderStatus
 from order.handlers import (
     UnknownOrderError,
+    when_inventory_rejected_reject_order,
     when_inventory_reserved_confirm_order,
     when_stock_level_changed_update_catalog,
 )
 from order.testing import FakeOrderUnitOfWork
+from shared.contracts import decode_payload
 from shared.contracts.catalog import (
     Address,
+    InventoryRejected,
     InventoryReserved,
     OrderLine,
+    Shortfall,
     StockLevelChanged,
 )
 from shared.correlation import NoCorrelationError, correlated, correlation_id_var
@@ -127,6 +131,35 @@ async def test_a_reservation_confirms_the_order_and_records_order_confirmed() ->
         ("OrderPlaced", 1),
         ("OrderConfirmed", 2),
     ]
+
+
+async def rejected_reason(rejection: InventoryRejected) -> str:
+    """The reason of the OrderRejected that order records for ``rejection``."""
+    state = InMemoryState()
+    await known(state, "SKU-1")
+    async with uow(state) as u:
+        order = await place_order(command(), u)
+    async with uow(state) as u:
+        await when_inventory_rejected_reject_order(
+            rejection.model_copy(update={"order_id": order.order_id}), u
+        )
+        await u.commit()
+    assert state.tables["orders"][order.order_id].order.status is OrderStatus.REJECTED
+    reason: str = state.outbox.envelopes[-1].payload["reason"]
+    return reason
+
+
+async def test_a_v2_rejection_names_the_short_skus_from_its_shortfalls() -> None:
+    shortfalls = (Shortfall(sku="SKU-1", wanted=2, available=1), Shortfall(sku="X", wanted=1))
+    rejection = InventoryRejected(order_id=uuid4(), reason="text", shortfalls=shortfalls)
+    assert await rejected_reason(rejection) == "not enough stock: SKU-1 (1 of 2), X (unknown)"
+
+
+async def test_a_v1_rejection_upcast_without_shortfalls_keeps_inventory_s_reason() -> None:
+    raw_v1 = {"order_id": str(uuid4()), "reason": "SKU-1: 2 wanted, 1 available"}
+    rejection = decode_payload("InventoryRejected", 1, raw_v1)
+    assert isinstance(rejection, InventoryRejected)
+    assert await rejected_reason(rejection) == "SKU-1: 2 wanted, 1 available"
 
 
 async def test_a_reservation_for_an_unknown_order_is_a_permanent_error() -> None:

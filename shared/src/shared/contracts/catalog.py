@@ -1,7 +1,11 @@
 """Every integration event of the suite, grouped by the topic it travels on.
 
 Topics ``orders``, ``inventory`` and ``shipping`` are keyed by order id; ``stock`` by SKU.
-Adding a field is compatible; renaming, removing or retyping one needs a new version.
+Every topic is FULL_TRANSITIVE (see :class:`shared.contracts.Compatibility`): a new field is
+optional with a default; a field is never removed, renamed, retyped or narrowed. A breaking
+change is a new event type. Each version is committed as a JSON Schema in ``shared/schemas``
+(``make schemas``) and ``make schema-check`` holds the models to it. An older version keeps
+its model here, named ``...V<n>``, next to the upcaster that turns it into the next one.
 """
 
 from __future__ import annotations
@@ -11,21 +15,33 @@ from uuid import UUID
 
 from pydantic import Field
 
-from shared.contracts import Payload, integration_event
+from shared.contracts import Payload, integration_event, upcaster
 from shared.text import Text
+
+ORDER_ID = "The order's id; also the record key on this topic."
 
 
 # Request bodies are made of these two, so their text refuses control characters (Text).
 class OrderLine(Payload):
-    sku: Text = Field(min_length=1, max_length=64)
-    quantity: int = Field(gt=0, le=10_000)
+    sku: Text = Field(min_length=1, max_length=64, description="The stock-keeping unit.")
+    quantity: int = Field(gt=0, le=10_000, description="Units of the SKU, 1 to 10 000.")
 
 
 class Address(Payload):
-    line1: Text = Field(min_length=1, max_length=200)
-    city: Text = Field(min_length=1, max_length=100)
-    postal_code: Text = Field(min_length=1, max_length=20)
-    country: Text = Field(min_length=2, max_length=2, pattern="^[A-Z]{2}$")
+    line1: Text = Field(min_length=1, max_length=200, description="Street and number.")
+    city: Text = Field(min_length=1, max_length=100, description="City.")
+    postal_code: Text = Field(min_length=1, max_length=20, description="Postal code.")
+    country: Text = Field(
+        min_length=2, max_length=2, pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2."
+    )
+
+
+class Shortfall(Payload):
+    sku: str = Field(description="An SKU of the order that could not be reserved.")
+    wanted: int = Field(description="Units the order asked for.")
+    available: int | None = Field(
+        default=None, description="Units available then; null when inventory does not know it."
+    )
 
 
 # --- topic "orders": source order, aggregate order ---------------------------------------
@@ -33,39 +49,39 @@ class Address(Payload):
 
 @integration_event(topic="orders", aggregate_type="order")
 class OrderPlaced(Payload):
-    order_id: UUID
-    customer_id: str
-    items: tuple[OrderLine, ...]
-    shipping_address: Address
+    order_id: UUID = Field(description=ORDER_ID)
+    customer_id: str = Field(description="Who placed the order.")
+    items: tuple[OrderLine, ...] = Field(description="The lines to reserve, in order.")
+    shipping_address: Address = Field(description="Where to ship, as placed.")
 
 
 @integration_event(topic="orders", aggregate_type="order")
 class OrderConfirmed(Payload):
-    order_id: UUID
-    items: tuple[OrderLine, ...]
-    shipping_address: Address
+    order_id: UUID = Field(description=ORDER_ID)
+    items: tuple[OrderLine, ...] = Field(description="The lines reserved.")
+    shipping_address: Address = Field(description="Where to ship.")
 
 
 @integration_event(topic="orders", aggregate_type="order")
 class OrderRejected(Payload):
-    order_id: UUID
-    reason: str
+    order_id: UUID = Field(description=ORDER_ID)
+    reason: str = Field(description="Why, for people.")
 
 
 @integration_event(topic="orders", aggregate_type="order")
 class OrderCancellationRequested(Payload):
-    order_id: UUID
+    order_id: UUID = Field(description=ORDER_ID)
 
 
 @integration_event(topic="orders", aggregate_type="order")
 class OrderCancelled(Payload):
-    order_id: UUID
-    reason: str
+    order_id: UUID = Field(description=ORDER_ID)
+    reason: str = Field(description="Why, for people.")
 
 
 @integration_event(topic="orders", aggregate_type="order")
 class OrderShipped(Payload):
-    order_id: UUID
+    order_id: UUID = Field(description=ORDER_ID)
 
 
 # --- topic "inventory": source inventory, aggregate reservation (id = order id) -------------
@@ -73,24 +89,41 @@ class OrderShipped(Payload):
 
 @integration_event(topic="inventory", aggregate_type="reservation")
 class InventoryReserved(Payload):
-    order_id: UUID
-    items: tuple[OrderLine, ...]
+    order_id: UUID = Field(description=ORDER_ID)
+    items: tuple[OrderLine, ...] = Field(description="The lines reserved.")
 
 
-@integration_event(topic="inventory", aggregate_type="reservation")
+@integration_event(topic="inventory", aggregate_type="reservation", name="InventoryRejected")
+class InventoryRejectedV1(Payload):
+    order_id: UUID = Field(description=ORDER_ID)
+    reason: str = Field(description="Why, for people: every shortfall, joined by '; '.")
+
+
+@integration_event(topic="inventory", aggregate_type="reservation", version=2)
 class InventoryRejected(Payload):
-    order_id: UUID
-    reason: str
+    """v2 adds ``shortfalls``, optional: a v1 reader ignores it, a v2 reader of a v1 event
+    gets none and keeps to ``reason``."""
+
+    order_id: UUID = Field(description=ORDER_ID)
+    reason: str = Field(description="Why, for people: every shortfall, joined by '; '.")
+    shortfalls: tuple[Shortfall, ...] = Field(
+        default=(), description="Since v2: each line that could not be reserved; empty in v1."
+    )
+
+
+@upcaster
+def inventory_rejected_v1_to_v2(old: InventoryRejectedV1) -> InventoryRejected:
+    return InventoryRejected(order_id=old.order_id, reason=old.reason)
 
 
 @integration_event(topic="inventory", aggregate_type="reservation")
 class InventoryReleased(Payload):
-    order_id: UUID
+    order_id: UUID = Field(description=ORDER_ID)
 
 
 @integration_event(topic="inventory", aggregate_type="reservation")
 class InventoryShipped(Payload):
-    order_id: UUID
+    order_id: UUID = Field(description=ORDER_ID)
 
 
 # --- topic "stock": source inventory, aggregate stock (id = SKU) ----------------------------
@@ -98,10 +131,10 @@ class InventoryShipped(Payload):
 
 @integration_event(topic="stock", aggregate_type="stock")
 class StockLevelChanged(Payload):
-    sku: str
-    available: int
-    reserved: int
-    shipped: int
+    sku: str = Field(description="The SKU; also the record key on this topic.")
+    available: int = Field(description="Units free to reserve.")
+    reserved: int = Field(description="Units held by reservations.")
+    shipped: int = Field(description="Units shipped so far.")
 
 
 # --- topic "shipping": source shipping, aggregate shipment (id = order id) -------------------
@@ -109,18 +142,18 @@ class StockLevelChanged(Payload):
 
 @integration_event(topic="shipping", aggregate_type="shipment")
 class ShipmentScheduled(Payload):
-    order_id: UUID
-    shipment_id: UUID
-    dispatch_at: datetime
+    order_id: UUID = Field(description=ORDER_ID)
+    shipment_id: UUID = Field(description="The shipment's own id.")
+    dispatch_at: datetime = Field(description="When the dispatcher will send it (UTC).")
 
 
 @integration_event(topic="shipping", aggregate_type="shipment")
 class ShipmentDispatched(Payload):
-    order_id: UUID
-    shipment_id: UUID
+    order_id: UUID = Field(description=ORDER_ID)
+    shipment_id: UUID = Field(description="The shipment's own id.")
 
 
 @integration_event(topic="shipping", aggregate_type="shipment")
 class ShipmentCancelled(Payload):
-    order_id: UUID
-    shipment_id: UUID
+    order_id: UUID = Field(description=ORDER_ID)
+    shipment_id: UUID = Field(description="The shipment's own id.")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from shared.contracts import Payload, lookup
+from shared.contracts import Payload, current
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
@@ -174,5 +174,5 @@ class InMemoryDelivery(Generic[U]):
             if isinstance(event, Envelope)
             else self.envelope(event, source=source, aggregate_id=key)
         )
-        topic = lookup(envelope.event_type, envelope.schema_version).topic
+        topic = current(envelope.event_type).topic
         return await self._processor.process(Delivery(envelope, topic))

@@ -17,6 +17,7 @@ from shared.contracts.catalog import (
     InventoryReserved,
     InventoryShipped,
     OrderLine,
+    Shortfall,
     StockLevelChanged,
 )
 from shared.domain import Aggregate, DomainError
@@ -110,15 +111,17 @@ class Reservation(Aggregate):
         shortfalls = []
         for line in items:
             found = stock.get(line.sku)
-            if found is None:
-                shortfalls.append(f"unknown SKU {line.sku}")
-            elif found.available < line.quantity:
+            if found is None or found.available < line.quantity:
+                available = None if found is None else found.available
                 shortfalls.append(
-                    f"{line.sku}: {line.quantity} wanted, {found.available} available"
+                    Shortfall(sku=line.sku, wanted=line.quantity, available=available)
                 )
         if shortfalls:
             rejected = cls(order_id, items, ReservationStatus.REJECTED)
-            rejected.record(InventoryRejected(order_id=order_id, reason="; ".join(shortfalls)))
+            reason = "; ".join(map(_described, shortfalls))
+            rejected.record(
+                InventoryRejected(order_id=order_id, reason=reason, shortfalls=tuple(shortfalls))
+            )
             return rejected
         for line in items:
             stock[line.sku].reserve(line.quantity)
@@ -144,3 +147,9 @@ class Reservation(Aggregate):
             self.record(InventoryShipped(order_id=self.order_id))
         elif self.status is not ReservationStatus.SHIPPED:
             raise DomainError(f"order {self.order_id} shipped with reservation {self.status}")
+
+
+def _described(shortfall: Shortfall) -> str:
+    if shortfall.available is None:
+        return f"unknown SKU {shortfall.sku}"
+    return f"{shortfall.sku}: {shortfall.wanted} wanted, {shortfall.available} available"
