@@ -33,6 +33,10 @@ SHIPPED_STEPS: dict[str, tuple[str, str]] = {
         "e2bca351204446fb219954c87fee59688806efe22da7663c28b30856256aecfa",
         "f9d55a75e4b6e8b59e1f6af3d0502b5c82e1f3306cfcbc22059ac3c37e7ed49a",
     ),
+    "0002_sequence_retention": (
+        "b0196de73c64f87d20f77e3bcc8060399ce8ca18aa39addea2b48f5854aa658e",
+        "b48e77f86b99d039f181d1f7c62e927992bbed14467b0df6c4f1157da980d0a2",
+    ),
 }
 
 # (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
@@ -52,6 +56,18 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("shipping", "0002"): (
         "8838498fd2f4744e7af684560897d9a2cbcfcb436ddd1b26c354a81403f543aa",
         "8d1c6a8cf89368b8b00309ded0b6dbd828b94e1b655395884ed18b45ae8977f7",
+    ),
+    ("order", "sequence_retention"): (
+        "4526aca941aff411d3802a31f376d43564151259c94e4f5c9e2fd792b6b34f0d",
+        "f7b82c32e3cf61af1660a066a7fe0b29162fc6bb9b0c3123334c7e95b3e52f10",
+    ),
+    ("inventory", "sequence_retention"): (
+        "4526aca941aff411d3802a31f376d43564151259c94e4f5c9e2fd792b6b34f0d",
+        "f7b82c32e3cf61af1660a066a7fe0b29162fc6bb9b0c3123334c7e95b3e52f10",
+    ),
+    ("shipping", "sequence_retention"): (
+        "4526aca941aff411d3802a31f376d43564151259c94e4f5c9e2fd792b6b34f0d",
+        "f7b82c32e3cf61af1660a066a7fe0b29162fc6bb9b0c3123334c7e95b3e52f10",
     ),
 }
 

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 from shared.machinery_migrations._step import Step
 from shared.machinery_migrations.step_0001_initial import MACHINERY_0001
+from shared.machinery_migrations.step_0002_sequence_retention import (
+    MACHINERY_SEQUENCE_RETENTION,
+)
 
 # Every step, oldest first: a new database (see ``shared.testing.infra.create_database``)
 # applies them in this order, as each service's revision chain does.
-STEPS: tuple[Step, ...] = (MACHINERY_0001,)
+STEPS: tuple[Step, ...] = (MACHINERY_0001, MACHINERY_SEQUENCE_RETENTION)
 
-__all__ = ["MACHINERY_0001", "STEPS", "Step"]
+__all__ = ["MACHINERY_0001", "MACHINERY_SEQUENCE_RETENTION", "STEPS", "Step"]
