@@ -43,7 +43,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from shared.db import TRANSIENT_DATABASE_ERRORS
 from shared.deadletter import DeadLetter, DeadLetterSink
 from shared.envelope import MalformedEnvelopeError, parse_envelope
-from shared.kafka import decode_headers, new_consumer
+from shared.kafka import decode_headers, new_consumer, stop_consumer_within
 from shared.metrics import CONSUMER_LAG, EVENTS_CONSUMED
 from shared.middleware import compose, measured, traced
 from shared.processing import (
@@ -57,6 +57,9 @@ from shared.routing import U
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+# The longest the final offset commit, then leaving the group, may take at shutdown.
+SHUTDOWN_STEP_SECONDS = 1.0
 
 
 class _AbandonedError(Exception):
@@ -128,14 +131,18 @@ class ConsumerRunner(Generic[U]):
             task.cancel()
         await asyncio.gather(*self._working.values(), return_exceptions=True)
         self._working.clear()
+        # Bounded: a broker that does not answer must not hold up shutdown. What is not
+        # committed is redelivered and dropped as duplicates.
+        committing = asyncio.ensure_future(self._commit(consumer))
         try:
-            await asyncio.shield(self._commit(consumer))
+            await asyncio.wait_for(asyncio.shield(committing), SHUTDOWN_STEP_SECONDS)
         except Exception as exc:  # a dead broker; the records will be redelivered
-            log.warning("final offset commit failed: %s", exc)
+            committing.cancel()
+            log.warning("final offset commit failed: %r", exc)
         finally:
             self._consumer = None
             self._done.clear()
-            await consumer.stop()
+            await stop_consumer_within(consumer, SHUTDOWN_STEP_SECONDS)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         limit = self._settings.consumer_max_poll_records

@@ -8,7 +8,8 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.conn import CloseReason
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from shared.outbox import OutgoingMessage
 from shared.settings import ServiceSettings
@@ -17,12 +18,69 @@ log = logging.getLogger(__name__)
 
 
 PUBLISH_TIMEOUT = 30.0
+# How long stopping a producer may wait for the broker to acknowledge what it still holds,
+# before abandoning it; and how long starting one may wait for the broker.
+STOP_GRACE_SECONDS = 1.0
+START_TIMEOUT = 15.0
 
 
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
     """aiokafka keeps a dead sender task's error and raises it on every later send."""
     task = getattr(getattr(producer, "_sender", None), "sender_task", None)
     return task is None or not task.done()
+
+
+async def _finished(task: asyncio.Future[None], timeout: float) -> bool:
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done and not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("stopping the Kafka producer: %r", exc)
+    return bool(done)
+
+
+async def stop_abandoning(producer: AIOKafkaProducer) -> None:
+    """Stop ``producer`` within a few seconds, whatever the broker does.
+
+    ``AIOKafkaProducer.stop()`` flushes first, and with idempotence on the sender retries a
+    batch until the broker answers, however long an outage lasts. What is still unacknowledged
+    after ``STOP_GRACE_SECONDS`` is abandoned instead: its sends fail, so its outbox rows stay
+    and a new producer sends them again (consumers drop any duplicate)."""
+    stopping = asyncio.ensure_future(producer.stop())
+    try:
+        if await _finished(stopping, STOP_GRACE_SECONDS):
+            return
+        log.warning("abandoning the Kafka producer's unacknowledged records")
+        # aiokafka has no public way to give up: fail the batches it holds, and close its
+        # connections, which fails the requests in flight that the sender would await.
+        producer._message_accumulator.fail_all(KafkaConnectionError("producer abandoned"))
+        for conn in list(producer.client._conns.values()):
+            conn.close(reason=CloseReason.SHUTDOWN)
+        if not await _finished(stopping, STOP_GRACE_SECONDS):
+            stopping.cancel()
+            log.warning("gave up waiting for the Kafka producer to stop")
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+
+
+async def stop_consumer_within(consumer: AIOKafkaConsumer, timeout: float) -> None:
+    """Stop ``consumer``, leaving its group if the broker answers within ``timeout``; past
+    that, its connections are closed without a goodbye (the group coordinator expels the
+    member after its session timeout, and its partitions are redelivered from the last
+    committed offsets, which is what an unclean exit does anyway)."""
+    stopping = asyncio.ensure_future(consumer.stop())
+    try:
+        if await _finished(stopping, timeout):
+            return
+        log.warning(
+            "the Kafka consumer did not stop within %.0fs; closing its connections", timeout
+        )
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        for conn in list(consumer._client._conns.values()):
+            conn.close(reason=CloseReason.SHUTDOWN)
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
 
 
 def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
@@ -39,8 +97,13 @@ def decode_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[s
 
 class Producer:
     """A lazily started idempotent producer (``acks=all``, idempotence on: the broker drops
-    retried duplicates and keeps per-partition order). Starting retries until the broker
-    answers, so a service can boot while Kafka is still down."""
+    retried duplicates and keeps per-partition order). A failed start is retried by the next
+    call, so a service can boot while Kafka is still down.
+
+    Dropping a producer (a reset, or ``close``) returns within seconds even while the broker
+    is unreachable: it abandons what the old producer still holds (see
+    :func:`stop_abandoning`), and the lock that guards starting is never held while a
+    producer stops."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self._settings = settings
@@ -60,9 +123,9 @@ class Producer:
                     max_request_size=1024 * 1024,
                 )
                 try:
-                    await producer.start()
+                    await asyncio.wait_for(producer.start(), START_TIMEOUT)
                 except BaseException:
-                    await producer.stop()
+                    await stop_abandoning(producer)
                     raise
                 self._producer = producer
             return self._producer
@@ -78,20 +141,22 @@ class Producer:
             return
         producer = await self.get()
         try:
-            futures = [
-                await producer.send(
-                    m.topic,
-                    m.value,
-                    key=None if m.key is None else m.key.encode(),
-                    headers=encode_headers(m.headers),
-                )
-                for m in messages
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT)
+            # The sends are bounded too: one waits for the topic's metadata while none is known.
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                futures = [
+                    await producer.send(
+                        m.topic,
+                        m.value,
+                        key=None if m.key is None else m.key.encode(),
+                        headers=encode_headers(m.headers),
+                    )
+                    for m in messages
+                ]
+                await asyncio.gather(*futures)
         except (KafkaError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError) or not exc.retriable or not _sender_alive(producer):
                 log.warning("dropping the Kafka producer after %r", exc)
-                await self.close()
+                await self._drop(producer)
             raise
 
     async def ready(self, timeout: float = 2.0) -> bool:
@@ -104,9 +169,18 @@ class Producer:
 
     async def close(self) -> None:
         async with self._lock:
-            if self._producer is not None:
-                await self._producer.stop()
-                self._producer = None
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await stop_abandoning(producer)
+
+    async def _drop(self, producer: AIOKafkaProducer) -> None:
+        """Drop ``producer`` if it is still the current one (another caller may have replaced
+        it already); the next call starts a fresh one."""
+        async with self._lock:
+            if self._producer is not producer:
+                return
+            self._producer = None
+        await stop_abandoning(producer)
 
 
 def new_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:

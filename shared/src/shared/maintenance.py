@@ -10,6 +10,7 @@ import asyncpg
 from shared.deadletter import DeadLetter, DeadLetterSink
 from shared.metrics import DLQ_DEPTH, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PARKED_EVENTS
 from shared.postgres import PostgresInbox
+from shared.settings import ServiceSettings
 
 
 async def refresh_gauges(pool: asyncpg.Pool, service: str) -> None:
@@ -133,13 +134,129 @@ def _gap_letter(
     )
 
 
-async def purge_processed_events(pool: asyncpg.Pool, consumer: str, retention_hours: float) -> int:
+async def _delete_in_batches(
+    pool: asyncpg.Pool, delete: str, *args: object, batch_size: int
+) -> int:
+    """Run ``delete`` (whose last parameter is the batch size) until it deletes less than a
+    batch. Each statement is its own short transaction: locks, WAL and the time other work
+    waits stay bounded however much there is to purge. Returns how many rows went."""
+    total = 0
+    while True:
+        result: str = await pool.execute(delete, *args, batch_size)
+        deleted = int(result.rsplit(maxsplit=1)[-1])
+        total += deleted
+        if deleted < batch_size:
+            return total
+
+
+async def purge_processed_events(
+    pool: asyncpg.Pool, consumer: str, retention_hours: float, *, batch_size: int = 1000
+) -> int:
     """Delete dedup rows older than the topic retention: Kafka can no longer redeliver
     those events, so remembering them protects nothing. Returns how many were deleted."""
-    result: str = await pool.execute(
-        "DELETE FROM processed_events WHERE consumer = $1"
-        " AND processed_at < now() - make_interval(secs => $2)",
+    return await _delete_in_batches(
+        pool,
+        """
+        DELETE FROM processed_events WHERE consumer = $1 AND event_id IN (
+            SELECT event_id FROM processed_events
+            WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2)
+            LIMIT $3 FOR UPDATE SKIP LOCKED)
+        """,
         consumer,
         retention_hours * 3600.0,
+        batch_size=batch_size,
     )
-    return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def purge_consumer_sequences(
+    pool: asyncpg.Pool, consumer: str, idle_days: float, *, batch_size: int = 1000
+) -> int:
+    """Forget the position of streams no event of which can still arrive: idle for
+    ``idle_days`` (well past the topics' retention, so Kafka cannot redeliver one), nothing
+    parked for them and no dead letter of theirs waiting for a replay. A row the consumer
+    holds locked is skipped (it is not idle). Returns how many rows went."""
+    return await _delete_in_batches(
+        pool,
+        """
+        DELETE FROM consumer_sequences WHERE (consumer, source, aggregate_type, aggregate_id) IN (
+            SELECT s.consumer, s.source, s.aggregate_type, s.aggregate_id
+            FROM consumer_sequences s
+            WHERE s.consumer = $1 AND s.updated_at < now() - make_interval(secs => $2)
+              AND NOT EXISTS (
+                  SELECT 1 FROM parked_events p
+                  WHERE p.consumer = s.consumer AND p.source = s.source
+                    AND p.aggregate_type = s.aggregate_type AND p.aggregate_id = s.aggregate_id)
+              AND NOT EXISTS (
+                  SELECT 1 FROM dead_letters d
+                  WHERE d.consumer = s.consumer AND d.replayed_at IS NULL
+                    AND d.message_key = convert_to(s.aggregate_id, 'UTF8'))
+            LIMIT $3 FOR UPDATE OF s SKIP LOCKED)
+        """,
+        consumer,
+        idle_days * 86400.0,
+        batch_size=batch_size,
+    )
+
+
+async def purge_outbox_sequences(
+    pool: asyncpg.Pool, idle_days: float, *, batch_size: int = 1000
+) -> int:
+    """Forget the sequence of aggregates that published nothing for ``idle_days`` and have
+    nothing left in the outbox; the next event of one starts again at 1, which consumers
+    accept only because they forgot the stream first (``outbox_sequence_retention_days``
+    exceeds ``consumer_sequence_retention_days``). Returns how many rows went."""
+    return await _delete_in_batches(
+        pool,
+        """
+        DELETE FROM outbox_sequences WHERE (aggregate_type, aggregate_id) IN (
+            SELECT q.aggregate_type, q.aggregate_id FROM outbox_sequences q
+            WHERE q.updated_at < now() - make_interval(secs => $1)
+              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message_key = q.aggregate_id)
+            LIMIT $2 FOR UPDATE OF q SKIP LOCKED)
+        """,
+        idle_days * 86400.0,
+        batch_size=batch_size,
+    )
+
+
+async def purge_dead_letters(
+    pool: asyncpg.Pool, consumer: str, replayed_days: float, *, batch_size: int = 1000
+) -> int:
+    """Delete the index rows of dead letters replayed more than ``replayed_days`` ago (the
+    record stays on the dead-letter topic for its retention). Pending letters are kept,
+    however old. Returns how many rows went."""
+    return await _delete_in_batches(
+        pool,
+        """
+        DELETE FROM dead_letters WHERE id IN (
+            SELECT id FROM dead_letters
+            WHERE consumer = $1 AND replayed_at < now() - make_interval(secs => $2)
+            LIMIT $3 FOR UPDATE SKIP LOCKED)
+        """,
+        consumer,
+        replayed_days * 86400.0,
+        batch_size=batch_size,
+    )
+
+
+async def apply_retention(pool: asyncpg.Pool, settings: ServiceSettings) -> dict[str, int]:
+    """Every retention purge the settings turn on; how many rows each one deleted."""
+    consumer, batch = settings.service_name, settings.retention_batch_size
+    purged = {
+        "processed_events": await purge_processed_events(
+            pool, consumer, settings.dedup_retention_hours, batch_size=batch
+        )
+    }
+    if settings.consumer_sequence_retention_days:
+        purged["consumer_sequences"] = await purge_consumer_sequences(
+            pool, consumer, settings.consumer_sequence_retention_days, batch_size=batch
+        )
+    if settings.outbox_sequence_retention_days:
+        purged["outbox_sequences"] = await purge_outbox_sequences(
+            pool, settings.outbox_sequence_retention_days, batch_size=batch
+        )
+    if settings.dead_letter_retention_days:
+        purged["dead_letters"] = await purge_dead_letters(
+            pool, consumer, settings.dead_letter_retention_days, batch_size=batch
+        )
+    return purged

@@ -39,7 +39,7 @@ class PostgresOutbox(Outbox):
             INSERT INTO outbox_sequences (aggregate_type, aggregate_id, last_sequence)
             VALUES ($1, $2, 1)
             ON CONFLICT (aggregate_type, aggregate_id)
-            DO UPDATE SET last_sequence = outbox_sequences.last_sequence + 1
+            DO UPDATE SET last_sequence = outbox_sequences.last_sequence + 1, updated_at = now()
             RETURNING last_sequence
             """,
             aggregate_type,

@@ -4,9 +4,11 @@
   connection. Standby instances retry the lock every second; when the leader dies its
   session ends, the lock is freed and a standby takes over within seconds. A single leader
   keeps per-aggregate order without coordinating partitions between relays.
-- Rows are claimed in id order, published, and deleted only after the broker acknowledged
-  the whole batch, in the same transaction that claimed them. No "highest id seen" cursor:
-  a row whose transaction commits late is simply still in the table next time.
+- Rows are read in id order, published, and deleted only after the broker acknowledged
+  the whole batch. No "highest id seen" cursor: a row whose transaction commits late is
+  simply still in the table next time. The lease makes this relay the only one reading and
+  deleting rows, so no transaction (and no row lock) is held while the broker is waited
+  for: a broker outage holds back neither VACUUM nor anyone who touches the outbox.
 - Woken in-process right after a unit of work of this process commits outbox rows
   (``wake``), and otherwise polls adaptively: every ``relay_poll_min_seconds`` while rows keep
   coming, backing off to ``relay_poll_interval_seconds`` when idle, so rows committed by other
@@ -118,29 +120,33 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), idle_wait)
 
     async def publish_batch(self) -> int:
-        """Publish up to one batch; returns how many rows were published and deleted."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """
-                SELECT id, topic, message_key, value, headers, created_at FROM outbox
-                ORDER BY id LIMIT $1 FOR UPDATE
-                """,
-                self._settings.relay_batch_size,
-            )
-            if not rows:
-                return 0
-            started = time.perf_counter()
-            traced = [self._traced_message(row) for row in rows]
-            messages = [message for message, _ in traced]
-            try:
-                await self._producer.publish(messages)
-            finally:
-                for _, span in traced:
-                    span.end()
-            await failpoint("relay.after_publish")
-            await conn.execute(
-                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
-            )
+        """Publish up to one batch; returns how many rows were published and deleted.
+
+        Two short statements around the publish, no transaction across it: a broker that
+        does not answer holds no connection, row lock or snapshot for up to
+        ``PUBLISH_TIMEOUT``. Without the lease (tests) two callers may both publish a row:
+        a duplicate, which consumers drop."""
+        rows = await self._pool.fetch(
+            """
+            SELECT id, topic, message_key, value, headers, created_at FROM outbox
+            ORDER BY id LIMIT $1
+            """,
+            self._settings.relay_batch_size,
+        )
+        if not rows:
+            return 0
+        started = time.perf_counter()
+        traced = [self._traced_message(row) for row in rows]
+        messages = [message for message, _ in traced]
+        try:
+            await self._producer.publish(messages)
+        finally:
+            for _, span in traced:
+                span.end()
+        await failpoint("relay.after_publish")
+        await self._pool.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+        )
         RELAY_PUBLISH_SECONDS.labels(self._service).observe(time.perf_counter() - started)
         acked = datetime.now(UTC)
         to_ack = OUTBOX_TO_ACK_SECONDS.labels(self._service)

@@ -24,7 +24,7 @@ from shared.consumer import ConsumerRunner
 from shared.db import DATABASE_ERRORS, create_pool
 from shared.deadletter import DeadLetterSink
 from shared.kafka import Producer
-from shared.maintenance import expire_gaps, purge_processed_events, refresh_gauges
+from shared.maintenance import apply_retention, expire_gaps, refresh_gauges
 from shared.processing import EventProcessor, Protections
 from shared.relay import OutboxRelay
 from shared.routing import Router, U
@@ -158,8 +158,9 @@ class Runtime(Generic[U]):
         return {"database": database, "kafka": kafka}
 
     async def _maintain(self) -> None:
-        """Refresh the backlog gauges; dead-letter gaps that never filled; purge old dedup
-        rows (older than the topic retention, when a redelivery can no longer happen)."""
+        """Refresh the backlog gauges; dead-letter gaps that never filled; purge what no
+        longer protects anything (dedup rows, idle sequence rows, replayed dead letters: see
+        :func:`shared.maintenance.apply_retention`)."""
         last_purge = 0.0
         while True:
             try:
@@ -170,10 +171,10 @@ class Runtime(Generic[U]):
                     self.service,
                     self.settings.parked_gap_timeout_seconds,
                 )
-                if time.monotonic() - last_purge > 600:
-                    await purge_processed_events(
-                        self.pool, self.service, self.settings.dedup_retention_hours
-                    )
+                if time.monotonic() - last_purge > self.settings.retention_interval_seconds:
+                    purged = await apply_retention(self.pool, self.settings)
+                    if any(purged.values()):
+                        log.info("retention purged %s", purged)
                     last_purge = time.monotonic()
             except (*DATABASE_ERRORS, KafkaError) as exc:
                 log.warning("maintenance skipped: %s", exc)

@@ -6,7 +6,7 @@ reads the environment. Every field is one upper-case environment variable of the
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Tokens that read as "fill me in": a service started with one would guard its admin API with
@@ -104,7 +104,36 @@ class ServiceSettings(BaseSettings):
         60.0, description="how long a parked event waits for its gap to fill"
     )
     dedup_retention_hours: float = Field(
-        24.0 * 7, description="age after which dedup rows are purged"
+        24.0 * 7,
+        gt=0,
+        description="age after which dedup rows are purged (at least the topics' retention:"
+        " Kafka can no longer redeliver those events)",
+    )
+    consumer_sequence_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="a stream's consumer-side sequence row is purged once the stream has been"
+        " idle this long, with nothing parked and no pending dead letter for it (0: never);"
+        " keep it well past the topics' retention, see docs/operations.md",
+    )
+    outbox_sequence_retention_days: float = Field(
+        60.0,
+        ge=0,
+        description="an aggregate's outbox sequence row is purged once it has published nothing"
+        " this long (0: never); longer than consumer_sequence_retention_days, so consumers have"
+        " forgotten the stream before it restarts at sequence 1",
+    )
+    dead_letter_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="a replayed dead letter's row is purged this long after its replay (0:"
+        " never); pending ones are kept",
+    )
+    retention_batch_size: int = Field(
+        1000, ge=1, description="rows deleted per statement by the retention purges"
+    )
+    retention_interval_seconds: float = Field(
+        600.0, gt=0, description="how often the retention purges run"
     )
 
     # Pitfall modes: each switch turns one protection off, to show the pitfall happening.
@@ -134,6 +163,23 @@ class ServiceSettings(BaseSettings):
                 " (e.g. `openssl rand -hex 32`)"
             )
         return token
+
+    @model_validator(mode="after")
+    def _sequence_rows_outlive_what_can_still_arrive(self) -> ServiceSettings:
+        consumer = self.consumer_sequence_retention_days
+        outbox = self.outbox_sequence_retention_days
+        if consumer and consumer * 24 <= self.dedup_retention_hours:
+            raise ValueError(
+                "consumer_sequence_retention_days must exceed dedup_retention_hours (the topics'"
+                " retention): a redelivered event must still meet its stream's row"
+            )
+        if outbox and (not consumer or outbox <= consumer):
+            raise ValueError(
+                "outbox_sequence_retention_days must exceed consumer_sequence_retention_days"
+                " (and needs it on): a stream restarts at sequence 1 only after its consumers"
+                " have forgotten it"
+            )
+        return self
 
     @property
     def consumer_group(self) -> str:

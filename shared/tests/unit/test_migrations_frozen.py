@@ -37,6 +37,10 @@ SHIPPED_STEPS: dict[str, tuple[str, str]] = {
         "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
         "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
     ),
+    "0003_sequence_retention": (
+        "b0196de73c64f87d20f77e3bcc8060399ce8ca18aa39addea2b48f5854aa658e",
+        "b48e77f86b99d039f181d1f7c62e927992bbed14467b0df6c4f1157da980d0a2",
+    ),
 }
 
 # (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
@@ -45,17 +49,33 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
         "b9fed416e3aebd263d7e4f20055ee2cf4e9c56ccd3b9d0d34beafbcf5ca9df2d",
         "7b9cb990b5363a3c4b84638da9b324473cc851ac4e815a5dba682c2dd812e7f2",
     ),
+    ("order", "0002"): (
+        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
+        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
+    ),
     ("order", "0003"): (
         "e142fe92bd8e4aade667e056b17f8584d1ff147ef66ca738bef6d76513f263a3",
         "dd2d3b48721816ed180a4b06b94aad38522b93de1b22c428546632feae5c7b0e",
+    ),
+    ("order", "0004"): (
+        "4526aca941aff411d3802a31f376d43564151259c94e4f5c9e2fd792b6b34f0d",
+        "f7b82c32e3cf61af1660a066a7fe0b29162fc6bb9b0c3123334c7e95b3e52f10",
     ),
     ("inventory", "0001"): (
         "ff85f66516883cdfa2548247174d69f16f00b55be386cd5f69b050d5850da139",
         "30c44d34eafd0c81486ad74e3a46f594af197b7de63fe6a61ed6ccee0168a66a",
     ),
+    ("inventory", "0002"): (
+        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
+        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
+    ),
     ("inventory", "0003"): (
         "39589d107747be64fd143dd11741b90604f3ef348b6316ee9adf9e41ec48d06e",
         "de7d4c0b879d34f9c1843e95f29efdeefa1eb5e506bca7a852d29964e64e8c36",
+    ),
+    ("inventory", "0004"): (
+        "4526aca941aff411d3802a31f376d43564151259c94e4f5c9e2fd792b6b34f0d",
+        "f7b82c32e3cf61af1660a066a7fe0b29162fc6bb9b0c3123334c7e95b3e52f10",
     ),
     ("shipping", "0001"): (
         "4796953a408b02d967e2127e3c796f1d986eab2cefba73ada3157ef6595c349e",
@@ -65,17 +85,13 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
         "8838498fd2f4744e7af684560897d9a2cbcfcb436ddd1b26c354a81403f543aa",
         "8d1c6a8cf89368b8b00309ded0b6dbd828b94e1b655395884ed18b45ae8977f7",
     ),
-    ("order", "0002"): (
-        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
-        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
-    ),
-    ("inventory", "0002"): (
-        "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
-        "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
-    ),
     ("shipping", "0003"): (
         "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
         "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
+    ),
+    ("shipping", "0004"): (
+        "4526aca941aff411d3802a31f376d43564151259c94e4f5c9e2fd792b6b34f0d",
+        "f7b82c32e3cf61af1660a066a7fe0b29162fc6bb9b0c3123334c7e95b3e52f10",
     ),
 }
 

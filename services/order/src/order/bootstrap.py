@@ -9,6 +9,8 @@ from order.flow import router as flow_router
 from order.handlers import router
 from order.postgres import PostgresOrderUnitOfWork
 from order.settings import Settings
+from order.stuck import router as stuck_router
+from order.stuck import watch_stuck_orders
 from shared.runtime import ServiceDefinition
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -22,5 +24,6 @@ def bootstrap(settings: Settings | None = None) -> ServiceDefinition[PostgresOrd
         router=router,  # type: ignore[arg-type]
         new_uow=PostgresOrderUnitOfWork,
         migrations=MIGRATIONS,
-        api_routers=[api_router, flow_router],
+        api_routers=[api_router, flow_router, stuck_router],
+        workers={"stuck-orders": watch_stuck_orders},
     )
