@@ -197,6 +197,7 @@ def test_sequence_horizons_that_could_drop_or_strand_an_event_are_refused(
             service_name="x",
             http_port=1,
             database_url="postgresql://x/x",
+            admin_token="a-real-token",
             consumer_sequence_retention_days=consumer_days,
             outbox_sequence_retention_days=outbox_days,
         )
