@@ -12,9 +12,11 @@ memory stays bounded). So a record waiting out its retry backoff, or a database 
 only its own partition, and the consumer keeps polling well within ``max_poll_interval_ms``.
 (Pausing a partition for every batch would cost a fetch round per batch: the broker holds a
 fetch up to ``fetch_max_wait_ms`` for the partitions in it, and a resumed one waits for the
-next.) Transactions take turns (``CONSUMER_CONCURRENCY``, 1 by
-default): two batches that lock shared rows (stock of one SKU) in different orders would
-deadlock.
+next.) Up to ``CONSUMER_CONCURRENCY`` transactions of different partitions run at once: the
+consumer's throughput is bound by transactions waiting on round trips and commits, not by
+CPU. Two of them that lock shared rows (the stock of one SKU) in opposite orders deadlock;
+PostgreSQL aborts one, and it is run again (not counted as a failed attempt: losing a race
+is not the event's fault).
 
 Offsets are committed manually and only for records whose transaction committed (or that
 were dead-lettered), and only for partitions still assigned, at most every
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Iterable, Sequence
 from typing import Generic
@@ -40,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from shared.db import TRANSIENT_DATABASE_ERRORS
+from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.deadletter import DeadLetter, DeadLetterSink
 from shared.envelope import MalformedEnvelopeError, parse_envelope
 from shared.kafka import decode_headers, new_consumer, stop_consumer_within
@@ -298,6 +301,10 @@ class ConsumerRunner(Generic[U]):
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, infra_backoff)
                 await self._wait(infra_backoff)
                 infra_backoff = min(infra_backoff * 2, 10.0)
+            except LOST_RACE_ERRORS as exc:
+                attempt -= 1  # another partition's transaction won a deadlock: run it again
+                log.info("transaction lost a race (%s); running it again", exc)
+                await self._wait(random.uniform(0.0, 0.05))
             except Exception as exc:
                 if attempt >= self._settings.consumer_max_attempts:
                     error = f"{type(exc).__name__}: {exc}"

@@ -25,6 +25,12 @@ TRANSIENT_DATABASE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
     asyncpg.exceptions.TooManyConnectionsError,
 )
+# The transaction lost a race with another one, through no fault of its own: PostgreSQL chose
+# it as the victim of a deadlock, or of a serialization conflict. Running it again is the fix.
+LOST_RACE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
 DATABASE_ERRORS: tuple[type[Exception], ...] = (
     *TRANSIENT_DATABASE_ERRORS,
     asyncpg.PostgresError,

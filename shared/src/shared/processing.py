@@ -22,7 +22,7 @@ from typing import Generic
 
 from shared.contracts import InvalidPayloadError, Payload, UnknownEventError
 from shared.correlation import correlated
-from shared.db import TRANSIENT_DATABASE_ERRORS
+from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.domain import DomainError, NotFoundError
 from shared.envelope import Envelope
 from shared.faults import failpoint, raise_if_armed
@@ -229,7 +229,7 @@ class EventProcessor(Generic[U]):
         while (parked := await uow.inbox.unpark(applied.stream, sequence)) is not None:
             try:
                 await self._apply(uow, parked.envelope, self.decode(parked.envelope))
-            except TRANSIENT_DATABASE_ERRORS:
+            except (*TRANSIENT_DATABASE_ERRORS, *LOST_RACE_ERRORS):
                 raise  # the database, not the event: the whole delivery is retried
             except Exception as exc:
                 raise _SuccessorFailedError(parked, f"{type(exc).__name__}: {exc}") from exc

@@ -49,7 +49,9 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, description="larger request bodies get 413")
 
     db_pool_size: int = Field(
-        6, description="database connections for the consumer, relay, dispatcher, maintenance"
+        8,
+        description="database connections for the consumer (CONSUMER_CONCURRENCY of them),"
+        " relay, dispatcher and maintenance",
     )
     db_http_pool_size: int = Field(
         10, description="database connections for HTTP requests (a pool of their own)"
@@ -89,10 +91,10 @@ class ServiceSettings(BaseSettings):
         "and dropped as duplicates",
     )
     consumer_concurrency: int = Field(
-        1,
+        3,
         ge=1,
-        description="transactions of different partitions applied at once (batches that lock"
-        " shared rows in different orders deadlock: raise it only where they cannot)",
+        description="transactions of different partitions applied at once (1: one at a time);"
+        " a transaction chosen as a deadlock's victim is run again",
     )
     consumer_max_attempts: int = Field(
         5, description="attempts before an event is dead-lettered (ordinary errors)"

@@ -44,7 +44,7 @@ async def when_order_rejected_fail_on_bad_ones(
     )
 
 
-async def send(partition: int, reasons: list[str]) -> None:
+async def send(topic: str, partition: int, reasons: list[str]) -> None:
     key = unique("order")
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap(), enable_idempotence=True)
     await producer.start()
@@ -59,7 +59,7 @@ async def send(partition: int, reasons: list[str]) -> None:
                 causation_id=None,
             )
             await producer.send_and_wait(
-                "orders", envelope.to_bytes(), key=key.encode(), partition=partition
+                topic, envelope.to_bytes(), key=key.encode(), partition=partition
             )
     finally:
         await producer.stop()
@@ -73,23 +73,24 @@ async def test_a_record_in_retries_does_not_hold_up_the_other_partitions(
         update={"consumer_retry_backoff_seconds": 1.0, "consumer_max_attempts": 4}
     )
     await pool.execute(APPLIED_TABLE)
-    await create_topics(settings.dlq_topic)
-    await start_group_at_end(settings.consumer_group, ["orders"])
+    topic = unique("orders")  # of its own: no other test's records reach this consumer
+    await create_topics(topic, settings.dlq_topic)
+    await start_group_at_end(settings.consumer_group, [topic])
     producer = Producer(settings)
     runner = ConsumerRunner(
         settings,
         EventProcessor(flaky, lambda: PostgresUnitOfWork(pool, settings.service_name)),
-        ["orders"],
+        [topic],
         DeadLetterSink(pool, producer, settings.service_name),
     )
     ATTEMPTS.clear()
     task = asyncio.create_task(runner.run())
     try:
         await eventually(lambda: asyncio.sleep(0, runner.running), bool)
-        await send(0, ["bad"])
+        await send(topic, 0, ["bad"])
         await eventually(lambda: asyncio.sleep(0, len(ATTEMPTS)), lambda n: n >= 1)
         sent = time.monotonic()
-        await send(1, ["good-1", "good-2"])
+        await send(topic, 1, ["good-1", "good-2"])
 
         async def applied() -> list[str]:
             return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied")]
@@ -102,6 +103,64 @@ async def test_a_record_in_retries_does_not_hold_up_the_other_partitions(
             lambda: pool.fetch("SELECT * FROM dead_letters"), lambda rows: len(rows) == 1
         )
         assert letters[0]["attempts"] == 4
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.close()
+
+
+racing = Router[PostgresUnitOfWork]()
+FIRST_TRIES: set[str] = set()
+
+
+@racing.subscriber(OrderRejected)
+async def when_order_rejected_lock_two_rows(event: OrderRejected, uow: PostgresUnitOfWork) -> None:
+    """Locks the two rows its reason names ("a,b"), in that order. On its first try it waits,
+    holding the first, until the other record's first try holds its own: so two records
+    naming the rows in opposite orders deadlock."""
+    first, second = event.reason.split(",")
+    await uow.conn.execute("SELECT 1 FROM race_rows WHERE name = $1 FOR UPDATE", first)
+    if event.reason not in FIRST_TRIES:
+        FIRST_TRIES.add(event.reason)
+        deadline = time.monotonic() + 5
+        while len(FIRST_TRIES) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    await uow.conn.execute("SELECT 1 FROM race_rows WHERE name = $1 FOR UPDATE", second)
+    await uow.conn.execute(
+        "INSERT INTO applied (aggregate_id, reason) VALUES ($1, $2)", "x", event.reason
+    )
+
+
+async def test_a_transaction_that_loses_a_deadlock_is_run_again_not_dead_lettered(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    # One attempt only: were the deadlock's victim counted as a failed attempt, it would be
+    # dead-lettered at once.
+    settings = settings.model_copy(update={"consumer_concurrency": 2, "consumer_max_attempts": 1})
+    await pool.execute(APPLIED_TABLE)
+    await pool.execute("CREATE TABLE race_rows (name text PRIMARY KEY)")
+    await pool.execute("INSERT INTO race_rows VALUES ('a'), ('b')")
+    topic = unique("orders")  # of its own: no other test's records reach this consumer
+    await create_topics(topic, settings.dlq_topic)
+    await start_group_at_end(settings.consumer_group, [topic])
+    producer = Producer(settings)
+    runner = ConsumerRunner(
+        settings,
+        EventProcessor(racing, lambda: PostgresUnitOfWork(pool, settings.service_name)),
+        [topic],
+        DeadLetterSink(pool, producer, settings.service_name),
+    )
+    FIRST_TRIES.clear()
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, runner.running), bool)
+        await asyncio.gather(send(topic, 0, ["a,b"]), send(topic, 1, ["b,a"]))
+
+        async def applied() -> list[str]:
+            return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied")]
+
+        await eventually(applied, lambda rows: sorted(rows) == ["a,b", "b,a"], timeout=20)
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
