@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
+from shared.contracts import IntegrationEvent
 from shared.domain import Aggregate
 from shared.inbox import Inbox
 from shared.outbox import Outbox, OutgoingMessage
@@ -55,7 +56,8 @@ class UnitOfWork(ABC):
         await self._persist()
         for aggregate in self._tracked:
             for event in aggregate.events:
-                await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
+                if isinstance(event, IntegrationEvent):
+                    await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
             aggregate.events.clear()
 
     async def commit(self) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from shared.contracts import Payload, current
+from shared.contracts import IntegrationEvent, current
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
@@ -150,7 +150,12 @@ class InMemoryDelivery(Generic[U]):
         self._sequences: dict[tuple[str, str], int] = {}
 
     def envelope(
-        self, event: Payload, *, source: str, aggregate_id: str, correlation_id: str = "test-flow"
+        self,
+        event: IntegrationEvent,
+        *,
+        source: str,
+        aggregate_id: str,
+        correlation_id: str = "test-flow",
     ) -> Envelope:
         """A new envelope with the next sequence of the (source, aggregate) stream."""
         key = (source, aggregate_id)
@@ -165,7 +170,7 @@ class InMemoryDelivery(Generic[U]):
         )
 
     async def deliver(
-        self, event: Payload | Envelope, *, source: str = "", key: str = ""
+        self, event: IntegrationEvent | Envelope, *, source: str = "", key: str = ""
     ) -> Outcome:
         """Process ``event`` (a payload, wrapped in a new envelope from ``source`` keyed by
         ``key``, or an envelope as it is); returns what the processor did with it."""
