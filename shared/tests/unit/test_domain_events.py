@@ -44,8 +44,8 @@ def test_only_an_integration_event_can_be_registered_as_one() -> None:
     class NotAnEvent(Payload):
         pass
 
+    register = integration_event(topic="orders", aggregate_type="order")
     with pytest.raises(TypeError, match="must subclass IntegrationEvent"):
-        register = integration_event(topic="orders", aggregate_type="order")
         register(NotAnEvent)  # type: ignore[type-var]
 
     assert issubclass(OrderRejected, IntegrationEvent)
