@@ -44,7 +44,9 @@ def test_a_reservation_takes_nothing_when_one_line_is_short() -> None:
     reservation = Reservation.reserve(uuid4(), lines(A=2, B=2), stock)
     assert reservation.status is ReservationStatus.REJECTED
     assert [type(e).__name__ for e in reservation.events] == ["InventoryRejected"]
-    assert "B: 2 wanted, 1 available" in reservation.events[0].reason  # type: ignore[attr-defined]
+    rejected = reservation.events[0]
+    assert isinstance(rejected, InventoryRejected)
+    assert "B: 2 wanted, 1 available" in rejected.reason
     assert (stock["A"].available, stock["A"].reserved) == (5, 0)
     assert stock["A"].events == []
 
