@@ -37,6 +37,12 @@ class DomainEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    def published_as(self) -> IntegrationEvent | None:
+        """The coarse integration event this fact becomes, debounced (see
+        :mod:`shared.debounce`): of a burst of changes to one aggregate, only the last one's
+        goes out, once the aggregate is quiet. None (the default): it stays inside."""
+        return None
+
 
 Event = IntegrationEvent | DomainEvent
 

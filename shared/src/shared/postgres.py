@@ -1,4 +1,5 @@
-"""The PostgreSQL adapters of the machinery's ports: outbox, inbox and unit of work.
+"""The PostgreSQL adapters of the machinery's ports: outbox, inbox, pending (debounced)
+events and unit of work.
 
 The shared contract tests (``shared/tests/contract``) run the same cases against these and
 against the in-memory fakes of :mod:`shared.testing.fakes`.
@@ -13,10 +14,12 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.contracts import spec_of
 from shared.envelope import Envelope, parse_envelope
 from shared.faults import failpoint
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.outbox import Outbox, OutgoingMessage
+from shared.pending import HeldEvent, PendingEvents
 from shared.uow import DirectPublish, UnitOfWork
 
 
@@ -182,6 +185,37 @@ class PostgresInbox(Inbox):
         )
 
 
+class PostgresPendingEvents(PendingEvents):
+    def __init__(self, conn: asyncpg.Connection, source: str) -> None:
+        super().__init__(source)
+        self._conn = conn
+
+    async def _hold(self, event: HeldEvent) -> None:
+        spec = spec_of(event.event)
+        await self._conn.execute(
+            """
+            INSERT INTO debounced_events AS d (aggregate_type, aggregate_id, event_type,
+                schema_version, payload, correlation_id, causation_id, trace_headers,
+                first_at, last_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp(), clock_timestamp())
+            ON CONFLICT (aggregate_type, aggregate_id, event_type) DO UPDATE
+            SET schema_version = EXCLUDED.schema_version, payload = EXCLUDED.payload,
+                correlation_id = EXCLUDED.correlation_id,
+                causation_id = EXCLUDED.causation_id,
+                trace_headers = EXCLUDED.trace_headers,
+                changes = d.changes + 1, last_at = EXCLUDED.last_at
+            """,
+            spec.aggregate_type,
+            event.aggregate_id,
+            spec.event_type,
+            spec.schema_version,
+            event.event.model_dump_json(),
+            event.correlation_id,
+            event.causation_id,
+            json.dumps(event.trace_headers),
+        )
+
+
 class PostgresUnitOfWork(UnitOfWork):
     """A pooled connection in a transaction. Subclasses build their repositories on
     ``self.conn`` in ``_begin``. With ``direct_publish`` (the naive dual-write pitfall mode)
@@ -197,8 +231,9 @@ class PostgresUnitOfWork(UnitOfWork):
         *,
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
+        debounce: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(debounce=debounce)
         self._pool = pool
         self._source = source
         self._direct_publish = direct_publish
@@ -221,6 +256,7 @@ class PostgresUnitOfWork(UnitOfWork):
             self.conn, self._source, direct=self._direct_publish is not None
         )
         self.inbox = PostgresInbox(self.conn, self._source)
+        self.pending = PostgresPendingEvents(self.conn, self._source)
 
     async def _commit(self) -> None:
         try:

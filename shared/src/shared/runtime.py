@@ -23,6 +23,7 @@ from fastapi import APIRouter
 from shared.consumer import ConsumerRunner
 from shared.db import DATABASE_ERRORS, create_pool
 from shared.deadletter import DeadLetterSink
+from shared.debounce import DebounceEmitter
 from shared.kafka import Producer
 from shared.maintenance import expire_gaps, purge_processed_events, refresh_gauges
 from shared.processing import EventProcessor, Protections
@@ -45,6 +46,7 @@ class UowFactory(Protocol[U_co]):
         *,
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
+        debounce: bool = True,
     ) -> U_co: ...
 
 
@@ -107,6 +109,7 @@ class Runtime(Generic[U]):
             direct,
             outbox_written=self.relay.wake,
             acquire_timeout=self.settings.db_acquire_timeout_seconds,
+            debounce=not self.settings.pitfall_no_debounce,
         )
 
     async def start(self) -> None:
@@ -127,9 +130,18 @@ class Runtime(Generic[U]):
         self.consumer = ConsumerRunner(
             self.settings, processor, self.definition.router.topics, self.dead_letters
         )
+        self.debounce = DebounceEmitter(
+            self.pool,
+            self.service,
+            quiet_seconds=self.settings.debounce_quiet_seconds,
+            max_wait_seconds=self.settings.debounce_max_wait_seconds,
+            poll_seconds=self.settings.debounce_poll_seconds,
+            emitted=self.relay.wake,
+        )
         workers: dict[str, Callable[[], Awaitable[None]]] = {
             "consumer": self.consumer.run,
             "maintenance": self._maintain,
+            "debounce": self.debounce.run,
         }
         if not self.settings.pitfall_naive_dual_write:
             workers["relay"] = self.relay.run

@@ -107,6 +107,22 @@ class ServiceSettings(BaseSettings):
         24.0 * 7, description="age after which dedup rows are purged"
     )
 
+    debounce_quiet_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="a debounced event (an order's address, a SKU's stock level) goes out once"
+        " its aggregate has had no change for this long",
+    )
+    debounce_max_wait_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="... or once the first change it holds is this old, so a burst that never"
+        " ends still emits",
+    )
+    debounce_poll_seconds: float = Field(
+        0.2, gt=0, description="how often the debounce emitter looks for due events"
+    )
+
     # Pitfall modes: each switch turns one protection off, to show the pitfall happening.
     pitfall_naive_dual_write: bool = Field(
         False, description="pitfall mode: publish after commit, no outbox"
@@ -117,6 +133,11 @@ class ServiceSettings(BaseSettings):
     )
     pitfall_auto_commit: bool = Field(
         False, description="pitfall mode: Kafka auto-commits offsets before the work is done"
+    )
+    pitfall_no_debounce: bool = Field(
+        False,
+        description="pitfall mode: no debounce, every address edit and stock movement crosses"
+        " Kafka as its own event",
     )
 
     @field_validator("admin_token")

@@ -2,7 +2,8 @@
 caused (outbox) and, in a consumer, the record of the event being applied (inbox).
 
 Handlers never commit events any other way: ``commit()`` drains the events recorded by the
-aggregates the unit of work tracked into the outbox, then commits. The PostgreSQL
+aggregates the unit of work tracked (integration events into the outbox, the integration
+events that domain events are published as into the debounce hold), then commits. The PostgreSQL
 implementation is :class:`shared.postgres.PostgresUnitOfWork`; the in-memory fake for unit
 tests is :class:`shared.testing.fakes.InMemoryUnitOfWork`.
 """
@@ -18,17 +19,24 @@ from shared.contracts import IntegrationEvent
 from shared.domain import Aggregate
 from shared.inbox import Inbox
 from shared.outbox import Outbox, OutgoingMessage
+from shared.pending import PendingEvents
 
 DirectPublish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
 
 
 class UnitOfWork(ABC):
+    """``debounce=False`` is the pitfall mode PITFALL_NO_DEBOUNCE: the integration event of
+    every domain event goes to the outbox at once, instead of being held (see
+    :mod:`shared.debounce`)."""
+
     outbox: Outbox
     inbox: Inbox
+    pending: PendingEvents
 
-    def __init__(self) -> None:
+    def __init__(self, *, debounce: bool = True) -> None:
         self._tracked: list[Aggregate] = []
         self._committed = False
+        self._debounce = debounce
 
     def track(self, aggregate: Aggregate) -> None:
         """Repositories call this for every aggregate they hand out or add."""
@@ -58,6 +66,11 @@ class UnitOfWork(ABC):
             for event in aggregate.events:
                 if isinstance(event, IntegrationEvent):
                     await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
+                elif (coarse := event.published_as()) is not None:
+                    if self._debounce:
+                        await self.pending.hold(coarse, aggregate_id=aggregate.aggregate_id)
+                    else:  # pitfall: every change crosses Kafka
+                        await self.outbox.append(coarse, aggregate_id=aggregate.aggregate_id)
             aggregate.events.clear()
 
     async def commit(self) -> None:

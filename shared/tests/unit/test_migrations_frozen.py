@@ -37,6 +37,10 @@ SHIPPED_STEPS: dict[str, tuple[str, str]] = {
         "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
         "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
     ),
+    "0003_debounced_events": (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
+    ),
 }
 
 # (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
@@ -76,6 +80,18 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("shipping", "0003"): (
         "b9fdbd730a9c701fc0f683c4c680033dacf13625cc8b21074c328f8b809b6e18",
         "be0edb5ce418fbc1437b3550f9014bfeea2bdf0bc8cd1b1f26fb2534f6e62ab3",
+    ),
+    ("order", "0004"): (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
+    ),
+    ("inventory", "0004"): (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
+    ),
+    ("shipping", "0004"): (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
     ),
 }
 
