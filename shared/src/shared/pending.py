@@ -45,4 +45,8 @@ class PendingEvents(ABC):
         DEBOUNCE_HELD.labels(self.source, spec_of(event).event_type).inc()
 
     @abstractmethod
+    async def waiting(self) -> list[tuple[HeldEvent, int]]:
+        """What is held, each with the number of changes it stands for, oldest burst first."""
+
+    @abstractmethod
     async def _hold(self, event: HeldEvent) -> None: ...

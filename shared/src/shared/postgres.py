@@ -14,7 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.contracts import spec_of
+from shared.contracts import decode_payload, spec_of
 from shared.envelope import Envelope, parse_envelope
 from shared.faults import failpoint
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
@@ -214,6 +214,28 @@ class PostgresPendingEvents(PendingEvents):
             event.causation_id,
             json.dumps(event.trace_headers),
         )
+
+    async def waiting(self) -> list[tuple[HeldEvent, int]]:
+        rows = await self._conn.fetch(
+            """
+            SELECT event_type, schema_version, payload, aggregate_id, correlation_id,
+                   causation_id, trace_headers, changes
+            FROM debounced_events ORDER BY first_at, aggregate_id
+            """
+        )
+        return [
+            (
+                HeldEvent(
+                    decode_payload(r["event_type"], r["schema_version"], json.loads(r["payload"])),
+                    r["aggregate_id"],
+                    r["correlation_id"],
+                    r["causation_id"],
+                    json.loads(r["trace_headers"]),
+                ),
+                r["changes"],
+            )
+            for r in rows
+        ]
 
 
 class PostgresUnitOfWork(UnitOfWork):

@@ -105,6 +105,9 @@ class InMemoryPendingEvents(PendingEvents):
         super().__init__(source)
         self.state = state
 
+    async def waiting(self) -> list[tuple[HeldEvent, int]]:
+        return list(self.state.values())  # insertion order: oldest burst first
+
     async def _hold(self, event: HeldEvent) -> None:
         spec = spec_of(event.event)
         key = (spec.aggregate_type, event.aggregate_id, spec.event_type)
