@@ -84,6 +84,15 @@ class OrderShipped(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
 
 
+@integration_event(topic="orders", aggregate_type="order")
+class OrderShippingAddressChanged(IntegrationEvent):
+    """Debounced at the source: one per burst of edits, with the final address, once the
+    order has had no edit for a quiet period (or after a maximum wait)."""
+
+    order_id: UUID = Field(description=ORDER_ID)
+    shipping_address: Address = Field(description="Where to ship from now on.")
+
+
 # --- topic "inventory": source inventory, aggregate reservation (id = order id) -------------
 
 
@@ -129,6 +138,8 @@ class InventoryShipped(IntegrationEvent):
 # --- topic "stock": source inventory, aggregate stock (id = SKU) ----------------------------
 
 
+# Debounced at the source: the levels after a burst of stock movements of one SKU. (A comment,
+# not a docstring: the docstring is part of the committed schema of v1.)
 @integration_event(topic="stock", aggregate_type="stock")
 class StockLevelChanged(IntegrationEvent):
     sku: str = Field(description="The SKU; also the record key on this topic.")
