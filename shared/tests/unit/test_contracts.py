@@ -23,6 +23,7 @@ from shared.contracts import (
 from shared.contracts.catalog import (
     InventoryRejected,
     InventoryRejectedV1,
+    ShipmentDispatchedV1,
     Shortfall,
 )
 from shared.routing import Router
@@ -30,7 +31,10 @@ from shared.routing import Router
 ORDER_ID = uuid4()
 
 # One old event per upcaster, as an old producer wrote it.
-OLD_EVENTS: list[IntegrationEvent] = [InventoryRejectedV1(order_id=ORDER_ID, reason="B: 2 wanted")]
+OLD_EVENTS: list[IntegrationEvent] = [
+    InventoryRejectedV1(order_id=ORDER_ID, reason="B: 2 wanted"),
+    ShipmentDispatchedV1(order_id=ORDER_ID, shipment_id=uuid4()),
+]
 
 
 def test_every_upcaster_has_an_old_event_to_test_it_with() -> None:

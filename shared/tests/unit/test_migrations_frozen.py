@@ -93,6 +93,10 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
         "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
         "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
     ),
+    ("shipping", "0005"): (
+        "b87de67450b8d7a829b6b8029812e68b0d8ed9cd671939a58957155e95000e0c",
+        "9a8bf988d71622107ca9ce49c3da9f58ef96df492f4313c56620e5a0e34bb19e",
+    ),
 }
 
 FROZEN = (

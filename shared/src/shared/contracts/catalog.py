@@ -158,10 +158,30 @@ class ShipmentScheduled(IntegrationEvent):
     dispatch_at: datetime = Field(description="When the dispatcher will send it (UTC).")
 
 
-@integration_event(topic="shipping", aggregate_type="shipment")
-class ShipmentDispatched(IntegrationEvent):
+@integration_event(topic="shipping", aggregate_type="shipment", name="ShipmentDispatched")
+class ShipmentDispatchedV1(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     shipment_id: UUID = Field(description="The shipment's own id.")
+
+
+@integration_event(topic="shipping", aggregate_type="shipment", version=2)
+class ShipmentDispatched(IntegrationEvent):
+    """v2 adds ``shipping_address``, optional: where the parcel went. It settles the race of
+    an address change with dispatch: the order ends showing this address. A v1 reader
+    ignores it; a v2 reader of a v1 event gets none and keeps the order's own address."""
+
+    order_id: UUID = Field(description=ORDER_ID)
+    shipment_id: UUID = Field(description="The shipment's own id.")
+    shipping_address: Address | None = Field(
+        default=None,
+        description="Since v2: the address the parcel was dispatched to; null in v1 or when"
+        " shipping did not know it.",
+    )
+
+
+@upcaster
+def shipment_dispatched_v1_to_v2(old: ShipmentDispatchedV1) -> ShipmentDispatched:
+    return ShipmentDispatched(order_id=old.order_id, shipment_id=old.shipment_id)
 
 
 @integration_event(topic="shipping", aggregate_type="shipment")

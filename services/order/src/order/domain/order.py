@@ -177,8 +177,12 @@ class Order(Aggregate):
         self.updated_at = now
         self.record(ShippingAddressEdited(order_id=self.order_id, shipping_address=address))
 
-    def shipment_dispatched(self, now: datetime) -> None:
+    def shipment_dispatched(self, now: datetime, address: Address | None = None) -> None:
+        """Shipped. ``address``, when shipping says it (v2), is where the parcel went: an
+        address change that reached shipping too late loses to it, and the order shows it."""
         if self.status in (OrderStatus.CONFIRMED, OrderStatus.CANCELLING):
+            if address is not None:
+                self.shipping_address = address
             self._become(OrderStatus.SHIPPED, now)
             self.record(OrderShipped(order_id=self.order_id))
         elif self.status is not OrderStatus.SHIPPED:
