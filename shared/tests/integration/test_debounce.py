@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -18,44 +17,15 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.debounce import DebounceEmitter
 from shared.kafka import Producer
 from shared.relay import OutboxRelay
 from shared.settings import ServiceSettings
-from shared.testing.infra import end_offsets, eventually, kafka_bootstrap
+from shared.testing.infra import end_offsets, eventually, kafka_bootstrap, records_keyed
 from shared.testing.worker import edit_address
 
 LOGS = Path(__file__).resolve().parents[3] / ".state" / "logs" / "debounce"
-
-
-async def records_of(
-    key: str, since: dict[TopicPartition, int], settle: float
-) -> list[dict[str, Any]]:
-    """The envelopes keyed ``key`` on ``orders`` since ``since``, read until none more came
-    for ``settle`` seconds (after the first one)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap(), enable_auto_commit=False)
-    await consumer.start()
-    found: list[dict[str, Any]] = []
-    try:
-        consumer.assign(list(since))
-        for tp, offset in since.items():
-            consumer.seek(tp, offset)
-        deadline = time.monotonic() + 30
-        last = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                for record in records:
-                    if record.key == key.encode():
-                        found.append(json.loads(record.value))
-                        last = time.monotonic()
-            if found and time.monotonic() - last > settle:
-                break
-        return found
-    finally:
-        await consumer.stop()
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +64,7 @@ async def test_a_burst_of_1000_edits_crosses_kafka_as_one_event_with_the_final_a
     since = await end_offsets("orders")
     async with emitting_and_relaying(pool, settings, quiet=1.0):
         await edit_address(pool, settings.service_name, order_id, 1000)
-        envelopes = await records_of(str(order_id), since, settle=2.0)
+        envelopes = await records_keyed("orders", str(order_id), since, settle=2.0)
     assert [(e["event_type"], e["sequence"]) for e in envelopes] == [
         ("OrderShippingAddressChanged", 1)
     ]
@@ -111,7 +81,7 @@ async def test_without_debounce_the_same_burst_crosses_kafka_as_1000_events(
     since = await end_offsets("orders")
     async with emitting_and_relaying(pool, settings, quiet=1.0):
         await edit_address(pool, settings.service_name, order_id, 1000, debounce=False)
-        envelopes = await records_of(str(order_id), since, settle=2.0)
+        envelopes = await records_keyed("orders", str(order_id), since, settle=2.0)
     assert [e["sequence"] for e in envelopes] == list(range(1, 1001))
     assert final_line1(envelopes[-1]) == "street 1000"
 
@@ -203,7 +173,7 @@ async def test_a_sigkill_during_the_quiet_period_loses_nothing_and_emits_once_af
 
     restarted = start_burst(settings, 0, order_id)
     try:
-        envelopes = await records_of(str(order_id), since, settle=4.0)
+        envelopes = await records_keyed("orders", str(order_id), since, settle=4.0)
     finally:
         restarted.kill()
         restarted.wait(10)
