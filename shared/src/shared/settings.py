@@ -94,6 +94,13 @@ class ServiceSettings(BaseSettings):
         description="transactions of different partitions applied at once (batches that lock"
         " shared rows in different orders deadlock: raise it only where they cannot)",
     )
+    consumer_rate_limit_per_second: float = Field(
+        0.0,
+        ge=0,
+        description="events a second this service's consumer applies at most (a token bucket"
+        " of one second's worth); while it waits for tokens its partitions are paused, so the"
+        " backlog stays in Kafka. 0: no limit",
+    )
     consumer_max_attempts: int = Field(
         5, description="attempts before an event is dead-lettered (ordinary errors)"
     )
