@@ -20,6 +20,7 @@ from shared.faults import failpoint
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.outbox import Outbox, OutgoingMessage
 from shared.pending import HeldEvent, PendingEvents
+from shared.storm import FanOutGuard
 from shared.uow import DirectPublish, UnitOfWork
 
 
@@ -254,8 +255,9 @@ class PostgresUnitOfWork(UnitOfWork):
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
         debounce: bool = True,
+        fanout: FanOutGuard | None = None,
     ) -> None:
-        super().__init__(debounce=debounce)
+        super().__init__(debounce=debounce, fanout=fanout)
         self._pool = pool
         self._source = source
         self._direct_publish = direct_publish

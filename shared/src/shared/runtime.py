@@ -30,6 +30,7 @@ from shared.processing import EventProcessor, Protections
 from shared.relay import OutboxRelay
 from shared.routing import Router, U
 from shared.settings import ServiceSettings
+from shared.storm import FanOutGuard
 from shared.uow import DirectPublish, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class UowFactory(Protocol[U_co]):
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
         debounce: bool = True,
+        fanout: FanOutGuard | None = None,
     ) -> U_co: ...
 
 
@@ -88,6 +90,7 @@ class Runtime(Generic[U]):
         self.settings = definition.settings
         self.service = self.settings.service_name
         self.producer = Producer(self.settings)
+        self.fanout = FanOutGuard(self.service, self.settings.storm_fanout_warn_threshold)
         self._tasks: list[asyncio.Task[None]] = []
 
     def new_uow(self) -> U:
@@ -110,6 +113,7 @@ class Runtime(Generic[U]):
             outbox_written=self.relay.wake,
             acquire_timeout=self.settings.db_acquire_timeout_seconds,
             debounce=not self.settings.pitfall_no_debounce,
+            fanout=self.fanout,
         )
 
     async def start(self) -> None:

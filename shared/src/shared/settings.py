@@ -130,6 +130,14 @@ class ServiceSettings(BaseSettings):
         0.2, gt=0, description="how often the debounce emitter looks for due events"
     )
 
+    storm_fanout_warn_threshold: int = Field(
+        20,
+        ge=0,
+        description="the storm guard: one request or event that writes more integration"
+        " events than this logs a warning with its correlation id (0: never); the flow's own"
+        " steps write one or two",
+    )
+
     # Pitfall modes: each switch turns one protection off, to show the pitfall happening.
     pitfall_naive_dual_write: bool = Field(
         False, description="pitfall mode: publish after commit, no outbox"

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
-from shared.contracts import IntegrationEvent
-from shared.domain import Aggregate
+from shared.domain import Aggregate, DomainEvent
 from shared.inbox import Inbox
 from shared.outbox import Outbox, OutgoingMessage
 from shared.pending import PendingEvents
+from shared.storm import FanOutGuard
 
 DirectPublish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
 
@@ -33,10 +33,11 @@ class UnitOfWork(ABC):
     inbox: Inbox
     pending: PendingEvents
 
-    def __init__(self, *, debounce: bool = True) -> None:
+    def __init__(self, *, debounce: bool = True, fanout: FanOutGuard | None = None) -> None:
         self._tracked: list[Aggregate] = []
         self._committed = False
         self._debounce = debounce
+        self._fanout = fanout
 
     def track(self, aggregate: Aggregate) -> None:
         """Repositories call this for every aggregate they hand out or add."""
@@ -62,16 +63,21 @@ class UnitOfWork(ABC):
         each, so each event's outbox rows carry its own correlation and trace context, and
         the next event reads what the previous one wrote."""
         await self._persist()
+        emitted = 0
         for aggregate in self._tracked:
-            for event in aggregate.events:
-                if isinstance(event, IntegrationEvent):
-                    await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
-                elif (coarse := event.published_as()) is not None:
-                    if self._debounce:
-                        await self.pending.hold(coarse, aggregate_id=aggregate.aggregate_id)
-                    else:  # pitfall: every change crosses Kafka
-                        await self.outbox.append(coarse, aggregate_id=aggregate.aggregate_id)
+            for recorded in aggregate.events:
+                event = recorded.published_as() if isinstance(recorded, DomainEvent) else recorded
+                if event is None:
+                    continue  # a domain event that stays inside
+                if event is not recorded and self._debounce:
+                    await self.pending.hold(event, aggregate_id=aggregate.aggregate_id)
+                    continue
+                # An integration event, or (pitfall: no debounce) every change's coarse one.
+                await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
+                emitted += 1
             aggregate.events.clear()
+        if self._fanout is not None:
+            self._fanout.observe(emitted)
 
     async def commit(self) -> None:
         await self.flush()

@@ -22,6 +22,7 @@ from shared.outbox import Outbox, OutgoingMessage
 from shared.pending import HeldEvent, PendingEvents
 from shared.processing import Delivery, EventProcessor, Outcome
 from shared.routing import Router, U
+from shared.storm import FanOutGuard
 from shared.uow import UnitOfWork
 
 
@@ -141,8 +142,15 @@ class InMemoryUnitOfWork(UnitOfWork):
     """Works on a copy of the state and writes it back on commit, so a rollback (an exception
     in a handler) leaves nothing behind, as a real transaction would."""
 
-    def __init__(self, state: InMemoryState, source: str, *, debounce: bool = True) -> None:
-        super().__init__(debounce=debounce)
+    def __init__(
+        self,
+        state: InMemoryState,
+        source: str,
+        *,
+        debounce: bool = True,
+        fanout: FanOutGuard | None = None,
+    ) -> None:
+        super().__init__(debounce=debounce, fanout=fanout)
         self.state = state
         self._source = source
 
