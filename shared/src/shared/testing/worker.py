@@ -3,8 +3,10 @@
     python -m shared.testing.worker relay       # publishes the outbox of DATABASE_URL
     python -m shared.testing.worker consumer    # applies OrderRejected events from "orders"
     python -m shared.testing.worker write N KEY # commits N events for aggregate KEY
-    python -m shared.testing.worker burst N ID  # N address edits of order ID, debounced;
-                                                # then emits and relays until killed
+    python -m shared.testing.worker burst N ID  # N address edits of order ID, debounced
+                                                # (not with PITFALL_NO_DEBOUNCE); then emits
+                                                # and relays until killed (failpoint
+                                                # burst.quiet_period: right after the edits)
 
 The consumer's business change is a row in ``applied (aggregate_id, sequence, reason)``, so a
 test can count how often each event took effect. Settings come from the environment
@@ -26,6 +28,7 @@ from shared.correlation import correlated
 from shared.deadletter import DeadLetterSink
 from shared.debounce import DebounceEmitter
 from shared.domain import Aggregate, DomainEvent
+from shared.faults import failpoint
 from shared.kafka import Producer
 from shared.logs import setup_logging
 from shared.postgres import PostgresUnitOfWork
@@ -99,8 +102,11 @@ async def burst(settings: WorkerSettings, count: int, order_id: UUID) -> None:
     """Edit, then emit due events and relay them, like a service, until killed."""
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     assert pool is not None
-    await edit_address(pool, settings.service_name, order_id, count)
+    await edit_address(
+        pool, settings.service_name, order_id, count, debounce=not settings.pitfall_no_debounce
+    )
     print(f"held {count}", flush=True)
+    await failpoint("burst.quiet_period")  # a fault test's SIGKILL: the burst is committed
     relay = OutboxRelay(settings, pool, Producer(settings))
     emitter = DebounceEmitter(
         pool,
