@@ -127,7 +127,12 @@ async def churn(db: Databases, sku: str, *, debounce: bool) -> list[Envelope]:
                 shipping_address=ADDRESS,
             )
             await delivery.deliver(placed, source="order", key=str(order_id))
-        return await stock_events(sku, since, expected=10_000 - ORDERS)
+        events = await stock_events(sku, since, expected=10_000 - ORDERS)
+        mode = "debounced" if debounce else "PITFALL_NO_DEBOUNCE"
+        print(
+            f"\n{mode}: {ORDERS + 1} stock movements of one SKU -> {len(events)} StockLevelChanged"
+        )
+        return events
     finally:
         for task in tasks:
             task.cancel()
@@ -149,7 +154,6 @@ async def test_a_hot_sku_publishes_a_bounded_number_of_levels_and_the_order_view
 ) -> None:
     sku = unique("HOT")
     events = await churn(databases, sku, debounce=True)
-    print(f"{len(events)} StockLevelChanged for {ORDERS + 1} movements of {sku}")
     assert 1 <= len(events) <= 10
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert await order_view_of(databases, sku, events) == 10_000 - ORDERS

@@ -108,6 +108,8 @@ async def burst(db: OrderService, *, pitfall: bool) -> tuple[UUID, list[dict[str
             done=lambda f: len(f) >= (BURST if pitfall else 1),
         )
         shown = client.get(f"/orders/{order_id}").json()
+    mode = "PITFALL_NO_DEBOUNCE" if pitfall else "debounced"
+    print(f"\n{mode}: {BURST} address changes -> {len(envelopes)} OrderShippingAddressChanged")
     return order_id, envelopes, shown
 
 
