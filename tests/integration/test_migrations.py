@@ -34,7 +34,7 @@ OWN_TABLES: dict[str, set[str]] = {
     "shipping": {"shipments"},
 }
 MACHINERY = {"outbox", "outbox_sequences", "processed_events", "consumer_sequences",
-             "parked_events", "dead_letters"}  # fmt: skip
+             "parked_events", "dead_letters", "debounced_events"}  # fmt: skip
 
 Seed = Callable[[asyncpg.Connection], Awaitable[None]]
 

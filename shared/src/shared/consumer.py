@@ -27,6 +27,11 @@ A crash between the database commit and the offset commit redelivers the records
 sequence check and dedup row make that harmless. (Storing offsets in Postgres would avoid the
 redelivery, but the dedup row is needed anyway for producer retries and replays, so
 Kafka-committed offsets are enough.)
+
+A rate limit (``CONSUMER_RATE_LIMIT_PER_SECOND``, off by default) is a token bucket: a poll
+asks for at most as many records as there are tokens, and while there are none every
+assigned partition is paused (no fetching, nothing buffered), so the backlog stays in Kafka
+and memory stays flat; ``consumer_throttled`` and ``consumer_lag`` show it.
 """
 
 from __future__ import annotations
@@ -47,7 +52,12 @@ from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.deadletter import DeadLetter, DeadLetterSink
 from shared.envelope import MalformedEnvelopeError, parse_envelope
 from shared.kafka import decode_headers, new_consumer, stop_consumer_within
-from shared.metrics import CONSUMER_LAG, EVENTS_CONSUMED
+from shared.metrics import (
+    CONSUMER_LAG,
+    CONSUMER_THROTTLED,
+    CONSUMER_THROTTLED_SECONDS,
+    EVENTS_CONSUMED,
+)
 from shared.middleware import compose, measured, traced
 from shared.processing import (
     Delivery,
@@ -56,6 +66,7 @@ from shared.processing import (
     Outcome,
     PermanentError,
 )
+from shared.ratelimit import TokenBucket
 from shared.routing import U
 from shared.settings import ServiceSettings
 
@@ -108,6 +119,9 @@ class ConsumerRunner(Generic[U]):
         self._handing_over = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self.running = False
+        rate = settings.consumer_rate_limit_per_second
+        self._bucket = TokenBucket(rate, max(1.0, rate)) if rate > 0 else None
+        self._throttled_since: float | None = None
 
     async def run(self) -> None:
         backoff = 0.5
@@ -152,7 +166,18 @@ class ConsumerRunner(Generic[U]):
         interval = self._settings.consumer_commit_interval_seconds
         committed = time.monotonic()
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=limit)
+            wanted = limit
+            if self._bucket is not None:
+                tokens = int(self._bucket.available())
+                if tokens < 1:
+                    self._throttle(consumer)
+                    await asyncio.sleep(min(self._bucket.wait_for(1), 0.2))
+                    continue
+                self._unthrottle(consumer)
+                wanted = min(limit, tokens)
+            batches = await consumer.getmany(timeout_ms=200, max_records=wanted)
+            if self._bucket is not None:
+                self._bucket.take(sum(len(records) for records in batches.values()))
             for tp, records in batches.items():
                 if not self._owns(consumer, tp):
                     continue  # revoked meanwhile: its new owner will process it
@@ -166,6 +191,31 @@ class ConsumerRunner(Generic[U]):
                 await self._commit(consumer)
                 committed = time.monotonic()
 
+    def _throttle(self, consumer: AIOKafkaConsumer) -> None:
+        """No tokens: pause every assigned partition (again, after a rebalance)."""
+        consumer.pause(*(consumer.assignment() - self._revoked))
+        if self._throttled_since is None:
+            self._throttled_since = time.monotonic()
+            CONSUMER_THROTTLED.labels(self._service).set(1)
+
+    def _unthrottle(self, consumer: AIOKafkaConsumer) -> None:
+        if self._throttled_since is None:
+            return
+        CONSUMER_THROTTLED_SECONDS.labels(self._service).inc(
+            time.monotonic() - self._throttled_since
+        )
+        CONSUMER_THROTTLED.labels(self._service).set(0)
+        self._throttled_since = None
+        limit = self._settings.consumer_max_poll_records
+        for tp in consumer.assignment() - self._revoked:
+            if len(self._queued.get(tp, ())) < limit:  # else paused for a full queue
+                consumer.resume(tp)
+
+    def _resume(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Resume ``tp`` unless the rate limit holds every partition paused."""
+        if self._throttled_since is None:
+            consumer.resume(tp)
+
     def _owns(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
         return tp not in self._revoked and tp in consumer.assignment()
 
@@ -174,7 +224,7 @@ class ConsumerRunner(Generic[U]):
         try:
             while records := self._queued.pop(tp, None):
                 if tp in consumer.paused():
-                    consumer.resume(tp)
+                    self._resume(consumer, tp)
                 try:
                     done = await self._apply(records)
                 except Exception:  # a bug here must not stop the partition for good
@@ -188,7 +238,7 @@ class ConsumerRunner(Generic[U]):
                     self._queued.pop(tp, None)
                     if self._owns(consumer, tp):
                         consumer.seek(tp, records[done].offset)
-                        consumer.resume(tp)  # paused meanwhile if a poll's worth had queued
+                        self._resume(consumer, tp)  # paused if a poll's worth had queued
                     return
         finally:
             del self._working[tp]

@@ -1,11 +1,14 @@
-"""The pure base of every aggregate: it records the integration events that happened.
+"""The pure base of every aggregate: it records the events that happened, domain and
+integration.
 
 No I/O here: domains import this module, never asyncpg, aiokafka or FastAPI.
 """
 
 from __future__ import annotations
 
-from shared.contracts import Payload
+from pydantic import BaseModel, ConfigDict
+
+from shared.contracts import IntegrationEvent
 
 
 class DomainError(Exception):
@@ -27,14 +30,32 @@ class ConcurrencyError(Exception):
     retried (a consumer does, as for any transient failure)."""
 
 
+class DomainEvent(BaseModel):
+    """A fact inside one service (every address edit, every stock movement): it may be
+    chatty, and it never crosses Kafka by itself. It is not an
+    :class:`~shared.contracts.IntegrationEvent`, so the outbox refuses it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    def published_as(self) -> IntegrationEvent | None:
+        """The coarse integration event this fact becomes, debounced (see
+        :mod:`shared.debounce`): of a burst of changes to one aggregate, only the last one's
+        goes out, once the aggregate is quiet. None (the default): it stays inside."""
+        return None
+
+
+Event = IntegrationEvent | DomainEvent
+
+
 class Aggregate:
-    """An aggregate records what happened in ``events``; the unit of work drains them into
-    the outbox in the same transaction as the aggregate's own change."""
+    """An aggregate records what happened in ``events``; the unit of work drains the
+    integration events into the outbox in the same transaction as the aggregate's own
+    change, and keeps domain events inside the service."""
 
     aggregate_id: str
 
     def __init__(self) -> None:
-        self.events: list[Payload] = []
+        self.events: list[Event] = []
 
-    def record(self, event: Payload) -> None:
+    def record(self, event: Event) -> None:
         self.events.append(event)

@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.contracts import Payload, decode_payload, spec_of
+from shared.contracts import IntegrationEvent, decode_payload, spec_of
 
 
 class MalformedEnvelopeError(Exception):
@@ -39,7 +39,7 @@ class Envelope(BaseModel):
         """The ordered stream this event belongs to: one producer's one aggregate."""
         return (self.source, self.aggregate_type, self.aggregate_id)
 
-    def decoded(self) -> Payload:
+    def decoded(self) -> IntegrationEvent:
         return decode_payload(self.event_type, self.schema_version, self.payload)
 
     def to_bytes(self) -> bytes:
@@ -54,7 +54,7 @@ class Envelope(BaseModel):
 
 
 def new_envelope(
-    payload: Payload,
+    payload: IntegrationEvent,
     *,
     source: str,
     aggregate_id: str,

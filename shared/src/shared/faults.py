@@ -8,6 +8,8 @@ production, a failpoint is one dictionary lookup. The names in the code:
 - ``uow.after_commit``: the business transaction committed, nothing published yet.
 - ``consumer.after_db_commit``: an event's transaction committed, its offset not yet.
 - ``consumer.before_db_commit``: an event was fetched, its transaction not committed yet.
+- ``burst.quiet_period``: the test worker's burst of address edits committed, nothing emitted
+  (``shared.testing.worker burst``).
 - ``handler.raise``: not a kill: the handler raises (see :func:`raise_if_armed`).
 """
 

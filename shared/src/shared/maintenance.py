@@ -8,7 +8,13 @@ from typing import cast
 import asyncpg
 
 from shared.deadletter import DeadLetter, DeadLetterSink
-from shared.metrics import DLQ_DEPTH, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, PARKED_EVENTS
+from shared.metrics import (
+    DEBOUNCE_PENDING,
+    DLQ_DEPTH,
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
+    PARKED_EVENTS,
+)
 from shared.postgres import PostgresInbox
 from shared.settings import ServiceSettings
 
@@ -20,7 +26,8 @@ async def refresh_gauges(pool: asyncpg.Pool, service: str) -> None:
                (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
                   FROM outbox) AS oldest,
                (SELECT count(*) FROM parked_events) AS parked,
-               (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dlq
+               (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dlq,
+               (SELECT count(*) FROM debounced_events) AS debounced
         """
     )
     assert row is not None
@@ -28,6 +35,7 @@ async def refresh_gauges(pool: asyncpg.Pool, service: str) -> None:
     OUTBOX_OLDEST_AGE.labels(service).set(float(row["oldest"]))
     PARKED_EVENTS.labels(service).set(row["parked"])
     DLQ_DEPTH.labels(service).set(row["dlq"])
+    DEBOUNCE_PENDING.labels(service).set(row["debounced"])
 
 
 # A parked event whose missing predecessor (the stream's next sequence, ``last + 1``) is

@@ -53,3 +53,38 @@ AGGREGATE_AGE_SECONDS = Histogram(
     ["service", "aggregate_type", "status"],
     buckets=LATENCY_BUCKETS,
 )
+
+# Event storms: debounce at the source, rate-limited consumers, the fan-out guard.
+DEBOUNCE_HELD = Counter(
+    "debounce_changes_held_total",
+    "Changes held for debounce (each rewrites its aggregate's pending event)",
+    ["service", "event_type"],
+)
+DEBOUNCE_EMITTED = Counter(
+    "debounce_events_emitted_total",
+    "Debounced events moved to the outbox (one per burst)",
+    ["service", "event_type"],
+)
+DEBOUNCE_PENDING = Gauge("debounce_pending", "Debounced events waiting to be emitted", ["service"])
+CONSUMER_THROTTLED = Gauge(
+    "consumer_throttled",
+    "1 while the rate limit holds the consumer's partitions paused",
+    ["service"],
+)
+CONSUMER_THROTTLED_SECONDS = Counter(
+    "consumer_throttled_seconds_total",
+    "Time the rate limit held the consumer's partitions paused",
+    ["service"],
+)
+FANOUT_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+EVENTS_PER_CAUSE = Histogram(
+    "integration_events_per_cause",
+    "Integration events written to the outbox per incoming request or event (fan-out)",
+    ["service", "cause"],
+    buckets=FANOUT_BUCKETS,
+)
+FANOUT_WARNINGS = Counter(
+    "storm_fanout_warnings_total",
+    "Requests or events whose fan-out passed STORM_FANOUT_WARN_THRESHOLD",
+    ["service", "cause"],
+)

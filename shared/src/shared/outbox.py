@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from opentelemetry import propagate
 
-from shared.contracts import Payload, spec_of
+from shared.contracts import IntegrationEvent, spec_of
 from shared.correlation import current_causation_id, current_correlation_id
 from shared.envelope import Envelope, new_envelope
 
@@ -36,12 +36,18 @@ def to_message(envelope: Envelope, topic: str) -> OutgoingMessage:
 class Outbox(ABC):
     """Port: appends events within the caller's transaction. ``append`` assigns the next
     sequence of the aggregate; sequences of one aggregate are 1, 2, 3, ... with no gap, in
-    commit order."""
+    commit order. Only integration events go in: anything else is a ``TypeError``."""
 
     def __init__(self, source: str) -> None:
         self.source = source
 
-    async def append(self, event: Payload, *, aggregate_id: str) -> Envelope:
+    async def append(self, event: IntegrationEvent, *, aggregate_id: str) -> Envelope:
+        if not isinstance(event, IntegrationEvent):
+            # mypy stops this first; the check catches what mypy cannot see (an Any).
+            raise TypeError(
+                f"{type(event).__name__} is not an integration event: only those reach the"
+                " outbox (a domain event stays inside its service)"
+            )
         spec = spec_of(event)
         sequence = await self._next_sequence(spec.aggregate_type, aggregate_id)
         envelope = new_envelope(

@@ -1,4 +1,5 @@
-"""The PostgreSQL adapters of the machinery's ports: outbox, inbox and unit of work.
+"""The PostgreSQL adapters of the machinery's ports: outbox, inbox, pending (debounced)
+events and unit of work.
 
 The shared contract tests (``shared/tests/contract``) run the same cases against these and
 against the in-memory fakes of :mod:`shared.testing.fakes`.
@@ -13,10 +14,13 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.contracts import decode_payload, spec_of
 from shared.envelope import Envelope, parse_envelope
 from shared.faults import failpoint
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.outbox import Outbox, OutgoingMessage
+from shared.pending import HeldEvent, PendingEvents
+from shared.storm import FanOutGuard
 from shared.uow import DirectPublish, UnitOfWork
 
 
@@ -182,6 +186,59 @@ class PostgresInbox(Inbox):
         )
 
 
+class PostgresPendingEvents(PendingEvents):
+    def __init__(self, conn: asyncpg.Connection, source: str) -> None:
+        super().__init__(source)
+        self._conn = conn
+
+    async def _hold(self, event: HeldEvent) -> None:
+        spec = spec_of(event.event)
+        await self._conn.execute(
+            """
+            INSERT INTO debounced_events AS d (aggregate_type, aggregate_id, event_type,
+                schema_version, payload, correlation_id, causation_id, trace_headers,
+                first_at, last_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp(), clock_timestamp())
+            ON CONFLICT (aggregate_type, aggregate_id, event_type) DO UPDATE
+            SET schema_version = EXCLUDED.schema_version, payload = EXCLUDED.payload,
+                correlation_id = EXCLUDED.correlation_id,
+                causation_id = EXCLUDED.causation_id,
+                trace_headers = EXCLUDED.trace_headers,
+                changes = d.changes + 1, last_at = EXCLUDED.last_at
+            """,
+            spec.aggregate_type,
+            event.aggregate_id,
+            spec.event_type,
+            spec.schema_version,
+            event.event.model_dump_json(),
+            event.correlation_id,
+            event.causation_id,
+            json.dumps(event.trace_headers),
+        )
+
+    async def waiting(self) -> list[tuple[HeldEvent, int]]:
+        rows = await self._conn.fetch(
+            """
+            SELECT event_type, schema_version, payload, aggregate_id, correlation_id,
+                   causation_id, trace_headers, changes
+            FROM debounced_events ORDER BY first_at, aggregate_id
+            """
+        )
+        return [
+            (
+                HeldEvent(
+                    decode_payload(r["event_type"], r["schema_version"], json.loads(r["payload"])),
+                    r["aggregate_id"],
+                    r["correlation_id"],
+                    r["causation_id"],
+                    json.loads(r["trace_headers"]),
+                ),
+                r["changes"],
+            )
+            for r in rows
+        ]
+
+
 class PostgresUnitOfWork(UnitOfWork):
     """A pooled connection in a transaction. Subclasses build their repositories on
     ``self.conn`` in ``_begin``. With ``direct_publish`` (the naive dual-write pitfall mode)
@@ -197,8 +254,10 @@ class PostgresUnitOfWork(UnitOfWork):
         *,
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
+        debounce: bool = True,
+        fanout: FanOutGuard | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(debounce=debounce, fanout=fanout)
         self._pool = pool
         self._source = source
         self._direct_publish = direct_publish
@@ -221,6 +280,7 @@ class PostgresUnitOfWork(UnitOfWork):
             self.conn, self._source, direct=self._direct_publish is not None
         )
         self.inbox = PostgresInbox(self.conn, self._source)
+        self.pending = PostgresPendingEvents(self.conn, self._source)
 
     async def _commit(self) -> None:
         try:

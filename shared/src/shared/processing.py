@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Generic
 
-from shared.contracts import InvalidPayloadError, Payload, UnknownEventError
+from shared.contracts import IntegrationEvent, InvalidPayloadError, UnknownEventError
 from shared.correlation import correlated
 from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.domain import DomainError, NotFoundError
@@ -109,7 +109,7 @@ class EventProcessor(Generic[U]):
         self._new_uow = new_uow
         self._protections = protections
 
-    def decode(self, envelope: Envelope) -> Payload | None:
+    def decode(self, envelope: Envelope) -> IntegrationEvent | None:
         """The typed payload, or None when no handler wants this event type. Raises
         PermanentError for an unknown version or an invalid payload of a handled type."""
         if self._router.handler_for(envelope.event_type) is None:
@@ -166,7 +166,7 @@ class EventProcessor(Generic[U]):
         return outcome
 
     async def _process(
-        self, delivery: Delivery, payload: Payload | None, *, unblock: bool
+        self, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool
     ) -> Outcome:
         async with self._new_uow() as uow:
             outcome = await self._admit_one(uow, delivery, payload, unblock=unblock)
@@ -175,7 +175,7 @@ class EventProcessor(Generic[U]):
         return outcome
 
     async def _admit_one(
-        self, uow: U, delivery: Delivery, payload: Payload | None, *, unblock: bool = True
+        self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool = True
     ) -> Outcome:
         try:
             return await self._admit(uow, delivery, payload, unblock=unblock)
@@ -183,7 +183,7 @@ class EventProcessor(Generic[U]):
             raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _admit(
-        self, uow: U, delivery: Delivery, payload: Payload | None, *, unblock: bool
+        self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool
     ) -> Outcome:
         envelope = delivery.envelope
         has_parked = False
@@ -210,7 +210,7 @@ class EventProcessor(Generic[U]):
             await self._apply_unblocked(uow, envelope)
         return outcome
 
-    async def _apply(self, uow: U, envelope: Envelope, payload: Payload | None) -> Outcome:
+    async def _apply(self, uow: U, envelope: Envelope, payload: IntegrationEvent | None) -> Outcome:
         """Apply the event (or, with no handler, only move its stream on). The dedup row is
         written first: when it was there already the event is a duplicate."""
         subscription = self._router.handler_for(envelope.event_type)

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from shared.contracts import Payload, current, spec_of
+from shared.contracts import IntegrationEvent, current, spec_of
 from shared.uow import UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
-P = TypeVar("P", bound=Payload)
+P = TypeVar("P", bound=IntegrationEvent)
 Handler = Callable[[P, U], Awaitable[None]]
 
 

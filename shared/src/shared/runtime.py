@@ -23,12 +23,14 @@ from fastapi import APIRouter
 from shared.consumer import ConsumerRunner
 from shared.db import DATABASE_ERRORS, create_pool
 from shared.deadletter import DeadLetterSink
+from shared.debounce import DebounceEmitter
 from shared.kafka import Producer
 from shared.maintenance import apply_retention, expire_gaps, refresh_gauges
 from shared.processing import EventProcessor, Protections
 from shared.relay import OutboxRelay
 from shared.routing import Router, U
 from shared.settings import ServiceSettings
+from shared.storm import FanOutGuard
 from shared.uow import DirectPublish, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class UowFactory(Protocol[U_co]):
         *,
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
+        debounce: bool = True,
+        fanout: FanOutGuard | None = None,
     ) -> U_co: ...
 
 
@@ -86,6 +90,7 @@ class Runtime(Generic[U]):
         self.settings = definition.settings
         self.service = self.settings.service_name
         self.producer = Producer(self.settings)
+        self.fanout = FanOutGuard(self.service, self.settings.storm_fanout_warn_threshold)
         self._tasks: list[asyncio.Task[None]] = []
 
     def new_uow(self) -> U:
@@ -107,6 +112,8 @@ class Runtime(Generic[U]):
             direct,
             outbox_written=self.relay.wake,
             acquire_timeout=self.settings.db_acquire_timeout_seconds,
+            debounce=not self.settings.pitfall_no_debounce,
+            fanout=self.fanout,
         )
 
     async def start(self) -> None:
@@ -127,9 +134,18 @@ class Runtime(Generic[U]):
         self.consumer = ConsumerRunner(
             self.settings, processor, self.definition.router.topics, self.dead_letters
         )
+        self.debounce = DebounceEmitter(
+            self.pool,
+            self.service,
+            quiet_seconds=self.settings.debounce_quiet_seconds,
+            max_wait_seconds=self.settings.debounce_max_wait_seconds,
+            poll_seconds=self.settings.debounce_poll_seconds,
+            emitted=self.relay.wake,
+        )
         workers: dict[str, Callable[[], Awaitable[None]]] = {
             "consumer": self.consumer.run,
             "maintenance": self._maintain,
+            "debounce": self.debounce.run,
         }
         if not self.settings.pitfall_naive_dual_write:
             workers["relay"] = self.relay.run

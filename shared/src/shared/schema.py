@@ -10,4 +10,6 @@ step, never by editing one; see that package for how.
 - ``parked_events``: events that arrived ahead of a gap, applied when it fills.
 - ``dead_letters``: what the consumer gave up on, whole, with the reason, its own
   ``letter_id`` and its stream, for ``/admin/dlq`` and replay.
+- ``debounced_events``: the latest integration event per aggregate waiting for a quiet
+  period (:mod:`shared.debounce`); the emitter moves it to the outbox.
 """

@@ -96,6 +96,13 @@ class ServiceSettings(BaseSettings):
         description="transactions of different partitions applied at once (1: one at a time);"
         " a transaction chosen as a deadlock's victim is run again",
     )
+    consumer_rate_limit_per_second: float = Field(
+        0.0,
+        ge=0,
+        description="events a second this service's consumer applies at most (a token bucket"
+        " of one second's worth); while it waits for tokens its partitions are paused, so the"
+        " backlog stays in Kafka. 0: no limit",
+    )
     consumer_max_attempts: int = Field(
         5, description="attempts before an event is dead-lettered (ordinary errors)"
     )
@@ -138,6 +145,30 @@ class ServiceSettings(BaseSettings):
         600.0, gt=0, description="how often the retention purges run"
     )
 
+    debounce_quiet_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="a debounced event (an order's address, a SKU's stock level) goes out once"
+        " its aggregate has had no change for this long",
+    )
+    debounce_max_wait_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="... or once the first change it holds is this old, so a burst that never"
+        " ends still emits",
+    )
+    debounce_poll_seconds: float = Field(
+        0.2, gt=0, description="how often the debounce emitter looks for due events"
+    )
+
+    storm_fanout_warn_threshold: int = Field(
+        20,
+        ge=0,
+        description="the storm guard: one request or event that writes more integration"
+        " events than this logs a warning with its correlation id (0: never); the flow's own"
+        " steps write one or two",
+    )
+
     # Pitfall modes: each switch turns one protection off, to show the pitfall happening.
     pitfall_naive_dual_write: bool = Field(
         False, description="pitfall mode: publish after commit, no outbox"
@@ -148,6 +179,11 @@ class ServiceSettings(BaseSettings):
     )
     pitfall_auto_commit: bool = Field(
         False, description="pitfall mode: Kafka auto-commits offsets before the work is done"
+    )
+    pitfall_no_debounce: bool = Field(
+        False,
+        description="pitfall mode: no debounce, every address edit and stock movement crosses"
+        " Kafka as its own event",
     )
 
     @field_validator("admin_token")

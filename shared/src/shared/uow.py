@@ -2,7 +2,8 @@
 caused (outbox) and, in a consumer, the record of the event being applied (inbox).
 
 Handlers never commit events any other way: ``commit()`` drains the events recorded by the
-aggregates the unit of work tracked into the outbox, then commits. The PostgreSQL
+aggregates the unit of work tracked (integration events into the outbox, the integration
+events that domain events are published as into the debounce hold), then commits. The PostgreSQL
 implementation is :class:`shared.postgres.PostgresUnitOfWork`; the in-memory fake for unit
 tests is :class:`shared.testing.fakes.InMemoryUnitOfWork`.
 """
@@ -14,20 +15,29 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
-from shared.domain import Aggregate
+from shared.domain import Aggregate, DomainEvent
 from shared.inbox import Inbox
 from shared.outbox import Outbox, OutgoingMessage
+from shared.pending import PendingEvents
+from shared.storm import FanOutGuard
 
 DirectPublish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
 
 
 class UnitOfWork(ABC):
+    """``debounce=False`` is the pitfall mode PITFALL_NO_DEBOUNCE: the integration event of
+    every domain event goes to the outbox at once, instead of being held (see
+    :mod:`shared.debounce`)."""
+
     outbox: Outbox
     inbox: Inbox
+    pending: PendingEvents
 
-    def __init__(self) -> None:
+    def __init__(self, *, debounce: bool = True, fanout: FanOutGuard | None = None) -> None:
         self._tracked: list[Aggregate] = []
         self._committed = False
+        self._debounce = debounce
+        self._fanout = fanout
 
     def track(self, aggregate: Aggregate) -> None:
         """Repositories call this for every aggregate they hand out or add."""
@@ -53,10 +63,21 @@ class UnitOfWork(ABC):
         each, so each event's outbox rows carry its own correlation and trace context, and
         the next event reads what the previous one wrote."""
         await self._persist()
+        emitted = 0
         for aggregate in self._tracked:
-            for event in aggregate.events:
+            for recorded in aggregate.events:
+                event = recorded.published_as() if isinstance(recorded, DomainEvent) else recorded
+                if event is None:
+                    continue  # a domain event that stays inside
+                if event is not recorded and self._debounce:
+                    await self.pending.hold(event, aggregate_id=aggregate.aggregate_id)
+                    continue
+                # An integration event, or (pitfall: no debounce) every change's coarse one.
                 await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
+                emitted += 1
             aggregate.events.clear()
+        if self._fanout is not None:
+            self._fanout.observe(emitted)
 
     async def commit(self) -> None:
         await self.flush()

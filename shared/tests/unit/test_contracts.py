@@ -10,8 +10,8 @@ import pytest
 from shared import contracts
 from shared.contracts import (
     Compatibility,
+    IntegrationEvent,
     InvalidPayloadError,
-    Payload,
     UnknownEventError,
     current,
     decode_payload,
@@ -23,6 +23,7 @@ from shared.contracts import (
 from shared.contracts.catalog import (
     InventoryRejected,
     InventoryRejectedV1,
+    ShipmentDispatchedV1,
     Shortfall,
 )
 from shared.routing import Router
@@ -30,7 +31,10 @@ from shared.routing import Router
 ORDER_ID = uuid4()
 
 # One old event per upcaster, as an old producer wrote it.
-OLD_EVENTS: list[Payload] = [InventoryRejectedV1(order_id=ORDER_ID, reason="B: 2 wanted")]
+OLD_EVENTS: list[IntegrationEvent] = [
+    InventoryRejectedV1(order_id=ORDER_ID, reason="B: 2 wanted"),
+    ShipmentDispatchedV1(order_id=ORDER_ID, shipment_id=uuid4()),
+]
 
 
 def test_every_upcaster_has_an_old_event_to_test_it_with() -> None:
@@ -42,7 +46,7 @@ def test_every_upcaster_has_an_old_event_to_test_it_with() -> None:
 
 
 @pytest.mark.parametrize("old", OLD_EVENTS, ids=lambda e: type(e).__name__)
-def test_an_upcast_event_reads_back_as_the_old_one_unchanged(old: Payload) -> None:
+def test_an_upcast_event_reads_back_as_the_old_one_unchanged(old: IntegrationEvent) -> None:
     new = upcast(old)
     assert type(new) is current(spec_of(old).event_type).model
     # what a reader of the old version makes of the new one: the same event

@@ -41,6 +41,10 @@ SHIPPED_STEPS: dict[str, tuple[str, str]] = {
         "b0196de73c64f87d20f77e3bcc8060399ce8ca18aa39addea2b48f5854aa658e",
         "b48e77f86b99d039f181d1f7c62e927992bbed14467b0df6c4f1157da980d0a2",
     ),
+    "0004_debounced_events": (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
+    ),
 }
 
 # (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
@@ -92,6 +96,22 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("shipping", "0004"): (
         "4526aca941aff411d3802a31f376d43564151259c94e4f5c9e2fd792b6b34f0d",
         "f7b82c32e3cf61af1660a066a7fe0b29162fc6bb9b0c3123334c7e95b3e52f10",
+    ),
+    ("order", "0005"): (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
+    ),
+    ("inventory", "0005"): (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
+    ),
+    ("shipping", "0005"): (
+        "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
+        "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
+    ),
+    ("shipping", "0006"): (
+        "b87de67450b8d7a829b6b8029812e68b0d8ed9cd671939a58957155e95000e0c",
+        "9a8bf988d71622107ca9ce49c3da9f58ef96df492f4313c56620e5a0e34bb19e",
     ),
 }
 

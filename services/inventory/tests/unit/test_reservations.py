@@ -22,7 +22,7 @@ from shared.contracts.catalog import (
     Shortfall,
 )
 from shared.domain import DomainError
-from shared.testing.fakes import InMemoryState
+from shared.testing.fakes import InMemoryState, emit_pending
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 
@@ -44,7 +44,9 @@ def test_a_reservation_takes_nothing_when_one_line_is_short() -> None:
     reservation = Reservation.reserve(uuid4(), lines(A=2, B=2), stock)
     assert reservation.status is ReservationStatus.REJECTED
     assert [type(e).__name__ for e in reservation.events] == ["InventoryRejected"]
-    assert "B: 2 wanted, 1 available" in reservation.events[0].reason  # type: ignore[attr-defined]
+    rejected = reservation.events[0]
+    assert isinstance(rejected, InventoryRejected)
+    assert "B: 2 wanted, 1 available" in rejected.reason
     assert (stock["A"].available, stock["A"].reserved) == (5, 0)
     assert stock["A"].events == []
 
@@ -132,12 +134,25 @@ async def test_an_order_placed_twice_reserves_once() -> None:
     assert stock_of(state, "A") == (7, 3, 0)
 
 
-async def test_every_stock_change_publishes_the_new_level_keyed_by_sku() -> None:
+async def test_stock_changes_are_held_and_published_once_as_the_last_level_keyed_by_sku() -> None:
     state = InMemoryState()
     await seed(state, A=10)
+    await seed(state, A=7)
+    assert state.outbox.envelopes == []  # held for debounce, not published
+    assert await emit_pending(state, "inventory") == 1
     (envelope,) = state.outbox.envelopes
     assert (envelope.event_type, envelope.aggregate_id, envelope.sequence) == (
         "StockLevelChanged",
         "A",
         1,
     )
+    assert envelope.payload["available"] == 7
+
+
+async def test_without_debounce_every_stock_change_is_published() -> None:
+    state = InMemoryState()
+    for level in (10, 7):
+        async with FakeInventoryUnitOfWork(state, "inventory", debounce=False) as uow:
+            (await uow.stock.get_or_create("A")).restock(level)
+            await uow.commit()
+    assert [e.payload["available"] for e in state.outbox.envelopes] == [10, 7]

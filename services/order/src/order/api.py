@@ -9,7 +9,13 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from order.commands import PlaceOrder, UnknownSkuError, cancel_order, place_order
+from order.commands import (
+    PlaceOrder,
+    UnknownSkuError,
+    cancel_order,
+    change_shipping_address,
+    place_order,
+)
 from order.domain.order import OrderStatus
 from order.repository import DuplicateIdempotencyKeyError, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
@@ -111,4 +117,18 @@ async def post_cancel(order_id: UUID, uow: UowDep) -> OrderView:
     if the shipment was dispatched first the order ends SHIPPED); 409 once shipped or
     rejected."""
     order = await cancel_order(order_id, uow)  # 404 / 409: the HTTP shell maps the errors
+    return OrderView.model_validate(order)
+
+
+@router.put("/{order_id}/shipping-address", status_code=202, response_model=OrderView)
+async def put_shipping_address(order_id: UUID, body: Address, request: Request) -> OrderView:
+    """Ship somewhere else. 202 with the order as changed; shipping hears of it once the
+    edits stop (one `OrderShippingAddressChanged` per burst, after `DEBOUNCE_QUIET_SECONDS`).
+    409 once the order ended (shipped, rejected or cancelled); a change that reaches
+    shipping after dispatch is not applied, and the order then shows the address the parcel
+    went to."""
+    # The unit of work is opened here, not as a dependency: a bad body is refused (422)
+    # before a database connection is taken, as for POST /orders.
+    async with request.app.state.runtime.new_http_uow() as uow:
+        order = await change_shipping_address(order_id, body, uow)  # 404 / 409 as for cancel
     return OrderView.model_validate(order)

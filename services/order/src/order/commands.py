@@ -92,3 +92,15 @@ async def cancel_order(order_id: UUID, uow: OrderUnitOfWork) -> Order:
         order.cancel(datetime.now(UTC))
         await uow.commit()
     return order
+
+
+async def change_shipping_address(order_id: UUID, address: Address, uow: OrderUnitOfWork) -> Order:
+    """Record the new address now; the event that tells the other services goes out once the
+    edits stop (debounced), with the order's correlation id, like a cancel's."""
+    order = await uow.orders.get(order_id)
+    if order is None:
+        raise OrderNotFoundError(f"no order {order_id}")
+    with correlated(order.correlation_id, current_causation_id()):
+        order.change_shipping_address(address, datetime.now(UTC))
+        await uow.commit()
+    return order

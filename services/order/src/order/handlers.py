@@ -69,7 +69,7 @@ async def when_shipment_dispatched_mark_order_shipped(
     event: ShipmentDispatched, uow: OrderUnitOfWork
 ) -> None:
     order = await _load(uow, event.order_id)
-    order.shipment_dispatched(_now())
+    order.shipment_dispatched(_now(), event.shipping_address)
 
 
 @router.subscriber(ShipmentCancelled)

@@ -9,11 +9,12 @@ from uuid import uuid4
 import pytest
 
 from order.bootstrap import MIGRATIONS
-from order.domain.order import Order, OrderStatus
+from order.commands import OrderNotFoundError, change_shipping_address
+from order.domain.order import AddressChangeTooLateError, Order, OrderStatus
 from order.postgres import PostgresOrderUnitOfWork
 from order.repository import IdempotencyRecord, OrderUnitOfWork
 from order.testing import FakeOrderUnitOfWork
-from shared.contracts.catalog import Address, OrderLine
+from shared.contracts.catalog import Address, OrderLine, OrderShippingAddressChanged
 from shared.domain import ConcurrencyError
 from shared.testing.backends import units
 
@@ -143,3 +144,51 @@ async def test_the_catalog_holds_a_stock_level_past_2_to_the_31(new_uow: NewUow)
         await uow.commit()
     async with new_uow() as uow:
         assert await uow.catalog.unknown(["BIG", "NONE"]) == ["NONE"]
+
+
+async def test_a_burst_of_address_changes_is_held_as_one_event_with_the_last_address(
+    new_uow: NewUow,
+) -> None:
+    order = an_order()
+    await add(new_uow, order)
+    for n in range(1, 6):
+        async with new_uow() as uow:
+            await change_shipping_address(
+                order.order_id, ADDRESS.model_copy(update={"line1": f"{n} Elm St"}), uow
+            )
+    async with new_uow() as uow:
+        stored = await uow.orders.read(order.order_id)
+        held = await uow.pending.waiting()
+    assert stored is not None
+    assert stored.shipping_address.line1 == "5 Elm St"
+    assert stored.version == order.version + 5
+    ((event, changes),) = held
+    assert event.event == OrderShippingAddressChanged(
+        order_id=order.order_id, shipping_address=stored.shipping_address
+    )
+    assert (event.aggregate_id, event.correlation_id, changes) == (str(order.order_id), "corr", 5)
+
+
+async def test_an_address_change_after_the_order_ended_is_refused_and_holds_nothing(
+    new_uow: NewUow,
+) -> None:
+    order = an_order()
+    order.status = OrderStatus.SHIPPED
+    await add(new_uow, order)
+    async with new_uow() as uow:
+        with pytest.raises(AddressChangeTooLateError):
+            await change_shipping_address(
+                order.order_id, ADDRESS.model_copy(update={"line1": "late"}), uow
+            )
+    async with new_uow() as uow:
+        stored = await uow.orders.read(order.order_id)
+        assert await uow.pending.waiting() == []
+    assert stored is not None
+    assert (stored.shipping_address, stored.version) == (ADDRESS, order.version)
+
+
+async def test_an_address_change_of_an_unknown_order_is_not_found(new_uow: NewUow) -> None:
+    async with new_uow() as uow:
+        with pytest.raises(OrderNotFoundError):
+            await change_shipping_address(uuid4(), ADDRESS, uow)
+        assert await uow.pending.waiting() == []

@@ -67,3 +67,26 @@ def test_a_control_character_in_the_dead_letter_filter_is_refused(client: TestCl
     )
     assert response.status_code == 422, response.text
     assert "correlation_id: must not contain control characters" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ADDRESS | {"country": "France"},
+        ADDRESS | {"line1": ""},
+        ADDRESS | {"city": "x\x00y"},
+        {k: v for k, v in ADDRESS.items() if k != "postal_code"},
+        [],
+    ],
+)
+def test_a_malformed_address_change_is_refused_with_422_before_the_database(
+    client: TestClient, body: Any
+) -> None:
+    order_id = "00000000-0000-0000-0000-000000000001"
+    response = client.put(f"/orders/{order_id}/shipping-address", json=body)
+    assert response.status_code == 422, response.text
+
+
+def test_an_address_change_needs_an_order_id(client: TestClient) -> None:
+    response = client.put("/orders/not-a-uuid/shipping-address", json=ADDRESS)
+    assert response.status_code == 422, response.text

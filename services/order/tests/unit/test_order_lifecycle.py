@@ -3,7 +3,13 @@ from uuid import uuid4
 
 import pytest
 
-from order.domain.order import CancelTooLateError, Order, OrderStatus
+from order.domain.order import (
+    AddressChangeTooLateError,
+    CancelTooLateError,
+    Order,
+    OrderStatus,
+    ShippingAddressEdited,
+)
 from shared.contracts.catalog import (
     Address,
     OrderCancellationRequested,
@@ -13,6 +19,7 @@ from shared.contracts.catalog import (
     OrderPlaced,
     OrderRejected,
     OrderShipped,
+    OrderShippingAddressChanged,
 )
 from shared.domain import DomainError
 
@@ -113,3 +120,50 @@ def test_a_dispatch_for_a_cancelled_order_is_an_inconsistency_not_silently_accep
     order.cancel(NOW)
     with pytest.raises(DomainError):
         order.shipment_dispatched(NOW)
+
+
+ELSEWHERE = ADDRESS.model_copy(update={"line1": "2 Elm St"})
+
+
+def test_an_address_edit_is_a_domain_event_published_as_order_shipping_address_changed() -> None:
+    order = placed()
+    order.confirm(NOW)
+    order.change_shipping_address(ELSEWHERE, NOW)
+    order.change_shipping_address(ELSEWHERE, NOW)  # the same again: nothing
+    (edit,) = [e for e in order.events if isinstance(e, ShippingAddressEdited)]
+    assert edit.published_as() == OrderShippingAddressChanged(
+        order_id=order.order_id, shipping_address=ELSEWHERE
+    )
+    assert (order.shipping_address, order.version) == (ELSEWHERE, 3)
+
+
+@pytest.mark.parametrize("end", ["ship", "reject", "cancel"])
+def test_an_address_edit_after_the_order_ended_is_refused(end: str) -> None:
+    order = placed()
+    if end == "ship":
+        order.confirm(NOW)
+        order.shipment_dispatched(NOW)
+    elif end == "reject":
+        order.reject("no stock", NOW)
+    else:
+        order.cancel(NOW)
+    order.events.clear()
+    with pytest.raises(AddressChangeTooLateError):
+        order.change_shipping_address(ELSEWHERE, NOW)
+    assert (order.shipping_address, order.events) == (ADDRESS, [])
+
+
+def test_the_order_ends_showing_the_address_the_parcel_went_to() -> None:
+    order = placed()
+    order.confirm(NOW)
+    order.change_shipping_address(ELSEWHERE, NOW)  # reached shipping after dispatch
+    order.shipment_dispatched(NOW, ADDRESS)
+    assert (order.status, order.shipping_address) == (OrderStatus.SHIPPED, ADDRESS)
+
+
+def test_a_dispatch_that_does_not_say_where_keeps_the_order_s_address() -> None:
+    order = placed()
+    order.confirm(NOW)
+    order.change_shipping_address(ELSEWHERE, NOW)
+    order.shipment_dispatched(NOW, None)  # a v1 ShipmentDispatched
+    assert order.shipping_address == ELSEWHERE

@@ -7,8 +7,9 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from shared.contracts.catalog import Address
 from shared.http import unit_of_work
 from shipping.domain.shipment import ShipmentStatus
 from shipping.repository import ShippingUnitOfWork
@@ -26,6 +27,10 @@ class ShipmentView(BaseModel):
     dispatch_at: datetime
     created_at: datetime
     updated_at: datetime
+    shipping_address: Address | None = Field(
+        description="where it goes (where it went, once DISPATCHED); null for a shipment"
+        " cancelled before it was scheduled"
+    )
 
 
 @router.get("/{order_id}", response_model=ShipmentView)

@@ -7,7 +7,11 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from shared.contracts.catalog import OrderCancellationRequested, OrderConfirmed
+from shared.contracts.catalog import (
+    OrderCancellationRequested,
+    OrderConfirmed,
+    OrderShippingAddressChanged,
+)
 from shared.correlation import correlated
 from shared.routing import Router
 from shared.tracing import context_from_headers, tracer
@@ -32,8 +36,22 @@ async def when_order_confirmed_schedule_shipment(
     if await uow.shipments.get(event.order_id) is not None:
         return
     now = _now()
-    shipment = Shipment.schedule(event.order_id, now=now, dispatch_at=now + DISPATCH_DELAY)
+    shipment = Shipment.schedule(
+        event.order_id, event.shipping_address, now=now, dispatch_at=now + DISPATCH_DELAY
+    )
     uow.shipments.add(shipment)
+
+
+@router.subscriber(OrderShippingAddressChanged)
+async def when_order_shipping_address_changed_redirect_shipment(
+    event: OrderShippingAddressChanged, uow: ShippingUnitOfWork
+) -> None:
+    shipment = await uow.shipments.get(event.order_id)
+    if shipment is None:
+        # Not confirmed yet: OrderConfirmed, later on the same stream, carries the address.
+        return
+    if not shipment.redirect(event.shipping_address, _now()):
+        log.info("address change for order %s arrived after dispatch: not applied", event.order_id)
 
 
 @router.subscriber(OrderCancellationRequested)

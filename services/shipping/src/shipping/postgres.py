@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.contracts.catalog import Address
 from shared.postgres import PostgresUnitOfWork
 from shared.uow import UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
@@ -22,6 +23,9 @@ def _shipment(row: asyncpg.Record) -> Shipment:
         row["dispatch_at"],
         row["created_at"],
         row["updated_at"],
+        None
+        if row["shipping_address"] is None
+        else Address.model_validate_json(row["shipping_address"]),
     )
 
 
@@ -55,9 +59,10 @@ class PostgresShipmentRepository(ShipmentRepository):
         await self._conn.execute(
             """
             INSERT INTO shipments (order_id, shipment_id, status, dispatch_at, created_at,
-                                   updated_at, correlation_id, trace_headers)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            ON CONFLICT (order_id) DO UPDATE SET status = $3, updated_at = $6
+                                   updated_at, correlation_id, trace_headers, shipping_address)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (order_id) DO UPDATE
+            SET status = $3, updated_at = $6, shipping_address = $9
             """,
             shipment.order_id,
             shipment.shipment_id,
@@ -67,6 +72,9 @@ class PostgresShipmentRepository(ShipmentRepository):
             shipment.updated_at,
             correlation_id,
             json.dumps(trace_headers),
+            None
+            if shipment.shipping_address is None
+            else shipment.shipping_address.model_dump_json(),
         )
 
 

@@ -8,6 +8,7 @@ from uuid import uuid4
 
 import pytest
 
+from shared.contracts.catalog import Address
 from shared.correlation import correlated
 from shared.testing.backends import units
 from shipping.bootstrap import MIGRATIONS
@@ -18,6 +19,8 @@ from shipping.testing import FakeShippingUnitOfWork
 
 NewUow = Callable[[], ShippingUnitOfWork]
 NOW = datetime.now(UTC)
+ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
+ELSEWHERE = ADDRESS.model_copy(update={"line1": "2 Elm St"})
 
 
 @pytest.fixture(params=["in_memory", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -35,7 +38,7 @@ async def schedule(new_uow: NewUow, delay: timedelta) -> Shipment:
 
 async def _schedule(new_uow: NewUow, delay: timedelta) -> Shipment:
     async with new_uow() as uow:
-        shipment = Shipment.schedule(uuid4(), now=NOW, dispatch_at=NOW + delay)
+        shipment = Shipment.schedule(uuid4(), ADDRESS, now=NOW, dispatch_at=NOW + delay)
         uow.shipments.track(shipment)
         await uow.commit()
     return shipment
@@ -48,6 +51,31 @@ async def test_a_scheduled_shipment_reads_back(new_uow: NewUow) -> None:
     assert loaded is not None
     assert (loaded.shipment_id, loaded.status) == (shipment.shipment_id, ShipmentStatus.SCHEDULED)
     assert loaded.dispatch_at == shipment.dispatch_at
+    assert loaded.shipping_address == ADDRESS
+
+
+async def test_a_redirect_before_dispatch_is_saved_and_one_after_is_not(new_uow: NewUow) -> None:
+    shipment = await schedule(new_uow, timedelta(minutes=5))
+    async with new_uow() as uow:
+        loaded = await uow.shipments.get(shipment.order_id)
+        assert loaded is not None
+        assert loaded.redirect(ELSEWHERE, NOW)
+        await uow.commit()
+    async with new_uow() as uow:
+        loaded = await uow.shipments.get(shipment.order_id)
+        assert loaded is not None
+        assert loaded.shipping_address == ELSEWHERE
+        loaded.dispatch(NOW)
+        await uow.commit()
+    async with new_uow() as uow:
+        loaded = await uow.shipments.get(shipment.order_id)
+        assert loaded is not None
+        assert not loaded.redirect(ADDRESS, NOW)
+        await uow.commit()
+    async with new_uow() as uow:
+        stored = await uow.shipments.read(shipment.order_id)
+    assert stored is not None
+    assert (stored.status, stored.shipping_address) == (ShipmentStatus.DISPATCHED, ELSEWHERE)
 
 
 async def test_only_scheduled_shipments_whose_time_has_come_are_due(new_uow: NewUow) -> None:

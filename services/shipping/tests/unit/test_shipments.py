@@ -8,6 +8,7 @@ from shared.contracts.catalog import (
     OrderCancellationRequested,
     OrderConfirmed,
     OrderLine,
+    OrderShippingAddressChanged,
 )
 from shared.testing.fakes import InMemoryState
 from shipping.domain.shipment import ShipmentStatus
@@ -15,6 +16,7 @@ from shipping.handlers import (
     dispatch_due_shipments,
     when_order_cancellation_requested_cancel_shipment,
     when_order_confirmed_schedule_shipment,
+    when_order_shipping_address_changed_redirect_shipment,
 )
 from shipping.testing import FakeShippingUnitOfWork
 
@@ -79,3 +81,50 @@ async def test_a_cancel_after_dispatch_loses_and_changes_nothing() -> None:
               OrderCancellationRequested(order_id=order_id))  # fmt: skip
     assert state.tables["shipments"][order_id].status is ShipmentStatus.DISPATCHED
     assert types(state) == ["ShipmentScheduled", "ShipmentDispatched"]
+
+
+ELSEWHERE = ADDRESS.model_copy(update={"line1": "2 Elm St"})
+
+
+def address_changed(order_id: object) -> OrderShippingAddressChanged:
+    return OrderShippingAddressChanged(order_id=order_id, shipping_address=ELSEWHERE)
+
+
+async def test_the_shipment_keeps_the_address_of_the_confirmation_and_applies_a_change() -> None:
+    state = InMemoryState()
+    order_id = uuid4()
+    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    assert state.tables["shipments"][order_id].shipping_address == ADDRESS
+    await run(
+        state, when_order_shipping_address_changed_redirect_shipment, address_changed(order_id)
+    )
+    assert state.tables["shipments"][order_id].shipping_address == ELSEWHERE
+    make_due(state)
+    await dispatch(state)
+    dispatched = state.outbox.envelopes[-1]
+    assert dispatched.event_type == "ShipmentDispatched"
+    assert dispatched.payload["shipping_address"] == ELSEWHERE.model_dump()
+
+
+async def test_a_change_after_dispatch_is_not_applied_and_the_dispatch_said_where_it_went() -> None:
+    state = InMemoryState()
+    order_id = uuid4()
+    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    make_due(state)
+    await dispatch(state)
+    await run(
+        state, when_order_shipping_address_changed_redirect_shipment, address_changed(order_id)
+    )
+    assert state.tables["shipments"][order_id].shipping_address == ADDRESS
+    assert state.outbox.envelopes[-1].payload["shipping_address"] == ADDRESS.model_dump()
+    assert types(state) == ["ShipmentScheduled", "ShipmentDispatched"]
+
+
+async def test_a_change_before_the_confirmation_reached_shipping_is_a_no_op() -> None:
+    state = InMemoryState()
+    order_id = uuid4()
+    await run(
+        state, when_order_shipping_address_changed_redirect_shipment, address_changed(order_id)
+    )
+    assert state.tables.get("shipments", {}) == {}
+    assert types(state) == []

@@ -20,7 +20,9 @@ def test_the_routing_table_names_each_reaction() -> None:
     assert router.describe() == (
         "orders     OrderCancellationRequested   -> "
         "when_order_cancellation_requested_cancel_shipment\n"
-        "orders     OrderConfirmed               -> when_order_confirmed_schedule_shipment"
+        "orders     OrderConfirmed               -> when_order_confirmed_schedule_shipment\n"
+        "orders     OrderShippingAddressChanged  -> "
+        "when_order_shipping_address_changed_redirect_shipment"
     )
     assert router.topics == ["orders"]
 

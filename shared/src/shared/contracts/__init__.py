@@ -29,9 +29,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class Payload(BaseModel):
-    """Base of every event payload: immutable, unknown fields ignored."""
+    """Base of every event payload and of the values in them: immutable, unknown fields
+    ignored."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class IntegrationEvent(Payload):
+    """Base of the events that cross Kafka: coarse business facts, part of the contract.
+
+    Only these can reach the outbox (:meth:`shared.outbox.Outbox.append` takes nothing else,
+    for mypy and at run time). A service's chatty internal facts are
+    :class:`shared.domain.DomainEvent`s and stay inside it."""
 
 
 class UnknownEventError(Exception):
@@ -80,19 +89,19 @@ class EventSpec:
     event_type: str
     schema_version: int
     aggregate_type: str
-    model: type[Payload]
+    model: type[IntegrationEvent]
 
 
 _REGISTRY: dict[tuple[str, int], EventSpec] = {}
-_BY_MODEL: dict[type[Payload], EventSpec] = {}
+_BY_MODEL: dict[type[IntegrationEvent], EventSpec] = {}
 _CURRENT: dict[str, EventSpec] = {}
 # (event_type, from_version) -> the function turning that version into the next one
-_UPCASTERS: dict[tuple[str, int], Callable[[Any], Payload]] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[Any], IntegrationEvent]] = {}
 _RULES: dict[str, Compatibility] = {}
 
-P = TypeVar("P", bound=Payload)
-Old = TypeVar("Old", bound=Payload)
-New = TypeVar("New", bound=Payload)
+P = TypeVar("P", bound=IntegrationEvent)
+Old = TypeVar("Old", bound=IntegrationEvent)
+New = TypeVar("New", bound=IntegrationEvent)
 
 
 def integration_event(
@@ -103,6 +112,8 @@ def integration_event(
     with ``name=``; the current version's class is the event's name."""
 
     def register(model: type[P]) -> type[P]:
+        if not issubclass(model, IntegrationEvent):
+            raise TypeError(f"{model.__name__} must subclass IntegrationEvent to be one")
         spec = EventSpec(topic, name or model.__name__, version, aggregate_type, model)
         key = (spec.event_type, spec.schema_version)
         if key in _REGISTRY:
@@ -152,7 +163,7 @@ def compatibility_of(topic: str) -> Compatibility:
     return _RULES.get(topic, DEFAULT_COMPATIBILITY)
 
 
-def spec_of(payload: Payload | type[Payload]) -> EventSpec:
+def spec_of(payload: IntegrationEvent | type[IntegrationEvent]) -> EventSpec:
     model = payload if isinstance(payload, type) else type(payload)
     try:
         return _BY_MODEL[model]
@@ -178,7 +189,9 @@ def current(event_type: str) -> EventSpec:
         raise UnknownEventError(f"no schema for event_type={event_type!r}") from None
 
 
-def decode_payload(event_type: str, schema_version: int, payload: Mapping[str, Any]) -> Payload:
+def decode_payload(
+    event_type: str, schema_version: int, payload: Mapping[str, Any]
+) -> IntegrationEvent:
     """``payload``, written as ``schema_version`` of ``event_type``, as the current model."""
     latest = current(event_type)
     if schema_version > latest.schema_version:
@@ -191,7 +204,9 @@ def decode_payload(event_type: str, schema_version: int, payload: Mapping[str, A
     return upcast(event)
 
 
-def _read_newer(latest: EventSpec, schema_version: int, payload: Mapping[str, Any]) -> Payload:
+def _read_newer(
+    latest: EventSpec, schema_version: int, payload: Mapping[str, Any]
+) -> IntegrationEvent:
     """A version from a producer deployed ahead of this consumer."""
     rule = compatibility_of(latest.topic)
     known = f"{latest.event_type} v{schema_version} is newer than v{latest.schema_version}"
@@ -207,7 +222,7 @@ def _read_newer(latest: EventSpec, schema_version: int, payload: Mapping[str, An
         raise InvalidPayloadError(f"{known} and does not read as it: {exc}") from exc
 
 
-def upcast(event: Payload) -> Payload:
+def upcast(event: IntegrationEvent) -> IntegrationEvent:
     """``event`` turned into the current version of its type, one upcaster at a time."""
     spec = spec_of(event)
     while spec.schema_version < current(spec.event_type).schema_version:

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from shared.contracts import Payload, integration_event, upcaster
+from shared.contracts import IntegrationEvent, Payload, integration_event, upcaster
 from shared.text import Text
 
 ORDER_ID = "The order's id; also the record key on this topic."
@@ -48,7 +48,7 @@ class Shortfall(Payload):
 
 
 @integration_event(topic="orders", aggregate_type="order")
-class OrderPlaced(Payload):
+class OrderPlaced(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     customer_id: str = Field(description="Who placed the order.")
     items: tuple[OrderLine, ...] = Field(description="The lines to reserve, in order.")
@@ -56,51 +56,60 @@ class OrderPlaced(Payload):
 
 
 @integration_event(topic="orders", aggregate_type="order")
-class OrderConfirmed(Payload):
+class OrderConfirmed(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     items: tuple[OrderLine, ...] = Field(description="The lines reserved.")
     shipping_address: Address = Field(description="Where to ship.")
 
 
 @integration_event(topic="orders", aggregate_type="order")
-class OrderRejected(Payload):
+class OrderRejected(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     reason: str = Field(description="Why, for people.")
 
 
 @integration_event(topic="orders", aggregate_type="order")
-class OrderCancellationRequested(Payload):
+class OrderCancellationRequested(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
 
 
 @integration_event(topic="orders", aggregate_type="order")
-class OrderCancelled(Payload):
+class OrderCancelled(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     reason: str = Field(description="Why, for people.")
 
 
 @integration_event(topic="orders", aggregate_type="order")
-class OrderShipped(Payload):
+class OrderShipped(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
+
+
+@integration_event(topic="orders", aggregate_type="order")
+class OrderShippingAddressChanged(IntegrationEvent):
+    """Debounced at the source: one per burst of edits, with the final address, once the
+    order has had no edit for a quiet period (or after a maximum wait)."""
+
+    order_id: UUID = Field(description=ORDER_ID)
+    shipping_address: Address = Field(description="Where to ship from now on.")
 
 
 # --- topic "inventory": source inventory, aggregate reservation (id = order id) -------------
 
 
 @integration_event(topic="inventory", aggregate_type="reservation")
-class InventoryReserved(Payload):
+class InventoryReserved(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     items: tuple[OrderLine, ...] = Field(description="The lines reserved.")
 
 
 @integration_event(topic="inventory", aggregate_type="reservation", name="InventoryRejected")
-class InventoryRejectedV1(Payload):
+class InventoryRejectedV1(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     reason: str = Field(description="Why, for people: every shortfall, joined by '; '.")
 
 
 @integration_event(topic="inventory", aggregate_type="reservation", version=2)
-class InventoryRejected(Payload):
+class InventoryRejected(IntegrationEvent):
     """v2 adds ``shortfalls``, optional: a v1 reader ignores it, a v2 reader of a v1 event
     gets none and keeps to ``reason``."""
 
@@ -117,20 +126,22 @@ def inventory_rejected_v1_to_v2(old: InventoryRejectedV1) -> InventoryRejected:
 
 
 @integration_event(topic="inventory", aggregate_type="reservation")
-class InventoryReleased(Payload):
+class InventoryReleased(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
 
 
 @integration_event(topic="inventory", aggregate_type="reservation")
-class InventoryShipped(Payload):
+class InventoryShipped(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
 
 
 # --- topic "stock": source inventory, aggregate stock (id = SKU) ----------------------------
 
 
+# Debounced at the source: the levels after a burst of stock movements of one SKU. (A comment,
+# not a docstring: the docstring is part of the committed schema of v1.)
 @integration_event(topic="stock", aggregate_type="stock")
-class StockLevelChanged(Payload):
+class StockLevelChanged(IntegrationEvent):
     sku: str = Field(description="The SKU; also the record key on this topic.")
     available: int = Field(description="Units free to reserve.")
     reserved: int = Field(description="Units held by reservations.")
@@ -141,19 +152,39 @@ class StockLevelChanged(Payload):
 
 
 @integration_event(topic="shipping", aggregate_type="shipment")
-class ShipmentScheduled(Payload):
+class ShipmentScheduled(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     shipment_id: UUID = Field(description="The shipment's own id.")
     dispatch_at: datetime = Field(description="When the dispatcher will send it (UTC).")
 
 
-@integration_event(topic="shipping", aggregate_type="shipment")
-class ShipmentDispatched(Payload):
+@integration_event(topic="shipping", aggregate_type="shipment", name="ShipmentDispatched")
+class ShipmentDispatchedV1(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     shipment_id: UUID = Field(description="The shipment's own id.")
 
 
+@integration_event(topic="shipping", aggregate_type="shipment", version=2)
+class ShipmentDispatched(IntegrationEvent):
+    """v2 adds ``shipping_address``, optional: where the parcel went. It settles the race of
+    an address change with dispatch: the order ends showing this address. A v1 reader
+    ignores it; a v2 reader of a v1 event gets none and keeps the order's own address."""
+
+    order_id: UUID = Field(description=ORDER_ID)
+    shipment_id: UUID = Field(description="The shipment's own id.")
+    shipping_address: Address | None = Field(
+        default=None,
+        description="Since v2: the address the parcel was dispatched to; null in v1 or when"
+        " shipping did not know it.",
+    )
+
+
+@upcaster
+def shipment_dispatched_v1_to_v2(old: ShipmentDispatchedV1) -> ShipmentDispatched:
+    return ShipmentDispatched(order_id=old.order_id, shipment_id=old.shipment_id)
+
+
 @integration_event(topic="shipping", aggregate_type="shipment")
-class ShipmentCancelled(Payload):
+class ShipmentCancelled(IntegrationEvent):
     order_id: UUID = Field(description=ORDER_ID)
     shipment_id: UUID = Field(description="The shipment's own id.")

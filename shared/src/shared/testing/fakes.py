@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from shared.contracts import Payload, current
+from shared.contracts import IntegrationEvent, current, spec_of
+from shared.correlation import correlated
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.outbox import Outbox, OutgoingMessage
+from shared.pending import HeldEvent, PendingEvents
 from shared.processing import Delivery, EventProcessor, Outcome
 from shared.routing import Router, U
+from shared.storm import FanOutGuard
 from shared.uow import UnitOfWork
 
 
@@ -91,21 +94,63 @@ class InMemoryInbox(Inbox):
         return self.state.parked.pop((stream, sequence), None)
 
 
+# (aggregate_type, aggregate_id, event_type) -> the event held and the changes it stands for
+PendingState = dict[tuple[str, str, str], tuple[HeldEvent, int]]
+
+
+class InMemoryPendingEvents(PendingEvents):
+    """The fake for unit tests: the last change wins, as in the Postgres upsert. Time plays
+    no part: :func:`emit_pending` releases everything held, as if all were due."""
+
+    def __init__(self, state: PendingState, source: str) -> None:
+        super().__init__(source)
+        self.state = state
+
+    async def waiting(self) -> list[tuple[HeldEvent, int]]:
+        return list(self.state.values())  # insertion order: oldest burst first
+
+    async def _hold(self, event: HeldEvent) -> None:
+        spec = spec_of(event.event)
+        key = (spec.aggregate_type, event.aggregate_id, spec.event_type)
+        _, changes = self.state.get(key, (event, 0))
+        self.state[key] = (event, changes + 1)
+
+
 @dataclass
 class InMemoryState:
     """Everything a fake unit of work persists; ``tables`` holds the service's aggregates."""
 
     outbox: InMemoryOutboxState = field(default_factory=InMemoryOutboxState)
     inbox: InMemoryInboxState = field(default_factory=InMemoryInboxState)
+    pending: PendingState = field(default_factory=dict)
     tables: dict[str, dict[Any, Any]] = field(default_factory=dict)
+
+
+async def emit_pending(state: InMemoryState, source: str) -> int:
+    """What the debounce emitter does once everything is due: each held event goes to the
+    outbox with its aggregate's next sequence and the correlation of its last change."""
+    outbox = InMemoryOutbox(state.outbox, source)
+    for event, _ in state.pending.values():
+        with correlated(event.correlation_id, event.causation_id):
+            await outbox.append(event.event, aggregate_id=event.aggregate_id)
+    emitted = len(state.pending)
+    state.pending.clear()
+    return emitted
 
 
 class InMemoryUnitOfWork(UnitOfWork):
     """Works on a copy of the state and writes it back on commit, so a rollback (an exception
     in a handler) leaves nothing behind, as a real transaction would."""
 
-    def __init__(self, state: InMemoryState, source: str) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        state: InMemoryState,
+        source: str,
+        *,
+        debounce: bool = True,
+        fanout: FanOutGuard | None = None,
+    ) -> None:
+        super().__init__(debounce=debounce, fanout=fanout)
         self.state = state
         self._source = source
 
@@ -113,6 +158,7 @@ class InMemoryUnitOfWork(UnitOfWork):
         self.working = copy.deepcopy(self.state)
         self.outbox = InMemoryOutbox(self.working.outbox, self._source)
         self.inbox = InMemoryInbox(self.working.inbox)
+        self.pending = InMemoryPendingEvents(self.working.pending, self._source)
 
     def table(self, name: str) -> dict[Any, Any]:
         return self.working.tables.setdefault(name, {})
@@ -120,6 +166,7 @@ class InMemoryUnitOfWork(UnitOfWork):
     async def _commit(self) -> None:
         self.state.outbox = self.working.outbox
         self.state.inbox = self.working.inbox
+        self.state.pending = self.working.pending
         self.state.tables = self.working.tables
 
     async def _rollback(self) -> None:
@@ -150,7 +197,12 @@ class InMemoryDelivery(Generic[U]):
         self._sequences: dict[tuple[str, str], int] = {}
 
     def envelope(
-        self, event: Payload, *, source: str, aggregate_id: str, correlation_id: str = "test-flow"
+        self,
+        event: IntegrationEvent,
+        *,
+        source: str,
+        aggregate_id: str,
+        correlation_id: str = "test-flow",
     ) -> Envelope:
         """A new envelope with the next sequence of the (source, aggregate) stream."""
         key = (source, aggregate_id)
@@ -165,7 +217,7 @@ class InMemoryDelivery(Generic[U]):
         )
 
     async def deliver(
-        self, event: Payload | Envelope, *, source: str = "", key: str = ""
+        self, event: IntegrationEvent | Envelope, *, source: str = "", key: str = ""
     ) -> Outcome:
         """Process ``event`` (a payload, wrapped in a new envelope from ``source`` keyed by
         ``key``, or an envelope as it is); returns what the processor did with it."""

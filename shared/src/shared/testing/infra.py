@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import asyncpg
@@ -139,6 +140,39 @@ async def read_records(
             for recs in batch.values():
                 records.extend(recs)
         return records
+    finally:
+        await consumer.stop()
+
+
+async def records_keyed(
+    topic: str,
+    key: str,
+    since: dict[TopicPartition, int],
+    *,
+    settle: float,
+    done: Callable[[list[dict[str, Any]]], bool] = bool,
+    timeout: float = 60.0,
+) -> list[dict[str, Any]]:
+    """The envelopes (as JSON) keyed ``key`` on ``topic`` from the given offsets, read until
+    ``done(found)`` holds (by default: one was found) and nothing more came for ``settle``
+    seconds; so a test sees one event and also that no second one follows."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap(), enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        consumer.assign(list(since))
+        for tp, offset in since.items():
+            consumer.seek(tp, offset)
+        deadline, last = time.monotonic() + timeout, time.monotonic()
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                for record in records:
+                    if record.key == key.encode():
+                        found.append(json.loads(record.value))
+                        last = time.monotonic()
+            if done(found) and time.monotonic() - last > settle:
+                break
+        return found
     finally:
         await consumer.stop()
 

@@ -3,6 +3,10 @@
     python -m shared.testing.worker relay       # publishes the outbox of DATABASE_URL
     python -m shared.testing.worker consumer    # applies OrderRejected events from "orders"
     python -m shared.testing.worker write N KEY # commits N events for aggregate KEY
+    python -m shared.testing.worker burst N ID  # N address edits of order ID, debounced
+                                                # (not with PITFALL_NO_DEBOUNCE); then emits
+                                                # and relays until killed (failpoint
+                                                # burst.quiet_period: right after the edits)
 
 The consumer's business change is a row in ``applied (aggregate_id, sequence, reason)``, so a
 test can count how often each event took effect. Settings come from the environment
@@ -14,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 
 from shared.consumer import ConsumerRunner
-from shared.contracts.catalog import OrderRejected
+from shared.contracts.catalog import Address, OrderRejected, OrderShippingAddressChanged
 from shared.correlation import correlated
 from shared.deadletter import DeadLetterSink
-from shared.domain import Aggregate
+from shared.debounce import DebounceEmitter
+from shared.domain import Aggregate, DomainEvent
+from shared.faults import failpoint
 from shared.kafka import Producer
 from shared.logs import setup_logging
 from shared.postgres import PostgresUnitOfWork
@@ -62,6 +68,55 @@ class Item(Aggregate):
     def __init__(self, aggregate_id: str) -> None:
         super().__init__()
         self.aggregate_id = aggregate_id
+
+
+class AddressEdited(DomainEvent):
+    order_id: UUID
+    line1: str
+
+    def published_as(self) -> OrderShippingAddressChanged:
+        return OrderShippingAddressChanged(
+            order_id=self.order_id, shipping_address=address(self.line1)
+        )
+
+
+def address(line1: str) -> Address:
+    return Address(line1=line1, city="Lyon", postal_code="69001", country="FR")
+
+
+async def edit_address(
+    pool: asyncpg.Pool, source: str, order_id: UUID, count: int, *, debounce: bool = True
+) -> None:
+    """``count`` edits of one order's address (``street 1`` .. ``street <count>``), one
+    transaction each, as a burst of PUT requests would commit them."""
+    with correlated(f"burst:{order_id}", None):
+        for i in range(1, count + 1):
+            async with PostgresUnitOfWork(pool, source, debounce=debounce) as uow:
+                item = Item(str(order_id))
+                item.record(AddressEdited(order_id=order_id, line1=f"street {i}"))
+                uow.track(item)
+                await uow.commit()
+
+
+async def burst(settings: WorkerSettings, count: int, order_id: UUID) -> None:
+    """Edit, then emit due events and relay them, like a service, until killed."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    assert pool is not None
+    await edit_address(
+        pool, settings.service_name, order_id, count, debounce=not settings.pitfall_no_debounce
+    )
+    print(f"held {count}", flush=True)
+    await failpoint("burst.quiet_period")  # a fault test's SIGKILL: the burst is committed
+    relay = OutboxRelay(settings, pool, Producer(settings))
+    emitter = DebounceEmitter(
+        pool,
+        settings.service_name,
+        quiet_seconds=settings.debounce_quiet_seconds,
+        max_wait_seconds=settings.debounce_max_wait_seconds,
+        poll_seconds=settings.debounce_poll_seconds,
+        emitted=relay.wake,
+    )
+    await asyncio.gather(emitter.run(), relay.run())
 
 
 async def write(settings: WorkerSettings, count: int, key: str) -> None:
@@ -123,6 +178,8 @@ def main(argv: list[str]) -> None:
             asyncio.run(consume(settings))
         case ["write", count, key]:
             asyncio.run(write(settings, int(count), key))
+        case ["burst", count, order_id]:
+            asyncio.run(burst(settings, int(count), UUID(order_id)))
         case _:
             raise SystemExit(__doc__)
 

@@ -3,6 +3,9 @@
 A reservation takes every line of an order or none of them. Stock moves between three
 buckets and is never created or destroyed by the flow: ``available`` (can be reserved),
 ``reserved`` (held for an order) and ``shipped`` (left with a dispatched shipment).
+
+Every movement is a domain event, ``StockMoved``; a hot SKU moves many times a second, so
+only the levels after a burst cross Kafka, debounced, as ``StockLevelChanged``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from shared.contracts.catalog import (
     Shortfall,
     StockLevelChanged,
 )
-from shared.domain import Aggregate, DomainError
+from shared.domain import Aggregate, DomainError, DomainEvent
 
 # The most units a SKU may ever hold in all: available + reserved + shipped. The flow only
 # moves units between the three, so only a restock can add to the total, and refusing one
@@ -31,6 +34,20 @@ MAX_STOCK_UNITS = 10**15
 
 class StockOverflowError(DomainError):
     """A restock that would put a SKU's total over :data:`MAX_STOCK_UNITS`."""
+
+
+class StockMoved(DomainEvent):
+    """The levels of one SKU after one movement: chatty, kept inside; published debounced."""
+
+    sku: str
+    available: int
+    reserved: int
+    shipped: int
+
+    def published_as(self) -> StockLevelChanged:
+        return StockLevelChanged(
+            sku=self.sku, available=self.available, reserved=self.reserved, shipped=self.shipped
+        )
 
 
 class Stock(Aggregate):
@@ -77,7 +94,7 @@ class Stock(Aggregate):
 
     def _changed(self) -> None:
         self.record(
-            StockLevelChanged(
+            StockMoved(
                 sku=self.sku,
                 available=self.available,
                 reserved=self.reserved,

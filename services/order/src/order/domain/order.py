@@ -9,6 +9,10 @@
 
 Shipping decides the cancel-versus-dispatch race (one shipment row, one winner); the order
 follows whichever event comes back. Late or repeated events that no longer apply are no-ops.
+
+The shipping address may change until the order ends. Each edit is a domain event,
+``ShippingAddressEdited``; only the last of a burst crosses Kafka, debounced, as
+``OrderShippingAddressChanged``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from shared.contracts.catalog import (
     OrderPlaced,
     OrderRejected,
     OrderShipped,
+    OrderShippingAddressChanged,
 )
-from shared.domain import Aggregate, DomainError
+from shared.domain import Aggregate, DomainError, DomainEvent
 
 
 class OrderStatus(enum.StrEnum):
@@ -44,6 +49,22 @@ TERMINAL = frozenset({OrderStatus.SHIPPED, OrderStatus.REJECTED, OrderStatus.CAN
 
 class CancelTooLateError(DomainError):
     pass
+
+
+class AddressChangeTooLateError(DomainError):
+    pass
+
+
+class ShippingAddressEdited(DomainEvent):
+    """One edit of the address: chatty, kept inside; published debounced."""
+
+    order_id: UUID
+    shipping_address: Address
+
+    def published_as(self) -> OrderShippingAddressChanged:
+        return OrderShippingAddressChanged(
+            order_id=self.order_id, shipping_address=self.shipping_address
+        )
 
 
 class Order(Aggregate):
@@ -144,8 +165,24 @@ class Order(Aggregate):
             case OrderStatus.SHIPPED | OrderStatus.REJECTED:
                 raise CancelTooLateError(f"order {self.order_id} is already {self.status}")
 
-    def shipment_dispatched(self, now: datetime) -> None:
+    def change_shipping_address(self, address: Address, now: datetime) -> None:
+        """Ship somewhere else; too late once the order ended. The same address again
+        changes nothing."""
+        if self.is_terminal:
+            raise AddressChangeTooLateError(f"order {self.order_id} is already {self.status}")
+        if address == self.shipping_address:
+            return
+        self.shipping_address = address
+        self.version += 1
+        self.updated_at = now
+        self.record(ShippingAddressEdited(order_id=self.order_id, shipping_address=address))
+
+    def shipment_dispatched(self, now: datetime, address: Address | None = None) -> None:
+        """Shipped. ``address``, when shipping says it (v2), is where the parcel went: an
+        address change that reached shipping too late loses to it, and the order shows it."""
         if self.status in (OrderStatus.CONFIRMED, OrderStatus.CANCELLING):
+            if address is not None:
+                self.shipping_address = address
             self._become(OrderStatus.SHIPPED, now)
             self.record(OrderShipped(order_id=self.order_id))
         elif self.status is not OrderStatus.SHIPPED:

@@ -1,0 +1,20 @@
+"""Machinery step 0003: the durable pending state of debounced events.
+
+Revision ID: 0005
+"""
+
+from shared.machinery_migrations import MACHINERY_0004
+from shared.migrations import apply, revert
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    apply(MACHINERY_0004)
+
+
+def downgrade() -> None:
+    revert(MACHINERY_0004)
