@@ -4,7 +4,9 @@ applying the others (real Kafka and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import asyncpg
@@ -65,6 +67,37 @@ async def send(topic: str, partition: int, reasons: list[str]) -> None:
         await producer.stop()
 
 
+@contextlib.asynccontextmanager
+async def consuming(
+    pool: asyncpg.Pool, settings: ServiceSettings, router: Router[PostgresUnitOfWork]
+) -> AsyncIterator[str]:
+    """A consumer running ``router`` over a topic of its own (no other test's records reach
+    it), until the block ends; yields the topic."""
+    await pool.execute(APPLIED_TABLE)
+    topic = unique("orders")
+    await create_topics(topic, settings.dlq_topic)
+    await start_group_at_end(settings.consumer_group, [topic])
+    producer = Producer(settings)
+    runner = ConsumerRunner(
+        settings,
+        EventProcessor(router, lambda: PostgresUnitOfWork(pool, settings.service_name)),
+        [topic],
+        DeadLetterSink(pool, producer, settings.service_name),
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, runner.running), bool)
+        yield topic
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.close()
+
+
+async def applied(pool: asyncpg.Pool) -> list[str]:
+    return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied")]
+
+
 async def test_a_record_in_retries_does_not_hold_up_the_other_partitions(
     pool: asyncpg.Pool, settings: ServiceSettings
 ) -> None:
@@ -72,30 +105,15 @@ async def test_a_record_in_retries_does_not_hold_up_the_other_partitions(
     settings = settings.model_copy(
         update={"consumer_retry_backoff_seconds": 1.0, "consumer_max_attempts": 4}
     )
-    await pool.execute(APPLIED_TABLE)
-    topic = unique("orders")  # of its own: no other test's records reach this consumer
-    await create_topics(topic, settings.dlq_topic)
-    await start_group_at_end(settings.consumer_group, [topic])
-    producer = Producer(settings)
-    runner = ConsumerRunner(
-        settings,
-        EventProcessor(flaky, lambda: PostgresUnitOfWork(pool, settings.service_name)),
-        [topic],
-        DeadLetterSink(pool, producer, settings.service_name),
-    )
     ATTEMPTS.clear()
-    task = asyncio.create_task(runner.run())
-    try:
-        await eventually(lambda: asyncio.sleep(0, runner.running), bool)
+    async with consuming(pool, settings, flaky) as topic:
         await send(topic, 0, ["bad"])
         await eventually(lambda: asyncio.sleep(0, len(ATTEMPTS)), lambda n: n >= 1)
         sent = time.monotonic()
         await send(topic, 1, ["good-1", "good-2"])
-
-        async def applied() -> list[str]:
-            return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied")]
-
-        await eventually(applied, lambda rows: sorted(rows) == ["good-1", "good-2"], timeout=20)
+        await eventually(
+            lambda: applied(pool), lambda rows: sorted(rows) == ["good-1", "good-2"], timeout=20
+        )
         waited = time.monotonic() - sent
         assert len(ATTEMPTS) < 4, "the bad record was already dead-lettered: nothing shown"
         assert waited < 4.0, f"the other partition waited {waited:.1f}s behind the retries"
@@ -103,10 +121,6 @@ async def test_a_record_in_retries_does_not_hold_up_the_other_partitions(
             lambda: pool.fetch("SELECT * FROM dead_letters"), lambda rows: len(rows) == 1
         )
         assert letters[0]["attempts"] == 4
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await producer.close()
 
 
 racing = Router[PostgresUnitOfWork]()
@@ -137,31 +151,12 @@ async def test_a_transaction_that_loses_a_deadlock_is_run_again_not_dead_lettere
     # One attempt only: were the deadlock's victim counted as a failed attempt, it would be
     # dead-lettered at once.
     settings = settings.model_copy(update={"consumer_concurrency": 2, "consumer_max_attempts": 1})
-    await pool.execute(APPLIED_TABLE)
     await pool.execute("CREATE TABLE race_rows (name text PRIMARY KEY)")
     await pool.execute("INSERT INTO race_rows VALUES ('a'), ('b')")
-    topic = unique("orders")  # of its own: no other test's records reach this consumer
-    await create_topics(topic, settings.dlq_topic)
-    await start_group_at_end(settings.consumer_group, [topic])
-    producer = Producer(settings)
-    runner = ConsumerRunner(
-        settings,
-        EventProcessor(racing, lambda: PostgresUnitOfWork(pool, settings.service_name)),
-        [topic],
-        DeadLetterSink(pool, producer, settings.service_name),
-    )
     FIRST_TRIES.clear()
-    task = asyncio.create_task(runner.run())
-    try:
-        await eventually(lambda: asyncio.sleep(0, runner.running), bool)
+    async with consuming(pool, settings, racing) as topic:
         await asyncio.gather(send(topic, 0, ["a,b"]), send(topic, 1, ["b,a"]))
-
-        async def applied() -> list[str]:
-            return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied")]
-
-        await eventually(applied, lambda rows: sorted(rows) == ["a,b", "b,a"], timeout=20)
+        await eventually(
+            lambda: applied(pool), lambda rows: sorted(rows) == ["a,b", "b,a"], timeout=20
+        )
         assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await producer.close()
