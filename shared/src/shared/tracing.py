@@ -10,6 +10,7 @@ and every reaction, across the three services.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from opentelemetry import context, propagate, trace
@@ -55,7 +56,11 @@ def new_tracer_provider(settings: ServiceSettings) -> TracerProvider:
     return provider
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """The suite's tracer, made once (``get_tracer`` builds a new one on every call, and a span
+    per event made that show in the profiles). Made before ``setup_tracing``, it is a proxy
+    that follows the provider set later."""
     return trace.get_tracer(TRACER_NAME)
 
 
