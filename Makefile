@@ -65,7 +65,7 @@ fmt: deps
 	@$(PY) -m ruff check --fix .
 
 typecheck: deps ## mypy --strict
-	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools bench
+	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools bench load
 	@$(PY) -m mypy shared/tests services/order/tests services/inventory/tests services/shipping/tests tests
 
 schema-check: deps ## the schema gate: the event models against the committed JSON Schemas
