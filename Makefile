@@ -10,7 +10,7 @@ UV := $(BOOTSTRAP)/bin/uv
 PY := .venv/bin/python
 UV_VERSION := 0.13.8
 
-.PHONY: help deps run start stop status test test-unit test-integration test-e2e pitfalls lint typecheck schema-check schemas fmt docs up down bench clean
+.PHONY: help deps run start stop status test test-unit test-integration test-e2e pitfalls lint typecheck schema-check schemas fmt docs up down bench load load-ui clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -76,6 +76,12 @@ schemas: deps ## write the JSON Schema of every event version into shared/schema
 
 docs: deps ## regenerate the tables in docs/ from the code (python -m tools.docs)
 	@$(PY) -m tools.docs
+
+load: deps ## Locust customers + chaos nemesis + consistency check, headless; report in reports/load/ (LOAD_ARGS="--duration 600 --rate 15")
+	@$(PY) -m load run $(LOAD_ARGS)
+
+load-ui: deps ## the same run with Locust's web UI on http://127.0.0.1:8089 (nemesis off unless LOAD_ARGS=--nemesis)
+	@$(PY) -m load ui $(LOAD_ARGS)
 
 up: ## the suite under docker compose (needs a Docker engine)
 	docker compose up --build -d

@@ -1,0 +1,328 @@
+"""One load run, start to verdict: the suite restarted behind the fault proxies, Locust's
+customers for a while with the nemesis loose, everything healed, the backlog drained, the
+checker's verdict and the report.
+
+    prepare  infra + toxiproxy up; services restarted with SUITE_VIA_PROXY (+ pitfall modes);
+             the run folder, its SKUs stocked, the Kafka end offsets noted (run.json)
+    load     Locust (a subprocess) | nemesis | timeline sampler, side by side
+    heal     the nemesis undoes what it did and starts whatever is down
+    drain    until every order of the run is terminal and nothing is in flight (or stuck)
+    check    the invariants (load.checker), then report.html (load.report)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.httpclient import Client, HttpError
+from bench.probe import Samples, gauge_sum, known_skus, scrape
+from infra import components
+from infra.settings import DLQ_TOPICS, HOST, INFRA, REPO, SERVICES, TOPICS
+from load import checker, report
+from load.nemesis import ACTIONS, LiveActuator, Nemesis
+from load.runinfo import REPORTS, JournalEntry, RunDir, RunInfo, Sample, Verdict, now
+
+TERMINAL = ("SHIPPED", "REJECTED", "CANCELLED")
+# What every load run runs with: shipments leave a second after they are scheduled, so the
+# customers' cancellations (0-2 s after placing) race the dispatch.
+RUN_ENV = {"SUITE_VIA_PROXY": "true", "DISPATCH_DELAY_SECONDS": "1"}
+HOT_UNITS = 20  # a hot SKU starts with this many units: it runs out, orders are rejected
+PLENTY_UNITS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Options:
+    duration: float = 120.0  # seconds of load
+    rate: float = 10.0  # orders/s offered by all customers together
+    users: int = 10
+    seed: int = 1
+    nemesis: bool = True
+    actions: tuple[str, ...] = ACTIONS
+    mean_interval: float = 10.0  # seconds between nemesis actions, on average
+    pitfalls: Mapping[str, str] = field(default_factory=dict)  # PITFALL_* for the services
+    drain_timeout: float = 180.0  # wait this long at most for the run's orders to finish
+    quiet_seconds: float = 20.0  # nothing moved for this long, nothing in flight: stop waiting
+    headless: bool = True  # False: Locust's web UI on 127.0.0.1:8089, stopped by the user
+    root: Path = REPORTS
+    hot_skus: int = 3
+    skus: int = 12
+
+
+def say(message: str) -> None:
+    print(f"load: {message}", flush=True)
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in os.environ for the whole run: the launcher passes os.environ to every
+    service it starts, so the nemesis's restarts keep the run's settings."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def database_url(service: str) -> str:
+    return f"postgresql://postgres@{HOST}:{components.ports().postgres}/{service}"
+
+
+async def end_offsets() -> dict[str, dict[int, int]]:
+    """The end offset of every partition of the suite's topics: the run's records follow."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=f"{HOST}:{components.ports().kafka}")
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in (*TOPICS, *DLQ_TOPICS)
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    offsets: dict[str, dict[int, int]] = {}
+    for tp, offset in ends.items():
+        offsets.setdefault(tp.topic, {})[tp.partition] = offset
+    return offsets
+
+
+class Runner:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        tag = secrets.token_hex(3)
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+        self.tag = tag
+        self.ports = components.ports()
+        self.clients = {name: Client(HOST, self.ports.of(name)) for name in SERVICES}
+
+    # --- prepare -------------------------------------------------------------------------
+
+    def restart_suite(self) -> None:
+        say("starting PostgreSQL, Kafka, Jaeger and Toxiproxy")
+        components.start(*INFRA, "toxiproxy")
+        modes = ", ".join(f"{k}={v}" for k, v in self.options.pitfalls.items()) or "none"
+        say(f"restarting the services behind the fault proxies (pitfall modes: {modes})")
+        components.stop(*SERVICES)
+        components.start(*SERVICES)
+
+    async def prepare(self) -> tuple[RunDir, RunInfo]:
+        run = RunDir.new(self.run_id, self.options.root)
+        info = RunInfo(
+            run_id=self.run_id,
+            tag=self.tag,
+            seed=self.options.seed,
+            users=self.options.users,
+            rate=self.options.rate,
+            duration=self.options.duration,
+            nemesis=self.options.nemesis,
+            actions=list(self.options.actions),
+            pitfalls=dict(self.options.pitfalls),
+            hot_skus=[f"L{self.tag}-HOT-{i}" for i in range(self.options.hot_skus)],
+            skus=[f"L{self.tag}-{i:02d}" for i in range(self.options.skus)],
+            start_offsets=await end_offsets(),
+            started_at=now(),
+        )
+        run.write_info(info)
+        await self.stock_up(run, info)
+        return run, info
+
+    async def stock_up(self, run: RunDir, info: RunInfo) -> None:
+        """Stock every SKU of the run (journaled like the customers' restocks), then wait
+        until the order service's catalog replica knows them all."""
+        for sku in info.all_skus:
+            units = HOT_UNITS if sku in info.hot_skus else PLENTY_UNITS
+            started = time.monotonic()
+            body = json.dumps({"available": units}).encode()
+            response = await self.clients["inventory"].request("PUT", f"/inventory/{sku}", body)
+            if response.status != 200:
+                raise RuntimeError(f"stocking {sku}: {response.status} {response.body!r}")
+            view = json.loads(response.body)
+            total = view["available"] + view["reserved"] + view["shipped"]
+            seconds = time.monotonic() - started
+            entry = JournalEntry(now(), "restock", 200, sku=sku, total=total, seconds=seconds)
+            run.append("journal.jsonl", entry)
+        deadline = time.monotonic() + 60
+        while await known_skus(database_url("order"), info.all_skus) < len(info.all_skus):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the order service did not learn the run's SKUs within 60 s")
+            await asyncio.sleep(0.5)
+
+    # --- load ----------------------------------------------------------------------------
+
+    def locust_argv(self, run: RunDir) -> list[str]:
+        argv = [
+            sys.executable, "-m", "locust",
+            "-f", str(REPO / "load" / "locustfile.py"),
+            "--host", f"http://{HOST}:{self.ports.order}",
+            "--users", str(self.options.users),
+            "--spawn-rate", str(self.options.users),
+            "--csv", str(run.file("locust")),
+            "--csv-full-history",
+            "--html", str(run.file("locust.html")),
+            "--loglevel", "WARNING",
+        ]  # fmt: skip
+        if self.options.headless:
+            return [*argv, "--headless", "--run-time", f"{int(self.options.duration)}s"]
+        return [*argv, "--web-host", HOST]
+
+    async def load(self, run: RunDir, info: RunInfo) -> int:
+        """Locust, the nemesis and the sampler side by side; Locust's exit status."""
+        stop = asyncio.Event()
+        nemesis = Nemesis(run, info, LiveActuator(), mean_interval=self.options.mean_interval)
+        tasks = [asyncio.create_task(self.sample(run, info, stop))]
+        if self.options.nemesis:
+            tasks.append(asyncio.create_task(nemesis.run(stop)))
+        log = run.file("locust.log").open("ab")
+        env = {**os.environ, "LOAD_RUN_DIR": str(run.path)}
+        if self.options.headless:
+            say(f"{self.options.rate:g} orders/s for {self.options.duration:.0f} s")
+        else:
+            say(f"Locust's web UI: http://{HOST}:8089 (Ctrl-C here ends the run)")
+        process = await asyncio.create_subprocess_exec(
+            *self.locust_argv(run), env=env, stdout=log, stderr=log, cwd=REPO
+        )
+        try:
+            status = await process.wait()
+        except asyncio.CancelledError:
+            process.terminate()
+            status = await process.wait()
+        finally:
+            log.close()
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        say(f"load over (Locust exit status {status}); healing what the nemesis broke")
+        await nemesis.heal()
+        return status
+
+    async def sample(self, run: RunDir, info: RunInfo, stop: asyncio.Event) -> None:
+        """One Sample a second into timeline.jsonl, and a progress line every 10 s."""
+        started, printed = time.monotonic(), 0.0
+        while not stop.is_set():
+            sample = await self.take_sample(info)
+            run.append("timeline.jsonl", sample)
+            elapsed = time.monotonic() - started
+            if elapsed - printed >= 10:
+                printed = elapsed
+                statuses = ", ".join(f"{k} {v}" for k, v in sorted(sample.statuses.items()))
+                down = [name for name, up in sample.up.items() if not up]
+                say(
+                    f"{elapsed:4.0f} s: orders {statuses or 'none yet'}; lag"
+                    f" {sum(sample.lag.values()):.0f}; down: {', '.join(down) or 'nothing'}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def take_sample(self, info: RunInfo) -> Sample:
+        scraped: dict[str, Samples | None] = {}
+        for name, client in self.clients.items():
+            try:
+                scraped[name] = await asyncio.wait_for(scrape(client), 2.0)
+            except (OSError, HttpError, TimeoutError):
+                scraped[name] = None
+        statuses = await self.statuses(info)
+        return Sample(
+            t=now(),
+            lag={n: gauge_sum(s, "consumer_lag") for n, s in scraped.items() if s is not None},
+            outbox={n: gauge_sum(s, "outbox_backlog") for n, s in scraped.items() if s},
+            statuses=statuses or {},
+            up={name: samples is not None for name, samples in scraped.items()}
+            | {"postgres": statuses is not None},
+        )
+
+    async def statuses(self, info: RunInfo) -> dict[str, int] | None:
+        """Orders of the run by status; None when the database does not answer."""
+        try:
+            connection = await asyncio.wait_for(asyncpg.connect(database_url("order")), 2.0)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return None
+        try:
+            rows = await connection.fetch(
+                "SELECT status, count(*) AS n FROM orders WHERE customer_id LIKE $1 GROUP BY 1",
+                info.customer_prefix + "%",
+            )
+        except (OSError, asyncpg.PostgresError):
+            return None
+        finally:
+            await connection.close()
+        return {row["status"]: int(row["n"]) for row in rows}
+
+    # --- drain ---------------------------------------------------------------------------
+
+    async def drain(self, info: RunInfo) -> bool:
+        """Wait until every order of the run is terminal and nothing is in flight (no lag,
+        no outbox backlog, no debounced event pending). Gives up after the drain timeout,
+        or once nothing has moved for ``quiet_seconds`` with nothing in flight (orders a
+        pitfall mode lost never finish). True when everything finished."""
+        say("draining: waiting for every order of the run to finish")
+        deadline = time.monotonic() + self.options.drain_timeout
+        quiet = self.options.quiet_seconds
+        last, still_since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            sample = await self.take_sample(info)
+            in_flight = sum(sample.lag.values()) + sum(sample.outbox.values())
+            open_orders = sum(n for s, n in sample.statuses.items() if s not in TERMINAL)
+            all_up = all(sample.up.values())
+            if all_up and open_orders == 0 and in_flight == 0:
+                return True
+            state = (tuple(sorted(sample.statuses.items())), in_flight)
+            if state != last:
+                last, still_since = state, time.monotonic()
+            elif all_up and in_flight == 0 and time.monotonic() - still_since > quiet:
+                say(f"{open_orders} orders are not terminal and nothing moves: stop waiting")
+                return False
+            await asyncio.sleep(1.0)
+        say("the drain timed out")
+        return False
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+async def run(options: Options) -> tuple[RunDir, Verdict]:
+    """One whole run; the run folder and the checker's verdict."""
+    runner = Runner(options)
+    with environment(RUN_ENV | dict(options.pitfalls)):
+        await asyncio.to_thread(runner.restart_suite)
+        run_dir, info = await runner.prepare()
+        say(f"run {info.run_id}: {run_dir.path}")
+        try:
+            await runner.load(run_dir, info)
+            info = replace(info, ended_at=now())
+            run_dir.write_info(info)
+            if await runner.drain(info):
+                info = replace(info, drained_at=now())
+                run_dir.write_info(info)
+        finally:
+            runner.close()
+    say("checking the invariants")
+    verdict = await checker.check(run_dir)
+    for check in verdict.checks:
+        say(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    path = report.write_report(run_dir)
+    say(f"report: {path}")
+    return run_dir, verdict
+
+
+def restart_plain() -> None:
+    """The services as `make start` runs them: no proxies, no pitfall modes."""
+    say("restarting the services as `make start` runs them")
+    components.stop(*SERVICES)
+    components.start(*SERVICES)
