@@ -24,11 +24,14 @@ class Launch:
 
 class Component(ABC):
     name: str
-    # Components that must be running before this one starts.
-    requires: tuple[str, ...] = ()
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 30.0
     ready_timeout: float = 60.0
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Components that must be running before this one starts."""
+        return ()
 
     @abstractmethod
     def main_port(self, ports: Ports) -> int:

@@ -10,7 +10,7 @@ from infra import components
 from infra.foreground import run
 from infra.install import ensure_browser
 from infra.services import admin_token_path
-from infra.settings import COMPONENTS, REPO, SERVICES, InfraError
+from infra.settings import ALL_COMPONENTS, REPO, SERVICE_PROCESSES, InfraError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,7 +19,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Run PostgreSQL, Kafka, Jaeger and the services natively (state in .state/).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    commands.add_parser("install", help="fetch/build PostgreSQL, Kafka and Jaeger (cached)")
+    install = commands.add_parser(
+        "install", help="fetch/build PostgreSQL, Kafka and Jaeger (cached)"
+    )
+    install.add_argument("components", nargs="*", metavar="component", help="e.g. toxiproxy")
     commands.add_parser("install-browser", help="Debian's Chromium + ChromeDriver (browser tests)")
     start = commands.add_parser("start", help="start what is not running, detached")
     start.add_argument("--infra-only", action="store_true", help="PostgreSQL, Kafka, Jaeger only")
@@ -28,18 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="stop components (default: all)")
     stop.add_argument("components", nargs="*", metavar="component")
     kill = commands.add_parser("kill", help="SIGKILL a component (chaos)")
-    kill.add_argument("component", choices=COMPONENTS)
+    kill.add_argument("component", choices=ALL_COMPONENTS)
     restart = commands.add_parser("restart", help="stop then start a component")
-    restart.add_argument("component", choices=COMPONENTS)
-    commands.add_parser("status", help="pid, port and state of every component")
+    restart.add_argument("component", choices=ALL_COMPONENTS)
+    status = commands.add_parser("status", help="pid, port and state of every component")
+    status.add_argument("components", nargs="*", metavar="component")
     env = commands.add_parser("env", help="print the environment a service gets (KEY=value)")
-    env.add_argument("service", nargs="?", choices=SERVICES)
+    env.add_argument("service", nargs="?", choices=SERVICE_PROCESSES)
     return parser
 
 
-def _print_status() -> None:
+def _print_status(names: Sequence[str]) -> None:
     rows = [("COMPONENT", "PID", "PORT", "STATE", "LOG")]
-    for item in components.status():
+    for item in components.status(*names):
         pid = str(item.pid) if item.pid is not None else "-"
         rows.append((item.name, pid, str(item.port), item.state, str(item.log)))
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
@@ -62,7 +66,7 @@ def _admin_token_whereabouts() -> str:
 def _dispatch(args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "install":
-        components.install()
+        components.install(*args.components)
     elif command == "install-browser":
         ensure_browser()
     elif command == "start":
@@ -76,7 +80,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "restart":
         components.restart(args.component)
     elif command == "status":
-        _print_status()
+        _print_status(args.components)
     elif command == "env":
         for key, value in components.service_env(args.service).items():
             print(f"{key}={value}")

@@ -5,6 +5,10 @@
     components.kill("kafka")           # SIGKILL, for chaos tests
     components.start("kafka")          # recovers from the crash
     components.ports().kafka           # 9092 unless KAFKA_PORT says otherwise
+    components.start("order-2")        # optional: a second order instance (also "toxiproxy")
+
+Without names, ``start`` means the default set (:data:`COMPONENTS`); ``stop`` and ``status``
+also cover the optional components (:data:`OPTIONAL`) that are running.
 
 Every function raises :class:`InfraError` with an actionable message on failure.
 """
@@ -28,20 +32,30 @@ from infra.postgres import Postgres
 from infra.services import Service, common_env
 from infra.services import service_env as _service_env
 from infra.settings import (
+    ALL_COMPONENTS,
     COMPONENTS,
     INFRA,
+    OPTIONAL,
     PORT_VARIABLES,
+    SECOND_INSTANCES,
+    SERVICE_PROCESSES,
     SERVICES,
+    STAGES,
     InfraError,
     Ports,
     log_path,
     ports,
 )
+from infra.toxiproxy import Toxiproxy
 
 __all__ = [
+    "ALL_COMPONENTS",
     "COMPONENTS",
     "INFRA",
+    "OPTIONAL",
+    "SECOND_INSTANCES",
     "SERVICES",
+    "SERVICE_PROCESSES",
     "ComponentStatus",
     "InfraError",
     "Ports",
@@ -62,7 +76,8 @@ REGISTRY: dict[str, Component] = {
     "postgres": Postgres(),
     "kafka": Kafka(),
     "jaeger": Jaeger(),
-    **{name: Service(name) for name in SERVICES},
+    "toxiproxy": Toxiproxy(),
+    **{name: Service(name) for name in SERVICE_PROCESSES},
 }
 
 
@@ -79,14 +94,15 @@ def _component(name: str) -> Component:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise InfraError(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}") from None
+        known = ", ".join(ALL_COMPONENTS)
+        raise InfraError(f"unknown component {name!r}; one of {known}") from None
 
 
 def _in_start_order(names: Iterable[str]) -> list[str]:
     chosen = set(names)
     for name in list(chosen):
         chosen.update(_component(name).requires)
-    return [name for name in COMPONENTS if name in chosen]
+    return [name for name in ALL_COMPONENTS if name in chosen]
 
 
 def install(*names: str) -> None:
@@ -96,20 +112,20 @@ def install(*names: str) -> None:
 
 
 def start(*names: str, infra_only: bool = False) -> None:
-    """Start ``names`` (default: everything) and what they require; idempotent.
+    """Start ``names`` (default: the default set) and what they require; idempotent.
 
     Returns once each one is ready. ``infra_only`` drops the services.
     """
     targets = _in_start_order(names or COMPONENTS)
     if infra_only:
-        targets = [name for name in targets if name in INFRA]
+        targets = [name for name in targets if name not in SERVICE_PROCESSES]
     resolved = ports()
     with process.state_lock():
         for name in targets:
             _component(name).install()
         # Nothing depends on a sibling of its own stage, so a stage starts all at once and
         # then waits: the slowest member sets the pace, not the sum of them.
-        for stage in (INFRA, SERVICES):
+        for stage in STAGES:
             pending = [_launch(_component(name), resolved) for name in targets if name in stage]
             for item in pending:
                 _finish(item, resolved)
@@ -191,14 +207,15 @@ def _await_ready(component: Component, pid: int, resolved: Ports, offset: int) -
 
 
 def stop(*names: str) -> None:
-    """Stop ``names`` (default: everything), services first, each gracefully then SIGKILL."""
-    targets = _in_order(names or COMPONENTS)
-    services = [_component(name) for name in targets if name in SERVICES]
-    infra = [_component(name) for name in reversed(targets) if name in INFRA]
+    """Stop ``names`` (default: the default set and the optional components that run),
+    services first, each gracefully then SIGKILL."""
+    targets = _in_order(names or _default_and_running())
+    services = [_component(name) for name in targets if name in SERVICE_PROCESSES]
+    infra = [_component(name) for name in reversed(targets) if name not in SERVICE_PROCESSES]
     with process.state_lock():
         # Services are independent of each other: stop them together. Then the
-        # infrastructure one by one, PostgreSQL last, after its clients are gone.
-        with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
+        # infrastructure one by one (Toxiproxy first), PostgreSQL last, after its clients.
+        with ThreadPoolExecutor(max_workers=len(SERVICE_PROCESSES)) as pool:
             list(pool.map(_stop_one, services))
         for component in infra:
             _stop_one(component)
@@ -206,7 +223,11 @@ def stop(*names: str) -> None:
 
 def _in_order(names: Iterable[str]) -> list[str]:
     chosen = {_component(name).name for name in names}
-    return [name for name in COMPONENTS if name in chosen]
+    return [name for name in ALL_COMPONENTS if name in chosen]
+
+
+def _default_and_running() -> list[str]:
+    return [*COMPONENTS, *(name for name in OPTIONAL if process.running_pid(name) is not None)]
 
 
 def _stop_one(component: Component) -> None:
@@ -254,9 +275,13 @@ def is_running(name: str) -> bool:
     return pid(name) is not None and process.port_open(component.main_port(ports()))
 
 
-def status() -> list[ComponentStatus]:
+def status(*names: str) -> list[ComponentStatus]:
+    """The state of ``names`` (default: the default set and the optional ones running)."""
     resolved = ports()
-    return [_status_of(_component(name), resolved) for name in COMPONENTS]
+    return [
+        _status_of(_component(name), resolved)
+        for name in _in_order(names or _default_and_running())
+    ]
 
 
 def _status_of(component: Component, resolved: Ports) -> ComponentStatus:
@@ -270,7 +295,8 @@ def _status_of(component: Component, resolved: Ports) -> ComponentStatus:
 
 
 def service_env(name: str | None = None) -> dict[str, str]:
-    """What the launcher sets for service ``name``; without a name, what all services share.
+    """What the launcher sets for service ``name`` (``order-2`` too); without a name, what
+    all services share.
 
     Always includes the resolved ports, so tests can find every component.
     """
@@ -278,6 +304,7 @@ def service_env(name: str | None = None) -> dict[str, str]:
     values = {variable: str(getattr(resolved, f)) for f, (variable, _) in PORT_VARIABLES.items()}
     if name is None:
         return {**values, **common_env(resolved)}
-    if name not in SERVICES:
-        raise InfraError(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+    if name not in SERVICE_PROCESSES:
+        known = ", ".join(SERVICE_PROCESSES)
+        raise InfraError(f"unknown service {name!r}; one of {known}")
     return {**values, **_service_env(name, resolved)}

@@ -25,6 +25,9 @@ KAFKA_POM = REPO / "infra" / "kafka" / "pom.xml"
 JAEGER_MODULE = REPO / "infra" / "jaeger"
 JAEGER_BIN = CACHE / "bin" / "jaeger"
 JAEGER_PACKAGE = "github.com/jaegertracing/jaeger/cmd/jaeger"
+TOXIPROXY_MODULE = REPO / "infra" / "toxiproxy"
+TOXIPROXY_BIN = CACHE / "bin" / "toxiproxy-server"
+TOXIPROXY_PACKAGE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 
 
 def install(components: Iterable[str] = INFRA) -> None:
@@ -37,6 +40,8 @@ def install(components: Iterable[str] = INFRA) -> None:
             _ensure_kafka()
         if "jaeger" in wanted:
             _ensure_jaeger()
+        if "toxiproxy" in wanted:
+            _ensure_toxiproxy()
 
 
 @contextlib.contextmanager
@@ -218,19 +223,30 @@ def _ensure_jaeger() -> None:
     _wait_for_foreign_build()
     if JAEGER_BIN.is_file():
         return
+    say("    a cold Jaeger build takes several minutes on 2 cores; it is cached afterwards")
+    _go_build("Jaeger", JAEGER_MODULE, JAEGER_PACKAGE, JAEGER_BIN)
+
+
+def _ensure_toxiproxy() -> None:
+    if not TOXIPROXY_BIN.is_file():
+        _go_build("Toxiproxy", TOXIPROXY_MODULE, TOXIPROXY_PACKAGE, TOXIPROXY_BIN)
+
+
+def _go_build(title: str, module: Path, package: str, binary: Path) -> None:
+    """``go build`` a tool pinned by ``module``'s go.mod/go.sum into ``binary``."""
     go = _require("go", "install the Go toolchain (1.24+), see https://go.dev/dl/")
-    JAEGER_BIN.parent.mkdir(parents=True, exist_ok=True)
-    scratch = JAEGER_BIN.with_name("jaeger.partial")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside it and renamed: an interrupted build never leaves a binary behind.
+    scratch = binary.with_name(f"{binary.name}.partial")
     env = {
         **os.environ,
         "GOMODCACHE": str(CACHE / "go" / "mod"),
         "GOCACHE": str(CACHE / "go" / "build"),
         "GOFLAGS": "-buildvcs=false",
     }
-    argv = [go, "build", "-o", str(scratch), JAEGER_PACKAGE]
-    say("    a cold Jaeger build takes several minutes on 2 cores; it is cached afterwards")
-    run_step("Jaeger build (go build)", argv, cwd=JAEGER_MODULE, env=env)
-    scratch.replace(JAEGER_BIN)
+    argv = [go, "build", "-o", str(scratch), package]
+    run_step(f"{title} build (go build)", argv, cwd=module, env=env)
+    scratch.replace(binary)
 
 
 def _wait_for_foreign_build() -> None:

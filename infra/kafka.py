@@ -57,14 +57,14 @@ class Kafka(Component):
         return ports.kafka
 
     def all_ports(self, ports: Ports) -> tuple[int, ...]:
-        return (ports.kafka, ports.kafka_controller)
+        return (ports.kafka, ports.kafka_controller, ports.kafka_proxied)
 
     def install(self) -> None:
         install(["kafka"])
 
     def prepare(self, ports: Ports) -> None:
         KAFKA_STATE.mkdir(parents=True, exist_ok=True)
-        SERVER_PROPERTIES.write_text(_server_properties(ports))
+        SERVER_PROPERTIES.write_text(server_properties(ports))
         LOG4J.write_text(_log4j_properties())
         _format_storage(ports)
 
@@ -117,16 +117,30 @@ def _classpath() -> str:
     return str(KAFKA_LIBS / "*")
 
 
-def _server_properties(ports: Ports) -> str:
+def server_properties(ports: Ports) -> str:
+    """The broker's configuration, written before every start."""
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"{HOST}:{ports.kafka_controller}",
-        "listeners": f"PLAINTEXT://{HOST}:{ports.kafka},CONTROLLER://{HOST}:{ports.kafka_controller}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{ports.kafka}",
+        # PROXIED is the listener behind Toxiproxy's "kafka" proxy: it advertises the proxy's
+        # address, so a client that bootstraps through the proxy keeps talking through it
+        # (and feels its faults), while PLAINTEXT stays direct for everyone else.
+        "listeners": ",".join(
+            [
+                f"PLAINTEXT://{HOST}:{ports.kafka}",
+                f"CONTROLLER://{HOST}:{ports.kafka_controller}",
+                f"PROXIED://{HOST}:{ports.kafka_proxied}",
+            ]
+        ),
+        "advertised.listeners": (
+            f"PLAINTEXT://{HOST}:{ports.kafka},PROXIED://{HOST}:{ports.kafka_proxy}"
+        ),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": (
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT"
+        ),
         "log.dirs": str(DATA),
         "num.partitions": str(topic_partitions()),
         # One node: every internal topic has a single replica.

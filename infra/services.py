@@ -10,7 +10,18 @@ from pathlib import Path
 from infra.base import Component, Launch
 from infra.jaeger import http_ok
 from infra.kafka import bootstrap_servers
-from infra.settings import ADMIN_TOKEN_FILE, HOST, REPO, STATE, Ports, topic_partitions
+from infra.settings import (
+    ADMIN_TOKEN_FILE,
+    HOST,
+    INFRA,
+    REPO,
+    STATE,
+    TOXIPROXY,
+    Ports,
+    first_instance,
+    topic_partitions,
+    via_proxy,
+)
 
 
 def python() -> str:
@@ -53,26 +64,47 @@ def admin_token(state: Path | None = None) -> str:
 
 
 def service_env(name: str, ports: Ports) -> dict[str, str]:
-    """The variables the launcher sets for service ``name`` (they override os.environ)."""
+    """The variables the launcher sets for service component ``name`` (``order`` or its
+    second instance ``order-2``); they override os.environ.
+
+    A second instance is the same service: the same database, consumer group and outbox
+    lease, only its HTTP port (and log) its own. With ``SUITE_VIA_PROXY=true`` the database
+    and the broker are reached through Toxiproxy's proxies.
+    """
+    service = first_instance(name)
+    database_port, kafka = ports.postgres, bootstrap_servers(ports)
+    if via_proxy():
+        database_port, kafka = ports.postgres_proxy, f"{HOST}:{ports.kafka_proxy}"
     env = {
         "ADMIN_TOKEN": admin_token(),
         "HTTP_HOST": HOST,
         "HTTP_PORT": str(ports.of(name)),
-        "DATABASE_URL": f"postgresql://postgres@{HOST}:{ports.postgres}/{name}",
+        "DATABASE_URL": f"postgresql://postgres@{HOST}:{database_port}/{service}",
         **common_env(ports),
+        "KAFKA_BOOTSTRAP_SERVERS": kafka,
     }
-    if name == "order":  # the event-flow view reads Jaeger's query API and links to its UI
+    if name != service:
+        # One service.name in Jaeger for both; the instance tells their spans apart.
+        resource = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").strip()
+        instance = f"service.instance.id={name}"
+        env["OTEL_RESOURCE_ATTRIBUTES"] = f"{resource},{instance}" if resource else instance
+    if service == "order":  # the event-flow view reads Jaeger's query API and links to its UI
         jaeger = f"http://{HOST}:{ports.jaeger_ui}"
         env |= {"JAEGER_QUERY_URL": jaeger, "JAEGER_UI_URL": jaeger}
     return env
 
 
 class Service(Component):
-    requires = ("postgres", "kafka", "jaeger")
     stop_timeout = 20.0
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.service = first_instance(name)
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        # Read at start time: SUITE_VIA_PROXY may be set just before a restart.
+        return (*INFRA, TOXIPROXY) if via_proxy() else INFRA
 
     def main_port(self, ports: Ports) -> int:
         return ports.of(self.name)
@@ -81,7 +113,7 @@ class Service(Component):
         # The whole environment passes through, so overrides such as
         # DISPATCH_DELAY_SECONDS reach the service; only our keys are forced.
         env = {**os.environ, **service_env(self.name, ports)}
-        return Launch(argv=[python(), "-m", self.name], env=env, cwd=Path(REPO))
+        return Launch(argv=[python(), "-m", self.service], env=env, cwd=Path(REPO))
 
     def is_ready(self, ports: Ports) -> bool:
         return http_ok(f"http://{HOST}:{ports.of(self.name)}/ready")

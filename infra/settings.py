@@ -24,7 +24,19 @@ HOST = "127.0.0.1"
 
 INFRA = ("postgres", "kafka", "jaeger")
 SERVICES = ("order", "inventory", "shipping")
+# The default set: what `start`, `run` and `status` mean without names.
 COMPONENTS = INFRA + SERVICES
+# Optional components, started only by name (the load suite's chaos needs them): the fault
+# proxy in front of PostgreSQL and Kafka, and a second instance of each service.
+TOXIPROXY = "toxiproxy"
+SECOND_INSTANCES = tuple(f"{service}-2" for service in SERVICES)
+OPTIONAL = (TOXIPROXY, *SECOND_INSTANCES)
+# Every service process, first and second instances.
+SERVICE_PROCESSES = (*SERVICES, *SECOND_INSTANCES)
+# Launched stage by stage, each stage at once: a second instance waits for its first, so
+# two instances never run a fresh database's migrations at the same time.
+STAGES = ((*INFRA, TOXIPROXY), SERVICES, SECOND_INSTANCES)
+ALL_COMPONENTS = tuple(name for stage in STAGES for name in stage)
 
 # Derived from the event catalog, so a new topic there is created here too; docker-compose.yml
 # cannot import this and keeps its own list, which tests/static/test_compose.py checks.
@@ -50,10 +62,17 @@ class Ports:
     order: int
     inventory: int
     shipping: int
+    toxiproxy: int
+    postgres_proxy: int
+    kafka_proxy: int
+    kafka_proxied: int
+    order_2: int
+    inventory_2: int
+    shipping_2: int
 
     def of(self, component: str) -> int:
-        """The main port of a component: the one its readiness is judged on."""
-        value = getattr(self, component)
+        """The main port of a component (``order-2`` too): the one its readiness is judged on."""
+        value = getattr(self, component.replace("-", "_"))
         assert isinstance(value, int)
         return value
 
@@ -70,6 +89,15 @@ PORT_VARIABLES: dict[str, tuple[str, int]] = {
     "order": ("ORDER_PORT", 8001),
     "inventory": ("INVENTORY_PORT", 8002),
     "shipping": ("SHIPPING_PORT", 8003),
+    # Toxiproxy's API, and the proxies it serves: PostgreSQL's, and Kafka's in front of the
+    # broker's second listener (KAFKA_PROXIED_PORT, which advertises the proxy's address).
+    "toxiproxy": ("TOXIPROXY_PORT", 8474),
+    "postgres_proxy": ("POSTGRES_PROXY_PORT", 15432),
+    "kafka_proxy": ("KAFKA_PROXY_PORT", 19092),
+    "kafka_proxied": ("KAFKA_PROXIED_PORT", 9094),
+    "order_2": ("ORDER_2_PORT", 8011),
+    "inventory_2": ("INVENTORY_2_PORT", 8012),
+    "shipping_2": ("SHIPPING_2_PORT", 8013),
 }
 
 
@@ -107,6 +135,22 @@ def _reject_duplicates(resolved: Ports) -> None:
             first, second = PORT_VARIABLES[seen[port]][0], PORT_VARIABLES[field][0]
             raise InfraError(f"{first} and {second} are both {port}; give each its own port")
         seen[port] = field
+
+
+def via_proxy(environ: Mapping[str, str] | None = None) -> bool:
+    """``SUITE_VIA_PROXY``: the services reach PostgreSQL and Kafka through Toxiproxy."""
+    env = os.environ if environ is None else environ
+    raw = env.get("SUITE_VIA_PROXY", "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise InfraError(f"SUITE_VIA_PROXY={raw!r}: use true or false")
+
+
+def first_instance(component: str) -> str:
+    """The service a component runs: ``order`` for ``order`` and ``order-2``."""
+    return component.removesuffix("-2") if component in SECOND_INSTANCES else component
 
 
 def topic_partitions(environ: Mapping[str, str] | None = None) -> int:
