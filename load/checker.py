@@ -560,11 +560,18 @@ def stock_conserved(info: RunInfo, facts: Facts, journal: list[JournalEntry]) ->
         restocks = [e for e in journal if e.op == "restock" and e.sku == sku]
         answered = [e for e in restocks if e.status == 200 and e.total is not None]
         last = max(answered, key=lambda e: e.t) if answered else None
-        unanswered = [e for e in restocks if e.status == 0 and (last is None or e.t > last.t)]
+        # No answer, or a server error, may or may not have set the level.
+        unanswered = [
+            e
+            for e in restocks
+            if (e.status == 0 or e.status >= 500) and (last is None or e.t > last.t)
+        ]
         row = rows.get(sku)
         if unanswered:
+            e = unanswered[-1]
             offending.append(
-                f"{sku} inconclusive: a restock at {unanswered[-1].t:.3f} got no answer"
+                f"{sku} inconclusive: a restock at {e.t:.3f} got no clear answer"
+                f" (status {e.status})"
             )
             continue
         if row is None:

@@ -367,7 +367,15 @@ def test_an_unanswered_last_restock_makes_the_sku_inconclusive() -> None:
     checks = by_number(verdict(the_journal=[*journal(), lost]))
 
     assert not checks[2].ok
-    assert checks[2].offending == [f"{HOT} inconclusive: a restock at 1050.000 got no answer"]
+    assert checks[2].offending == [
+        f"{HOT} inconclusive: a restock at 1050.000 got no clear answer (status 0)"
+    ]
+
+
+def test_a_restock_refused_as_invalid_does_not_count() -> None:
+    refused = JournalEntry(STARTED + 50, "restock", 422, key="r3", sku=HOT)
+
+    assert verdict(the_journal=[*journal(), refused]).ok
 
 
 # --- 3 shipped matches orders ------------------------------------------------------------------
