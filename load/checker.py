@@ -1,0 +1,901 @@
+"""The consistency checker: after a load run, read the three databases and the topics and say,
+invariant by invariant, whether the system kept its promises (DESIGN.md, "Consistency
+invariants"), with the ids that break each one.
+
+    python -m load.checker reports/load/<run_id>     # exit 1 when any check fails
+
+:func:`gather` only reads (the services' databases and the topics from the run's start
+offsets); :func:`judge` is pure, one small function per check, so each can be shown to fail
+on synthetic :class:`Facts`. Everything is scoped to the run: its orders (customer ids
+``load-<tag>-``, and every order id the journal or an ``OrderPlaced`` of a run customer
+names), its SKUs, the records keyed by them. Where the invariant is global it is read
+globally: outboxes, parked events, pending debounced events, consumer lag, dead letters
+written since the run started.
+
+Check 9, the event counts, counts DISTINCT event ids per order and type (copies of one
+event, from relay retries or injected duplicates, are one event). The rules, from the state
+machines (``order.domain.order``, ``inventory.domain.stock``, ``shipping.domain.shipment``)
+and the handlers that react to each event:
+
+- every order: exactly one ``OrderPlaced``; exactly one of ``InventoryReserved`` and
+  ``InventoryRejected`` (inventory answers each order once, whatever happened to it
+  meanwhile); ``ShipmentScheduled`` as many as ``OrderConfirmed`` (shipping schedules on
+  confirmation, which precedes any cancellation on the order's stream); no
+  ``OrderConfirmed`` without ``InventoryReserved``; no type more than once, except
+  ``OrderShippingAddressChanged`` (one per burst of address edits, debounced: any number);
+- ``SHIPPED``: one each of ``InventoryReserved``, ``OrderConfirmed``, ``ShipmentScheduled``,
+  ``ShipmentDispatched``, ``OrderShipped``, ``InventoryShipped``; none of
+  ``InventoryRejected``, ``OrderRejected``, ``OrderCancelled``, ``ShipmentCancelled``,
+  ``InventoryReleased``; ``OrderCancellationRequested`` zero or one (a cancel that lost the
+  race with dispatch);
+- ``REJECTED``: one ``InventoryRejected`` and one ``OrderRejected``, nothing else but
+  ``OrderPlaced`` (and address changes);
+- ``CANCELLED``: one ``OrderCancelled``; no ``ShipmentDispatched``, ``OrderShipped``,
+  ``InventoryShipped``, ``OrderRejected``; either cancelled while pending (no
+  ``OrderConfirmed``, ``OrderCancellationRequested`` or ``ShipmentCancelled``) or after
+  confirmation (one of each: shipping agreed); ``InventoryReleased`` exactly when
+  ``InventoryReserved`` (inventory gives back what it held when the order is cancelled,
+  including a reservation that arrived after a cancel while pending).
+
+Per run SKU (``stock`` topic), the last ``StockLevelChanged`` (highest sequence) carries the
+SKU's final levels: every movement is recorded and, once nothing is pending, published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from infra.settings import DLQ_TOPICS, SERVICES, TOPICS, ports
+from inventory.domain.stock import ReservationStatus
+from inventory.handlers import router as inventory_router
+from load.runinfo import Check, Injected, JournalEntry, RunDir, RunInfo, Verdict
+from order.domain.order import TERMINAL, OrderStatus
+from order.handlers import router as order_router
+from shared.contracts import IntegrationEvent, spec_of
+from shared.contracts.catalog import (
+    InventoryRejected,
+    InventoryReleased,
+    InventoryReserved,
+    InventoryShipped,
+    OrderCancellationRequested,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderPlaced,
+    OrderRejected,
+    OrderShipped,
+    OrderShippingAddressChanged,
+    ShipmentCancelled,
+    ShipmentDispatched,
+    ShipmentScheduled,
+    StockLevelChanged,
+)
+from shared.envelope import MalformedEnvelopeError, parse_envelope
+from shipping.domain.shipment import ShipmentStatus
+from shipping.handlers import router as shipping_router
+
+TERMINAL_WITHIN = 60.0  # seconds after the load stopped by which every order must have ended
+SAMPLE = 20  # offending ids kept per check
+READ_TIMEOUT = 300.0  # seconds to read the topics to their ends
+
+
+def _type(event: type[IntegrationEvent]) -> str:
+    return spec_of(event).event_type
+
+
+PLACED, RESERVED, REJECTED_INV = (
+    _type(OrderPlaced),
+    _type(InventoryReserved),
+    _type(InventoryRejected),
+)
+CONFIRMED, ORDER_REJECTED = _type(OrderConfirmed), _type(OrderRejected)
+SCHEDULED, DISPATCHED = _type(ShipmentScheduled), _type(ShipmentDispatched)
+ORDER_SHIPPED, INV_SHIPPED = _type(OrderShipped), _type(InventoryShipped)
+CANCEL_REQUESTED, ORDER_CANCELLED = _type(OrderCancellationRequested), _type(OrderCancelled)
+SHIPMENT_CANCELLED, RELEASED = _type(ShipmentCancelled), _type(InventoryReleased)
+ADDRESS_CHANGED, STOCK_LEVEL = _type(OrderShippingAddressChanged), _type(StockLevelChanged)
+REPEATABLE = frozenset({ADDRESS_CHANGED})  # debounced: one per burst, any number per order
+
+LIVE_SHIPMENT = frozenset({ShipmentStatus.SCHEDULED.value, ShipmentStatus.DISPATCHED.value})
+
+
+# --- what was read ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    order_id: str
+    customer_id: str
+    status: str
+    items: dict[str, int]  # SKU -> quantity
+    version: int
+    idempotency_key: str | None
+    updated_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class StockRow:
+    sku: str
+    available: int
+    reserved: int
+    shipped: int
+
+
+@dataclass(frozen=True)
+class ReservationRow:
+    order_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ShipmentRow:
+    order_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A row of a service's ``dead_letters`` table."""
+
+    service: str
+    key: str | None
+    error: str
+    topic: str  # where the record came from
+
+
+@dataclass(frozen=True)
+class Record:
+    """An envelope read from an event topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    event_type: str
+    event_id: str
+    source: str
+    aggregate_type: str
+    aggregate_id: str
+    sequence: int
+    levels: tuple[int, int, int] | None = None  # StockLevelChanged: available, reserved, shipped
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class DlqRecord:
+    service: str  # whose dead-letter topic
+    partition: int
+    offset: int
+    key: str | None
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Facts:
+    orders: list[OrderRow] = field(default_factory=list)
+    stock: list[StockRow] = field(default_factory=list)
+    reservations: list[ReservationRow] = field(default_factory=list)
+    shipments: list[ShipmentRow] = field(default_factory=list)
+    outbox: dict[str, int] = field(default_factory=dict)  # service -> rows waiting
+    parked: dict[str, int] = field(default_factory=dict)  # service -> parked events
+    pending: dict[str, int] = field(default_factory=dict)  # service -> debounced rows waiting
+    letters: list[Letter] = field(default_factory=list)  # written since the run started
+    records: list[Record] = field(default_factory=list)  # the run's, from its start offsets
+    undecodable: list[Undecodable] = field(default_factory=list)  # the run's keys, poison too
+    dlq: list[DlqRecord] = field(default_factory=list)
+    lag: dict[str, int] = field(default_factory=dict)  # consumer group -> records behind
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _consumed_topics() -> dict[str, tuple[str, ...]]:
+    """Consumer group -> the topics it reads, from each service's routing."""
+    return {
+        "order-service": tuple(order_router.topics),
+        "inventory-service": tuple(inventory_router.topics),
+        "shipping-service": tuple(shipping_router.topics),
+    }
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Where gather reads: the event topics, each service's dead-letter topic, and the topics
+    of each consumer group whose lag it measures."""
+
+    events: tuple[str, ...] = TOPICS
+    dead_letters: Mapping[str, str] = field(
+        default_factory=lambda: dict(zip(SERVICES, DLQ_TOPICS, strict=True))
+    )
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=_consumed_topics)
+
+
+def database_urls() -> dict[str, str]:
+    port = ports().postgres
+    return {s: f"postgresql://postgres@127.0.0.1:{port}/{s}" for s in SERVICES}
+
+
+async def gather(
+    run: RunDir,
+    *,
+    urls: Mapping[str, str] | None = None,
+    bootstrap: str | None = None,
+    topics: Topics | None = None,
+) -> Facts:
+    """Read what the run left (read-only): the databases at ``urls`` (service -> URL; by
+    default the launcher's), the topics at ``bootstrap`` (default the launcher's Kafka)."""
+    info = run.info()
+    urls = urls or database_urls()
+    bootstrap = bootstrap or f"127.0.0.1:{ports().kafka}"
+    topics = topics or Topics()
+    journal_ids = {o for e in run.journal() if (o := _order_id(e.order_id))}
+
+    orders = await _read_orders(urls["order"], info.customer_prefix, sorted(journal_ids))
+    raw, undecodable, dlq = await _read_topics(info, bootstrap, topics)
+    placed = {
+        r.aggregate_id
+        for r, customer in raw
+        if r.event_type == PLACED and customer.startswith(info.customer_prefix)
+    }
+    run_orders = {o.order_id for o in orders} | journal_ids | placed
+    keys = run_orders | set(info.all_skus)
+    records = [r for r, _ in raw if r.key in keys]
+    run_keys = [u for u in undecodable if u.key in keys or _poison(info, u.key)]
+
+    facts = Facts(orders=orders, records=records, undecodable=run_keys, dlq=dlq)
+    ids = sorted(run_orders)
+    for service, url in urls.items():
+        await _read_service(facts, service, url, info, ids)
+    facts.lag.update(await _lag(bootstrap, topics.groups))
+    return facts
+
+
+def _order_id(value: str | None) -> str | None:
+    try:
+        return None if value is None else str(UUID(value))
+    except ValueError:
+        return None
+
+
+def _poison(info: RunInfo, key: str | None) -> bool:
+    return key is not None and key.startswith(info.poison_prefix)
+
+
+async def _read_orders(url: str, prefix: str, ids: list[str]) -> list[OrderRow]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT order_id::text, customer_id, status, items, version, idempotency_key,
+                   extract(epoch FROM updated_at)::float8 AS updated_at
+            FROM orders
+            WHERE starts_with(customer_id, $1) OR order_id = ANY($2::uuid[])
+            """,
+            prefix,
+            ids,
+        )
+    finally:
+        await conn.close()
+    return [
+        OrderRow(
+            r["order_id"],
+            r["customer_id"],
+            r["status"],
+            {line["sku"]: line["quantity"] for line in json.loads(r["items"])},
+            r["version"],
+            r["idempotency_key"],
+            r["updated_at"],
+        )
+        for r in rows
+    ]
+
+
+async def _read_service(
+    facts: Facts, service: str, url: str, info: RunInfo, order_ids: list[str]
+) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        facts.outbox[service] = await conn.fetchval("SELECT count(*) FROM outbox")
+        facts.parked[service] = await conn.fetchval("SELECT count(*) FROM parked_events")
+        facts.pending[service] = await conn.fetchval("SELECT count(*) FROM debounced_events")
+        letters = await conn.fetch(
+            "SELECT message_key, error, topic FROM dead_letters"
+            " WHERE created_at >= to_timestamp($1)",
+            info.started_at,
+        )
+        facts.letters.extend(
+            Letter(service, _text(r["message_key"]), r["error"], r["topic"]) for r in letters
+        )
+        tables = {
+            t
+            for (t,) in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+        }
+        if "stock" in tables:
+            rows = await conn.fetch(
+                "SELECT sku, available, reserved, shipped FROM stock WHERE sku = ANY($1)",
+                info.all_skus,
+            )
+            facts.stock.extend(StockRow(r[0], r[1], r[2], r[3]) for r in rows)
+        if "reservations" in tables:
+            rows = await conn.fetch(
+                "SELECT order_id::text, status FROM reservations WHERE order_id = ANY($1::uuid[])",
+                order_ids,
+            )
+            facts.reservations.extend(ReservationRow(r[0], r[1]) for r in rows)
+        if "shipments" in tables:
+            rows = await conn.fetch(
+                "SELECT order_id::text, status FROM shipments WHERE order_id = ANY($1::uuid[])",
+                order_ids,
+            )
+            facts.shipments.extend(ShipmentRow(r[0], r[1]) for r in rows)
+    finally:
+        await conn.close()
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
+
+
+async def _read_topics(
+    info: RunInfo, bootstrap: str, topics: Topics
+) -> tuple[list[tuple[Record, str]], list[Undecodable], list[DlqRecord]]:
+    """Every record of the event and dead-letter topics from the run's start (its start
+    offsets; a topic without one from the first record written after ``started_at``) to the
+    ends as they are now. Event records come with the customer of an ``OrderPlaced``."""
+    dlq_service = {topic: service for service, topic in topics.dead_letters.items()}
+    partitions = await _partitions(bootstrap, [*topics.events, *dlq_service])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        starts = await _start_offsets(consumer, info, partitions, ends)
+        todo = {tp for tp in partitions if starts[tp] < ends[tp]}
+        events: list[tuple[Record, str]] = []
+        undecodable: list[Undecodable] = []
+        dlq: list[DlqRecord] = []
+        if not todo:
+            return events, undecodable, dlq
+        consumer.assign(sorted(todo))
+        for tp in todo:
+            consumer.seek(tp, starts[tp])
+        deadline = time.monotonic() + READ_TIMEOUT
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics not read to their ends: {sorted(map(str, todo))}")
+            batch = await consumer.getmany(*todo, timeout_ms=500, max_records=5000)
+            for tp, batch_records in batch.items():
+                for rec in batch_records:
+                    if rec.offset >= ends[tp]:
+                        continue
+                    key = _text(rec.key)
+                    if tp.topic in dlq_service:
+                        headers = {k: v.decode(errors="replace") for k, v in rec.headers}
+                        dlq.append(
+                            DlqRecord(
+                                dlq_service[tp.topic], rec.partition, rec.offset, key, headers
+                            )
+                        )
+                        continue
+                    try:
+                        envelope = parse_envelope(rec.value)
+                    except MalformedEnvelopeError as exc:
+                        undecodable.append(
+                            Undecodable(tp.topic, rec.partition, rec.offset, key, str(exc)[:200])
+                        )
+                        continue
+                    payload = envelope.payload
+                    levels = (
+                        (payload["available"], payload["reserved"], payload["shipped"])
+                        if envelope.event_type == STOCK_LEVEL
+                        else None
+                    )
+                    record = Record(
+                        tp.topic,
+                        rec.partition,
+                        rec.offset,
+                        key,
+                        envelope.event_type,
+                        str(envelope.event_id),
+                        envelope.source,
+                        envelope.aggregate_type,
+                        envelope.aggregate_id,
+                        envelope.sequence,
+                        levels,
+                    )
+                    events.append((record, str(payload.get("customer_id", ""))))
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+        return events, undecodable, dlq
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
+    """The partitions of those of ``topics`` that exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        known = set(await admin.list_topics())
+        wanted = [t for t in dict.fromkeys(topics) if t in known]
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(d["topic"], p["partition"])
+        for d in described
+        for p in sorted(d["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+async def _start_offsets(
+    consumer: AIOKafkaConsumer,
+    info: RunInfo,
+    partitions: list[TopicPartition],
+    ends: Mapping[TopicPartition, int],
+) -> dict[TopicPartition, int]:
+    starts: dict[TopicPartition, int] = {}
+    by_time: list[TopicPartition] = []
+    for tp in partitions:
+        given = info.start_offsets.get(tp.topic, {}).get(tp.partition)
+        if given is None:
+            by_time.append(tp)
+        else:
+            starts[tp] = given
+    if by_time:
+        found = await consumer.offsets_for_times(
+            {tp: int(info.started_at * 1000) for tp in by_time}
+        )
+        for tp in by_time:
+            at = found.get(tp)
+            starts[tp] = ends[tp] if at is None else at.offset
+    return starts
+
+
+async def _lag(bootstrap: str, groups: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
+    """Per group: records of its topics not yet committed (a partition never committed counts
+    from its first record)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        lag: dict[str, int] = {}
+        for group, group_topics in groups.items():
+            partitions = await _partitions(bootstrap, list(group_topics))
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await consumer.end_offsets(partitions)
+            firsts = await consumer.beginning_offsets(partitions)
+            behind = 0
+            for tp in partitions:
+                meta = committed.get(tp)
+                at = meta.offset if meta is not None and meta.offset >= 0 else firsts[tp]
+                behind += max(ends[tp] - at, 0)
+            lag[group] = behind
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+
+def judge(
+    info: RunInfo, facts: Facts, journal: list[JournalEntry], injected: list[Injected]
+) -> Verdict:
+    """Every invariant, one :class:`Check` each, from what was read; no I/O."""
+    return Verdict(
+        [
+            orders_terminal(facts, journal),
+            stock_conserved(info, facts, journal),
+            shipped_matches_orders(info, facts),
+            services_agree(facts),
+            one_order_per_key(facts, journal),
+            drained(facts),
+            dead_letters_are_poison(facts, injected),
+            sequences(info, facts),
+            event_counts(info, facts),
+            terminal_in_time(info, facts),
+        ]
+    )
+
+
+def _check(name: str, offending: Iterable[str], passed: str, failed: str) -> Check:
+    """A check that fails when anything offends; ``failed`` may use ``{n}``."""
+    found = list(dict.fromkeys(offending))
+    if not found:
+        return Check(name, True, passed)
+    return Check(name, False, failed.format(n=len(found)), found[:SAMPLE])
+
+
+def _accepted(journal: list[JournalEntry]) -> list[JournalEntry]:
+    return [e for e in journal if e.op == "order" and e.status == 202]
+
+
+def orders_terminal(facts: Facts, journal: list[JournalEntry]) -> Check:
+    by_id = {o.order_id: o for o in facts.orders}
+    accepted = {o for e in _accepted(journal) if (o := _order_id(e.order_id))}
+    missing = [f"{o} missing" for o in sorted(accepted - by_id.keys())]
+    placed = {r.aggregate_id for r in facts.records if r.event_type == PLACED}
+    phantom = [f"{o} placed on Kafka, no row" for o in sorted(placed - by_id.keys())]
+    open_ = [f"{o.order_id} {o.status}" for o in facts.orders if o.status not in TERMINAL]
+    return _check(
+        "1 orders terminal",
+        [*missing, *phantom, *open_],
+        f"{len(accepted)} accepted orders exist; all {len(facts.orders)} of the run are terminal",
+        f"{{n}} orders missing or not terminal ({len(missing)} missing, {len(phantom)} with"
+        f" no row, {len(open_)} not terminal)",
+    )
+
+
+def stock_conserved(info: RunInfo, facts: Facts, journal: list[JournalEntry]) -> Check:
+    rows = {s.sku: s for s in facts.stock}
+    offending: list[str] = []
+    for sku in info.all_skus:
+        restocks = [e for e in journal if e.op == "restock" and e.sku == sku]
+        answered = [e for e in restocks if e.status == 200 and e.total is not None]
+        last = max(answered, key=lambda e: e.t) if answered else None
+        # No answer, or a server error, may or may not have set the level.
+        unanswered = [
+            e
+            for e in restocks
+            if (e.status == 0 or e.status >= 500) and (last is None or e.t > last.t)
+        ]
+        row = rows.get(sku)
+        if unanswered:
+            e = unanswered[-1]
+            offending.append(
+                f"{sku} inconclusive: a restock at {e.t:.3f} got no clear answer"
+                f" (status {e.status})"
+            )
+            continue
+        if row is None:
+            if last is not None and last.total:
+                offending.append(f"{sku} no stock row (put in {last.total})")
+            continue
+        total = row.available + row.reserved + row.shipped
+        put_in = 0 if last is None else last.total
+        if min(row.available, row.reserved, row.shipped) < 0:
+            offending.append(f"{sku} negative {_levels(row)}")
+        if row.reserved != 0:
+            offending.append(f"{sku} reserved {row.reserved}")
+        if total != put_in:
+            offending.append(f"{sku} put in {put_in}, holds {total} ({_levels(row)})")
+    return _check(
+        "2 stock conserved",
+        offending,
+        f"{len(info.all_skus)} SKUs: available + reserved + shipped = stock put in, none reserved",
+        "{n} SKUs break stock conservation",
+    )
+
+
+def _levels(row: StockRow) -> str:
+    return f"available {row.available} reserved {row.reserved} shipped {row.shipped}"
+
+
+def shipped_matches_orders(info: RunInfo, facts: Facts) -> Check:
+    ordered: Counter[str] = Counter()
+    for order in facts.orders:
+        if order.status == OrderStatus.SHIPPED:
+            ordered.update(order.items)
+    rows = {s.sku: s for s in facts.stock}
+    shipped = {sku: rows[sku].shipped if sku in rows else 0 for sku in info.all_skus}
+    offending = [
+        f"{sku} shipped {n}, SHIPPED orders hold {ordered[sku]}"
+        for sku, n in shipped.items()
+        if n != ordered[sku]
+    ]
+    return _check(
+        "3 shipped matches orders",
+        offending,
+        f"shipped per SKU = the SHIPPED orders' quantities ({sum(ordered.values())} units)",
+        "{n} SKUs whose shipped count differs from the SHIPPED orders",
+    )
+
+
+def services_agree(facts: Facts) -> Check:
+    shipments: defaultdict[str, list[str]] = defaultdict(list)
+    for s in facts.shipments:
+        shipments[s.order_id].append(s.status)
+    reservations: defaultdict[str, list[str]] = defaultdict(list)
+    for r in facts.reservations:
+        reservations[r.order_id].append(r.status)
+    status = {o.order_id: o.status for o in facts.orders}
+    offending = [
+        f"{order_id} {st} {disagreement}"
+        for order_id, st in status.items()
+        for disagreement in _disagreements(
+            st, shipments.get(order_id, []), reservations.get(order_id, [])
+        )
+    ]
+    offending += [
+        f"{order_id} DISPATCHED shipment for no order"
+        for order_id, sh in shipments.items()
+        if order_id not in status and ShipmentStatus.DISPATCHED in sh
+    ]
+    return _check(
+        "4 services agree",
+        offending,
+        "every SHIPPED order has one DISPATCHED shipment and a SHIPPED reservation; no other"
+        " order has a dispatched or live shipment or a held reservation",
+        "{n} disagreements between order, inventory and shipping",
+    )
+
+
+def _disagreements(status: str, shipments: list[str], reservations: list[str]) -> list[str]:
+    """What inventory's and shipping's rows of one order say against its status."""
+    dispatched = shipments.count(ShipmentStatus.DISPATCHED)
+    if status == OrderStatus.SHIPPED:
+        found = [] if dispatched == 1 else [f"with {dispatched} DISPATCHED shipments"]
+        if reservations != [ReservationStatus.SHIPPED]:
+            found.append(f"with reservation {reservations or 'none'}")
+        return found
+    found = ["with a DISPATCHED shipment"] if dispatched else []
+    if status in (OrderStatus.CANCELLED, OrderStatus.REJECTED):
+        if ReservationStatus.RESERVED in reservations:
+            found.append("still holds a RESERVED reservation")
+        if any(s in LIVE_SHIPMENT for s in shipments):
+            found.append(f"with a live shipment {shipments}")
+    return found
+
+
+def one_order_per_key(facts: Facts, journal: list[JournalEntry]) -> Check:
+    orders_by_key: defaultdict[str, set[str]] = defaultdict(set)
+    for order in facts.orders:
+        if order.idempotency_key is not None:
+            orders_by_key[order.idempotency_key].add(order.order_id)
+    answers: defaultdict[str, set[str]] = defaultdict(set)
+    for e in _accepted(journal):
+        if e.key is not None and (o := _order_id(e.order_id)):
+            answers[e.key].add(o)
+    key_of = {o.order_id: o.idempotency_key for o in facts.orders}
+    offending = [
+        f"key {k}: orders {sorted(ids)}" for k, ids in orders_by_key.items() if len(ids) > 1
+    ]
+    offending += [f"key {k}: answers {sorted(ids)}" for k, ids in answers.items() if len(ids) > 1]
+    offending += [
+        f"key {k}: answered {o}, which has key {key_of[o]}"
+        for k, ids in answers.items()
+        for o in ids
+        if o in key_of and key_of[o] != k
+    ]
+    return _check(
+        "5 one order per key",
+        offending,
+        f"{len(orders_by_key)} keys, one order each; every answer for a key names that order",
+        "{n} Idempotency-Keys with more than one order",
+    )
+
+
+def drained(facts: Facts) -> Check:
+    offending = [f"{s} outbox {n}" for s, n in sorted(facts.outbox.items()) if n]
+    offending += [f"{s} parked {n}" for s, n in sorted(facts.parked.items()) if n]
+    offending += [f"{s} debounce pending {n}" for s, n in sorted(facts.pending.items()) if n]
+    offending += [f"{g} lag {n}" for g, n in sorted(facts.lag.items()) if n]
+    return _check(
+        "6 drained",
+        offending,
+        f"outboxes empty, nothing parked or pending in {len(facts.outbox)} services; lag 0 in"
+        f" {len(facts.lag)} groups",
+        "{n} things left undrained",
+    )
+
+
+def dead_letters_are_poison(facts: Facts, injected: list[Injected]) -> Check:
+    expected = {(s, i.key) for i in injected if i.kind == "poison" for s in i.expect_letters}
+    in_table = {(letter.service, letter.key or "") for letter in facts.letters}
+    on_topic = {(r.service, r.key or "") for r in facts.dlq}
+    offending = [
+        *(f"missing from {s}'s dead_letters: {k}" for s, k in sorted(expected - in_table)),
+        *(f"missing from {s}.dlq: {k}" for s, k in sorted(expected - on_topic)),
+        *(f"unexpected {s}:{k}" for s, k in sorted((in_table | on_topic) - expected)),
+    ]
+    return _check(
+        "7 dead letters = poison",
+        offending,
+        f"the {len(expected)} expected dead letters, in the tables and on the topics, and no other",
+        "{n} dead letters missing or unexpected",
+    )
+
+
+def sequences(info: RunInfo, facts: Facts) -> Check:
+    streams: defaultdict[tuple[str, str, str], defaultdict[int, set[str]]] = defaultdict(
+        lambda: defaultdict(set)
+    )
+    for r in facts.records:
+        streams[(r.source, r.aggregate_type, r.aggregate_id)][r.sequence].add(r.event_id)
+    offending: list[str] = []
+    for (source, kind, aggregate), seen in sorted(streams.items()):
+        name = f"{source}/{kind}/{aggregate}"
+        missing = sorted(set(range(1, max(seen) + 1)) - seen.keys())
+        if missing:
+            offending.append(f"{name} gap at {_ranges(missing)}")
+        offending += [
+            f"{name} #{n}: {len(ids)} event ids" for n, ids in sorted(seen.items()) if len(ids) > 1
+        ]
+    offending += [
+        f"undecodable {u.topic}[{u.partition}]@{u.offset} key {u.key}"
+        for u in facts.undecodable
+        if not _poison(info, u.key)
+    ]
+    return _check(
+        "8 sequences",
+        offending,
+        f"{len(streams)} streams: sequences 1..n, one event id each",
+        "{n} streams with a gap or two events at one sequence",
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:5])) + (" ..." if len(numbers) > 5 else "")
+
+
+def event_counts(info: RunInfo, facts: Facts) -> Check:
+    ids: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    last_level: dict[str, Record] = {}
+    for r in facts.records:
+        if r.event_type == STOCK_LEVEL:
+            if r.aggregate_id not in last_level or r.sequence > last_level[r.aggregate_id].sequence:
+                last_level[r.aggregate_id] = r
+        else:
+            ids[r.aggregate_id][r.event_type].add(r.event_id)
+    offending: list[str] = []
+    for order in facts.orders:
+        counts = ids.get(order.order_id, defaultdict(set))
+        breaks = order_event_breaks(order.status, {t: len(e) for t, e in counts.items()})
+        offending += [f"{order.order_id} {order.status}: {b}" for b in breaks]
+    rows = {s.sku: s for s in facts.stock}
+    for sku in info.all_skus:
+        row, last = rows.get(sku), last_level.get(sku)
+        if row is not None and (
+            last is None or last.levels != (row.available, row.reserved, row.shipped)
+        ):
+            said = "none" if last is None else f"{last.levels}"
+            offending.append(f"{sku}: last StockLevelChanged {said}, stock is {_levels(row)}")
+    return _check(
+        "9 event counts",
+        offending,
+        f"the events of {len(facts.orders)} orders and {len(info.all_skus)} SKUs match their state",
+        "{n} lost or extra effects",
+    )
+
+
+def order_event_breaks(status: str, counts: Mapping[str, int]) -> list[str]:
+    """How one order's events (distinct ids per type) break the rules of the module
+    docstring; empty when they hold. A non-terminal order (check 1 reports it) is held
+    only to one ``OrderPlaced`` and no type repeated."""
+    n: Callable[[str], int] = lambda t: counts.get(t, 0)  # noqa: E731
+    breaks = [f"{t} x{c}" for t, c in sorted(counts.items()) if c > 1 and t not in REPEATABLE]
+    if n(PLACED) != 1:
+        breaks.append(f"{PLACED} x{n(PLACED)}")
+    if status not in TERMINAL:
+        return breaks  # still on its way: only orders that ended have settled counts
+    if n(RESERVED) + n(REJECTED_INV) != 1:
+        breaks.append(f"{RESERVED} x{n(RESERVED)} and {REJECTED_INV} x{n(REJECTED_INV)}")
+    if n(SCHEDULED) != n(CONFIRMED):
+        breaks.append(f"{SCHEDULED} x{n(SCHEDULED)} for {CONFIRMED} x{n(CONFIRMED)}")
+    if n(CONFIRMED) > n(RESERVED):
+        breaks.append(f"{CONFIRMED} without {RESERVED}")
+    exact: dict[str, int] = {}
+    match status:
+        case OrderStatus.SHIPPED:
+            exact = dict.fromkeys(
+                [RESERVED, CONFIRMED, SCHEDULED, DISPATCHED, ORDER_SHIPPED, INV_SHIPPED], 1
+            )
+            exact |= dict.fromkeys(
+                [REJECTED_INV, ORDER_REJECTED, ORDER_CANCELLED, SHIPMENT_CANCELLED, RELEASED], 0
+            )
+        case OrderStatus.REJECTED:
+            exact = {REJECTED_INV: 1, ORDER_REJECTED: 1}
+            exact |= dict.fromkeys(
+                [
+                    RESERVED,
+                    CONFIRMED,
+                    SCHEDULED,
+                    DISPATCHED,
+                    ORDER_SHIPPED,
+                    INV_SHIPPED,
+                    CANCEL_REQUESTED,
+                    ORDER_CANCELLED,
+                    SHIPMENT_CANCELLED,
+                    RELEASED,
+                ],
+                0,
+            )
+        case OrderStatus.CANCELLED:
+            exact = {ORDER_CANCELLED: 1}
+            exact |= dict.fromkeys([DISPATCHED, ORDER_SHIPPED, INV_SHIPPED, ORDER_REJECTED], 0)
+            if not n(CONFIRMED) == n(CANCEL_REQUESTED) == n(SHIPMENT_CANCELLED):
+                breaks.append(
+                    f"{CONFIRMED} x{n(CONFIRMED)}, {CANCEL_REQUESTED} x{n(CANCEL_REQUESTED)},"
+                    f" {SHIPMENT_CANCELLED} x{n(SHIPMENT_CANCELLED)}"
+                )
+            if n(RELEASED) != n(RESERVED):
+                breaks.append(f"{RELEASED} x{n(RELEASED)} for {RESERVED} x{n(RESERVED)}")
+    breaks += [f"{t} x{n(t)}, expected {want}" for t, want in exact.items() if n(t) != want]
+    return list(dict.fromkeys(breaks))
+
+
+def terminal_in_time(info: RunInfo, facts: Facts) -> Check:
+    name = "10 terminal in time"
+    if info.ended_at is None:
+        return Check(name, False, "the run has no ended_at: cannot bound when its orders ended")
+    open_ = [o.order_id for o in facts.orders if o.status not in TERMINAL]
+    if not facts.orders:
+        return Check(name, True, "no orders in the run")
+    last = max(facts.orders, key=lambda o: o.updated_at)
+    after = last.updated_at - info.ended_at
+    figure = (
+        f"the last order ended {after:.1f} s after the load stopped (bound {TERMINAL_WITHIN:.0f} s)"
+    )
+    if open_:
+        return Check(name, False, f"{len(open_)} orders never ended; {figure}", open_[:SAMPLE])
+    if after > TERMINAL_WITHIN:
+        late = sorted(
+            (o for o in facts.orders if o.updated_at - info.ended_at > TERMINAL_WITHIN),
+            key=lambda o: -o.updated_at,
+        )
+        return Check(name, False, figure, [o.order_id for o in late][:SAMPLE])
+    return Check(name, True, figure)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+async def check(run: RunDir) -> Verdict:
+    """Gather, judge and write ``verdict.json`` into the run folder."""
+    facts = await gather(run)
+    verdict = judge(run.info(), facts, run.journal(), run.injected())
+    run.write_verdict(verdict)
+    return verdict
+
+
+def render(verdict: Verdict, shown: int = 10) -> str:
+    lines = []
+    for c in verdict.checks:
+        lines.append(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+        lines += [f"        {o}" for o in c.offending[:shown]]
+    lines.append(
+        "verdict: " + ("every invariant holds" if verdict.ok else f"FAILED {verdict.failed()}")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m load.checker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("run", type=Path, help="the run folder (reports/load/<run_id>)")
+    args = parser.parse_args(argv)
+    verdict = asyncio.run(check(RunDir(args.run)))
+    print(render(verdict))
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,945 @@
+"""The checker's judgement on synthetic facts: a consistent run passes every check, and each
+broken invariant fails its own check, naming the offender. Plus gather() read back from real
+(throwaway) databases and topics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from inventory.bootstrap import MIGRATIONS as INVENTORY_MIGRATIONS
+from load.checker import (
+    CANCEL_REQUESTED,
+    CONFIRMED,
+    DISPATCHED,
+    INV_SHIPPED,
+    ORDER_CANCELLED,
+    ORDER_REJECTED,
+    ORDER_SHIPPED,
+    PLACED,
+    REJECTED_INV,
+    RELEASED,
+    RESERVED,
+    SCHEDULED,
+    SHIPMENT_CANCELLED,
+    STOCK_LEVEL,
+    DlqRecord,
+    Facts,
+    Letter,
+    OrderRow,
+    Record,
+    ReservationRow,
+    ShipmentRow,
+    StockRow,
+    Topics,
+    Undecodable,
+    gather,
+    judge,
+    order_event_breaks,
+    render,
+)
+from load.runinfo import Check, Injected, JournalEntry, RunDir, RunInfo, Verdict
+from order.bootstrap import MIGRATIONS as ORDER_MIGRATIONS
+from shared.contracts.catalog import (
+    Address,
+    OrderLine,
+    OrderPlaced,
+    ShipmentDispatched,
+    StockLevelChanged,
+)
+from shared.envelope import new_envelope
+from shared.testing.infra import (
+    create_database,
+    create_topics,
+    drop_database,
+    kafka_bootstrap,
+    unique,
+)
+from shipping.bootstrap import MIGRATIONS as SHIPPING_MIGRATIONS
+
+TAG = "t1"
+HOT, PLENTY = f"L{TAG}-H", f"L{TAG}-A"
+STARTED, ENDED = 1000.0, 1100.0
+AGGREGATE = {"order": "order", "inventory": "reservation", "shipping": "shipment"}
+
+SHIPPED = "00000000-0000-0000-0000-000000000001"
+REJECTED = "00000000-0000-0000-0000-000000000002"
+CANCELLED_PENDING = "00000000-0000-0000-0000-000000000003"
+CANCELLED_CONFIRMED = "00000000-0000-0000-0000-000000000004"
+SHIPPED_RACE = "00000000-0000-0000-0000-000000000005"
+POISON = f"poison-{TAG}-1"
+
+# Each order's events as they happen, by producer; sequences follow per producer.
+FLOWS: dict[str, list[tuple[str, str]]] = {
+    SHIPPED: [
+        ("order", PLACED),
+        ("inventory", RESERVED),
+        ("order", CONFIRMED),
+        ("shipping", SCHEDULED),
+        ("shipping", DISPATCHED),
+        ("order", ORDER_SHIPPED),
+        ("inventory", INV_SHIPPED),
+    ],
+    REJECTED: [("order", PLACED), ("inventory", REJECTED_INV), ("order", ORDER_REJECTED)],
+    CANCELLED_PENDING: [
+        ("order", PLACED),
+        ("order", ORDER_CANCELLED),
+        ("inventory", RESERVED),
+        ("inventory", RELEASED),
+    ],
+    CANCELLED_CONFIRMED: [
+        ("order", PLACED),
+        ("inventory", RESERVED),
+        ("order", CONFIRMED),
+        ("shipping", SCHEDULED),
+        ("order", CANCEL_REQUESTED),
+        ("shipping", SHIPMENT_CANCELLED),
+        ("order", ORDER_CANCELLED),
+        ("inventory", RELEASED),
+    ],
+    SHIPPED_RACE: [
+        ("order", PLACED),
+        ("inventory", RESERVED),
+        ("order", CONFIRMED),
+        ("shipping", SCHEDULED),
+        ("order", CANCEL_REQUESTED),
+        ("shipping", DISPATCHED),
+        ("order", ORDER_SHIPPED),
+        ("inventory", INV_SHIPPED),
+    ],
+}
+
+
+def run_info(**changes: object) -> RunInfo:
+    info = RunInfo(
+        run_id="r1",
+        tag=TAG,
+        seed=1,
+        users=2,
+        rate=1.0,
+        duration=100.0,
+        nemesis=True,
+        actions=["duplicate", "poison"],
+        pitfalls={},
+        hot_skus=[HOT],
+        skus=[PLENTY],
+        start_offsets={"orders": {0: 0}},
+        started_at=STARTED,
+        ended_at=ENDED,
+    )
+    return dataclasses.replace(info, **changes)  # type: ignore[arg-type]
+
+
+def order(order_id: str, status: str, items: dict[str, int], n: int) -> OrderRow:
+    return OrderRow(order_id, f"load-{TAG}-{n}", status, items, 3, f"key-{n}", ENDED + n)
+
+
+ORDERS = [
+    order(SHIPPED, "SHIPPED", {PLENTY: 2, HOT: 1}, 1),
+    order(REJECTED, "REJECTED", {HOT: 5}, 2),
+    order(CANCELLED_PENDING, "CANCELLED", {PLENTY: 1}, 3),
+    order(CANCELLED_CONFIRMED, "CANCELLED", {PLENTY: 3}, 4),
+    order(SHIPPED_RACE, "SHIPPED", {PLENTY: 1}, 5),
+]
+STOCK = [StockRow(PLENTY, 97, 0, 3), StockRow(HOT, 2, 0, 1)]
+
+
+def records() -> list[Record]:
+    found: list[Record] = []
+    offset = 0
+
+    def add(kind: str, source: str, aggregate_type: str, key: str, sequence: int) -> Record:
+        nonlocal offset
+        offset += 1
+        record = Record(
+            "orders", 0, offset, key, kind, str(uuid4()), source, aggregate_type, key, sequence
+        )
+        found.append(record)
+        return record
+
+    for order_id, flow in FLOWS.items():
+        sequence: defaultdict[str, int] = defaultdict(int)
+        for source, kind in flow:
+            sequence[source] += 1
+            add(kind, source, AGGREGATE[source], order_id, sequence[source])
+    for row, restocked in ((STOCK[0], 100), (STOCK[1], 3)):
+        add(STOCK_LEVEL, "inventory", "stock", row.sku, 1)
+        found[-1] = dataclasses.replace(found[-1], levels=(restocked, 0, 0))
+        add(STOCK_LEVEL, "inventory", "stock", row.sku, 2)
+        found[-1] = dataclasses.replace(
+            found[-1], levels=(row.available, row.reserved, row.shipped)
+        )
+    # A relay retry / injected duplicate: the same event again, later on the topic.
+    found.append(dataclasses.replace(found[2], offset=offset + 1))
+    return found
+
+
+def facts() -> Facts:
+    return Facts(
+        orders=list(ORDERS),
+        stock=list(STOCK),
+        reservations=[
+            ReservationRow(SHIPPED, "SHIPPED"),
+            ReservationRow(REJECTED, "REJECTED"),
+            ReservationRow(CANCELLED_PENDING, "RELEASED"),
+            ReservationRow(CANCELLED_CONFIRMED, "RELEASED"),
+            ReservationRow(SHIPPED_RACE, "SHIPPED"),
+        ],
+        shipments=[
+            ShipmentRow(SHIPPED, "DISPATCHED"),
+            ShipmentRow(CANCELLED_CONFIRMED, "CANCELLED"),
+            ShipmentRow(SHIPPED_RACE, "DISPATCHED"),
+        ],
+        outbox={"order": 0, "inventory": 0, "shipping": 0},
+        parked={"order": 0, "inventory": 0, "shipping": 0},
+        pending={"order": 0, "inventory": 0, "shipping": 0},
+        letters=[
+            Letter("inventory", POISON, "not a valid envelope", "orders"),
+            Letter("shipping", POISON, "not a valid envelope", "orders"),
+        ],
+        records=records(),
+        undecodable=[Undecodable("orders", 0, 99, POISON, "not a valid envelope")],
+        dlq=[
+            DlqRecord("inventory", 0, 7, POISON, {"dlq.original_topic": "orders"}),
+            DlqRecord("shipping", 0, 3, POISON, {"dlq.original_topic": "orders"}),
+        ],
+        lag={"order-service": 0, "inventory-service": 0, "shipping-service": 0},
+    )
+
+
+def journal() -> list[JournalEntry]:
+    entries = [
+        JournalEntry(STARTED - 1, "restock", 200, key="r1", sku=PLENTY, total=100),
+        JournalEntry(STARTED - 1, "restock", 200, key="r2", sku=HOT, total=3),
+    ]
+    for n, row in enumerate(ORDERS, start=1):
+        entries.append(
+            JournalEntry(STARTED + n, "order", 202, key=f"key-{n}", order_id=row.order_id)
+        )
+    # A retry after a timeout, answered with the same order.
+    entries.append(JournalEntry(STARTED + 10, "order", 0, key="key-1", attempt=1))
+    entries.append(
+        JournalEntry(STARTED + 11, "order", 202, key="key-1", order_id=SHIPPED, attempt=2)
+    )
+    return entries
+
+
+INJECTED = [
+    Injected(
+        STARTED + 5, "poison", "orders", 0, 99, POISON, expect_letters=["inventory", "shipping"]
+    ),
+    Injected(STARTED + 6, "duplicate", "orders", 0, 100, SHIPPED, event_id=str(uuid4())),
+]
+
+
+def verdict(
+    the_facts: Facts | None = None,
+    the_journal: list[JournalEntry] | None = None,
+    info: RunInfo | None = None,
+    injected: list[Injected] | None = None,
+) -> Verdict:
+    return judge(
+        info or run_info(),
+        facts() if the_facts is None else the_facts,
+        journal() if the_journal is None else the_journal,
+        INJECTED if injected is None else injected,
+    )
+
+
+def by_number(result: Verdict) -> dict[int, Check]:
+    return {int(c.name.split()[0]): c for c in result.checks}
+
+
+def assert_only(result: Verdict, failing: set[int], offender: str) -> None:
+    checks = by_number(result)
+    assert {n for n, c in checks.items() if not c.ok} == failing, render(result)
+    for n in failing:
+        assert any(offender in o for o in checks[n].offending), checks[n]
+
+
+def replace_order(order_id: str, **changes: object) -> Facts:
+    base = facts()
+    orders = [
+        dataclasses.replace(o, **changes) if o.order_id == order_id else o  # type: ignore[arg-type]
+        for o in base.orders
+    ]
+    return dataclasses.replace(base, orders=orders)
+
+
+def replace_stock(sku: str, **changes: object) -> Facts:
+    base = facts()
+    stock = [
+        dataclasses.replace(s, **changes) if s.sku == sku else s  # type: ignore[arg-type]
+        for s in base.stock
+    ]
+    return dataclasses.replace(base, stock=stock)
+
+
+def events_of(the_facts: Facts, order_id: str, kind: str) -> list[Record]:
+    return [r for r in the_facts.records if r.aggregate_id == order_id and r.event_type == kind]
+
+
+# --- a consistent run --------------------------------------------------------------------------
+
+
+def test_a_consistent_run_passes_every_check() -> None:
+    result = verdict()
+
+    assert result.ok, render(result)
+    assert [c.name.split()[0] for c in result.checks] == [str(n) for n in range(1, 11)]
+
+
+# --- 1 orders terminal --------------------------------------------------------------------------
+
+
+def test_an_order_left_pending_fails_terminal_and_its_bound() -> None:
+    result = verdict(replace_order(REJECTED, status="PENDING"))
+
+    assert_only(result, {1, 10}, REJECTED)
+
+
+def test_an_accepted_order_missing_from_the_database_fails() -> None:
+    base = facts()
+    gone = dataclasses.replace(
+        base,
+        orders=[o for o in base.orders if o.order_id != REJECTED],
+        reservations=[r for r in base.reservations if r.order_id != REJECTED],
+        records=[r for r in base.records if r.aggregate_id != REJECTED],
+    )
+
+    checks = by_number(verdict(gone))
+
+    assert not checks[1].ok
+    assert any(REJECTED in o and "missing" in o for o in checks[1].offending)
+
+
+def test_an_order_placed_on_kafka_with_no_row_fails() -> None:
+    base = facts()
+    phantom = str(UUID(int=99))
+    placed = Record("orders", 0, 500, phantom, PLACED, str(uuid4()), "order", "order", phantom, 1)
+
+    checks = by_number(verdict(dataclasses.replace(base, records=[*base.records, placed])))
+
+    assert not checks[1].ok
+    assert any(phantom in o for o in checks[1].offending)
+
+
+# --- 2 stock conserved --------------------------------------------------------------------------
+
+
+def test_a_unit_of_stock_created_fails_conservation() -> None:
+    result = verdict(replace_stock(PLENTY, available=98))
+    checks = by_number(result)
+
+    assert not checks[2].ok
+    assert any(PLENTY in o and "put in 100, holds 101" in o for o in checks[2].offending)
+    assert checks[3].ok  # shipped still matches the orders
+
+
+def test_a_unit_left_reserved_fails_conservation() -> None:
+    checks = by_number(verdict(replace_stock(HOT, available=1, reserved=1)))
+
+    assert not checks[2].ok
+    assert any(HOT in o and "reserved 1" in o for o in checks[2].offending)
+
+
+def test_the_last_answered_restock_sets_the_expected_total() -> None:
+    later = JournalEntry(STARTED + 50, "restock", 200, key="r3", sku=PLENTY, total=150)
+
+    checks = by_number(verdict(the_journal=[*journal(), later]))
+
+    assert not checks[2].ok
+    assert any("put in 150, holds 100" in o for o in checks[2].offending)
+
+
+def test_an_unanswered_last_restock_makes_the_sku_inconclusive() -> None:
+    lost = JournalEntry(STARTED + 50, "restock", 0, key="r3", sku=HOT)
+
+    checks = by_number(verdict(the_journal=[*journal(), lost]))
+
+    assert not checks[2].ok
+    assert checks[2].offending == [
+        f"{HOT} inconclusive: a restock at 1050.000 got no clear answer (status 0)"
+    ]
+
+
+def test_a_restock_refused_as_invalid_does_not_count() -> None:
+    refused = JournalEntry(STARTED + 50, "restock", 422, key="r3", sku=HOT)
+
+    assert verdict(the_journal=[*journal(), refused]).ok
+
+
+# --- 3 shipped matches orders ------------------------------------------------------------------
+
+
+def test_a_shipped_count_off_fails_shipped_only() -> None:
+    result = verdict(replace_stock(PLENTY, available=96, shipped=4))
+    checks = by_number(result)
+
+    assert not checks[3].ok
+    assert any(f"{PLENTY} shipped 4, SHIPPED orders hold 3" in o for o in checks[3].offending)
+    assert checks[2].ok  # the total is still what was put in
+
+
+# --- 4 services agree ---------------------------------------------------------------------------
+
+
+def test_a_second_shipment_fails_agreement() -> None:
+    base = facts()
+    twice = [*base.shipments, ShipmentRow(SHIPPED, "DISPATCHED")]
+
+    assert_only(verdict(dataclasses.replace(base, shipments=twice)), {4}, SHIPPED)
+
+
+def test_a_cancelled_order_holding_a_reservation_and_a_live_shipment_fails() -> None:
+    base = facts()
+    reservations = [
+        ReservationRow(r.order_id, "RESERVED") if r.order_id == CANCELLED_CONFIRMED else r
+        for r in base.reservations
+    ]
+    shipments = [
+        ShipmentRow(s.order_id, "SCHEDULED") if s.order_id == CANCELLED_CONFIRMED else s
+        for s in base.shipments
+    ]
+    result = verdict(dataclasses.replace(base, reservations=reservations, shipments=shipments))
+
+    assert_only(result, {4}, CANCELLED_CONFIRMED)
+    assert len(by_number(result)[4].offending) == 2
+
+
+def test_a_shipped_order_whose_reservation_is_not_shipped_fails() -> None:
+    base = facts()
+    reservations = [r for r in base.reservations if r.order_id != SHIPPED_RACE]
+
+    assert_only(verdict(dataclasses.replace(base, reservations=reservations)), {4}, SHIPPED_RACE)
+
+
+# --- 5 one order per key ------------------------------------------------------------------------
+
+
+def test_two_orders_with_one_key_fail() -> None:
+    result = verdict(replace_order(REJECTED, idempotency_key="key-1"))
+
+    assert_only(result, {5}, "key-1")
+
+
+def test_two_answers_for_one_key_naming_different_orders_fail() -> None:
+    other = JournalEntry(STARTED + 20, "order", 202, key="key-2", order_id=SHIPPED, attempt=2)
+
+    result = verdict(the_journal=[*journal(), other])
+
+    assert_only(result, {5}, "key-2")
+
+
+# --- 6 drained ----------------------------------------------------------------------------------
+
+
+def test_an_outbox_row_left_fails_drained() -> None:
+    base = facts()
+    result = verdict(dataclasses.replace(base, outbox={**base.outbox, "shipping": 1}))
+
+    assert_only(result, {6}, "shipping outbox 1")
+
+
+def test_parked_pending_and_lag_fail_drained() -> None:
+    base = facts()
+    stuck = dataclasses.replace(
+        base,
+        parked={**base.parked, "order": 2},
+        pending={**base.pending, "inventory": 1},
+        lag={**base.lag, "shipping-service": 5},
+    )
+
+    offending = by_number(verdict(stuck))[6].offending
+
+    assert offending == ["order parked 2", "inventory debounce pending 1", "shipping-service lag 5"]
+
+
+# --- 7 dead letters -----------------------------------------------------------------------------
+
+
+def test_an_unexpected_and_a_missing_dead_letter_fail() -> None:
+    base = facts()
+    letters = [
+        Letter("shipping", POISON, "x", "orders"),
+        Letter("order", SHIPPED, "handler failed", "inventory"),
+    ]
+    dlq = [
+        DlqRecord("shipping", 0, 3, POISON, {}),
+        DlqRecord("order", 0, 4, SHIPPED, {}),
+    ]
+    result = verdict(dataclasses.replace(base, letters=letters, dlq=dlq))
+    checks = by_number(result)
+
+    assert_only(result, {7}, POISON)
+    assert f"missing from inventory's dead_letters: {POISON}" in checks[7].offending
+    assert f"missing from inventory.dlq: {POISON}" in checks[7].offending
+    assert f"unexpected order:{SHIPPED}" in checks[7].offending
+
+
+def test_a_dead_letter_only_in_the_table_is_missing_from_the_topic() -> None:
+    base = facts()
+    dlq = [r for r in base.dlq if r.service != "shipping"]
+
+    offending = by_number(verdict(dataclasses.replace(base, dlq=dlq)))[7].offending
+
+    assert offending == [f"missing from shipping.dlq: {POISON}"]
+
+
+# --- 8 sequences --------------------------------------------------------------------------------
+
+
+def test_a_sequence_gap_fails() -> None:
+    base = facts()
+    lost = events_of(base, SHIPPED, CONFIRMED)[0]  # order stream, sequence 2
+    kept = [r for r in base.records if r.event_id != lost.event_id]
+    result = verdict(dataclasses.replace(base, records=kept))
+    checks = by_number(result)
+
+    assert not checks[8].ok
+    assert checks[8].offending == [f"order/order/{SHIPPED} gap at 2"]
+    assert not checks[9].ok  # and the lost OrderConfirmed is a missing effect
+
+
+def test_two_event_ids_at_one_sequence_fail() -> None:
+    base = facts()
+    (placed,) = events_of(base, REJECTED, PLACED)
+    twin = dataclasses.replace(placed, event_id=str(uuid4()), offset=900)
+    checks = by_number(verdict(dataclasses.replace(base, records=[*base.records, twin])))
+
+    assert not checks[8].ok
+    assert checks[8].offending == [f"order/order/{REJECTED} #1: 2 event ids"]
+
+
+def test_an_undecodable_record_of_a_run_order_fails_but_poison_does_not() -> None:
+    base = facts()
+    bad = Undecodable("orders", 1, 5, SHIPPED, "not a valid envelope")
+
+    result = verdict(dataclasses.replace(base, undecodable=[*base.undecodable, bad]))
+
+    assert_only(result, {8}, f"undecodable orders[1]@5 key {SHIPPED}")
+
+
+# --- 9 event counts -----------------------------------------------------------------------------
+
+
+def test_a_duplicate_order_confirmed_with_a_new_event_id_fails_counts_only() -> None:
+    base = facts()
+    last = max(
+        r.sequence for r in base.records if r.aggregate_id == SHIPPED and r.source == "order"
+    )
+    confirmed = events_of(base, SHIPPED, CONFIRMED)[0]  # two copies of one event
+    again = dataclasses.replace(confirmed, event_id=str(uuid4()), sequence=last + 1, offset=901)
+
+    result = verdict(dataclasses.replace(base, records=[*base.records, again]))
+
+    assert_only(result, {9}, f"{SHIPPED} SHIPPED: OrderConfirmed x2")
+
+
+def test_a_lost_shipment_dispatched_fails_counts() -> None:
+    base = facts()
+    (dispatched,) = events_of(base, SHIPPED_RACE, DISPATCHED)
+    # The last event of the shipping stream: its loss leaves no gap, only a missing effect.
+    kept = [r for r in base.records if r.event_id != dispatched.event_id]
+
+    result = verdict(dataclasses.replace(base, records=kept))
+
+    assert_only(result, {9}, f"{SHIPPED_RACE} SHIPPED: ShipmentDispatched x0, expected 1")
+
+
+def test_a_stale_last_stock_level_fails_counts() -> None:
+    base = facts()
+    records_ = [
+        dataclasses.replace(r, levels=(3, 0, 0)) if r.aggregate_id == HOT and r.sequence == 2 else r
+        for r in base.records
+    ]
+
+    result = verdict(dataclasses.replace(base, records=records_))
+
+    assert_only(result, {9}, f"{HOT}: last StockLevelChanged (3, 0, 0)")
+
+
+@pytest.mark.parametrize(
+    ("status", "events"),
+    [
+        (
+            "SHIPPED",
+            [PLACED, RESERVED, CONFIRMED, SCHEDULED, DISPATCHED, ORDER_SHIPPED, INV_SHIPPED],
+        ),
+        (
+            "SHIPPED",
+            [
+                PLACED,
+                RESERVED,
+                CONFIRMED,
+                SCHEDULED,
+                CANCEL_REQUESTED,
+                DISPATCHED,
+                ORDER_SHIPPED,
+                INV_SHIPPED,
+            ],
+        ),
+        ("REJECTED", [PLACED, REJECTED_INV, ORDER_REJECTED]),
+        ("CANCELLED", [PLACED, ORDER_CANCELLED, REJECTED_INV]),
+        ("CANCELLED", [PLACED, ORDER_CANCELLED, RESERVED, RELEASED]),
+        (
+            "CANCELLED",
+            [
+                PLACED,
+                RESERVED,
+                CONFIRMED,
+                SCHEDULED,
+                CANCEL_REQUESTED,
+                SHIPMENT_CANCELLED,
+                ORDER_CANCELLED,
+                RELEASED,
+            ],
+        ),
+        ("PENDING", [PLACED]),
+        (
+            "CONFIRMED",
+            [
+                PLACED,
+                RESERVED,
+                CONFIRMED,
+                "OrderShippingAddressChanged",
+                "OrderShippingAddressChanged",
+            ],
+        ),
+    ],
+)
+def test_the_event_rules_accept_every_legitimate_life(status: str, events: list[str]) -> None:
+    counts: defaultdict[str, int] = defaultdict(int)
+    for kind in events:
+        counts[kind] += 1
+
+    assert order_event_breaks(status, counts) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "events", "broken"),
+    [
+        (
+            "SHIPPED",
+            [PLACED, RESERVED, CONFIRMED, SCHEDULED, ORDER_SHIPPED, INV_SHIPPED],
+            DISPATCHED,
+        ),
+        ("REJECTED", [PLACED, REJECTED_INV, ORDER_REJECTED, RESERVED], RESERVED),
+        ("CANCELLED", [PLACED, ORDER_CANCELLED, RESERVED], RELEASED),
+        (
+            "CANCELLED",
+            [PLACED, RESERVED, CONFIRMED, SCHEDULED, ORDER_CANCELLED, RELEASED],
+            CANCEL_REQUESTED,
+        ),
+        ("CANCELLED", [PLACED, REJECTED_INV, ORDER_CANCELLED, DISPATCHED], DISPATCHED),
+        ("PENDING", [PLACED, PLACED], PLACED),
+        ("CANCELLED", [PLACED, ORDER_CANCELLED, RESERVED, REJECTED_INV, RELEASED], REJECTED_INV),
+        (
+            "CANCELLED",
+            [
+                PLACED,
+                RESERVED,
+                CONFIRMED,
+                CANCEL_REQUESTED,
+                SHIPMENT_CANCELLED,
+                ORDER_CANCELLED,
+                RELEASED,
+            ],
+            SCHEDULED,
+        ),
+        ("PENDING", [PLACED, RESERVED, RESERVED], f"{RESERVED} x2"),
+    ],
+)
+def test_the_event_rules_reject_lost_and_extra_effects(
+    status: str, events: list[str], broken: str
+) -> None:
+    counts: defaultdict[str, int] = defaultdict(int)
+    for kind in events:
+        counts[kind] += 1
+
+    breaks = order_event_breaks(status, counts)
+
+    assert any(broken in b for b in breaks), breaks
+
+
+# --- 10 terminal in time ------------------------------------------------------------------------
+
+
+def test_an_order_that_ended_late_fails_the_bound() -> None:
+    result = verdict(replace_order(REJECTED, updated_at=ENDED + 90))
+    checks = by_number(result)
+
+    assert_only(result, {10}, REJECTED)
+    assert "90.0 s after the load stopped" in checks[10].detail
+
+
+def test_a_run_without_an_end_cannot_bound_its_orders() -> None:
+    assert not by_number(verdict(info=run_info(ended_at=None)))[10].ok
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def test_render_prints_each_check_and_at_most_ten_offenders() -> None:
+    base = facts()
+    many = [Letter("order", f"k{n}", "x", "orders") for n in range(15)]
+    text = render(verdict(dataclasses.replace(base, letters=[*base.letters, *many])))
+
+    assert "PASS  1 orders terminal" in text
+    assert "FAIL  7 dead letters = poison: 15 dead letters missing or unexpected" in text
+    assert text.count("unexpected order:k") == 10
+    assert text.endswith("FAILED ['7 dead letters = poison']")
+
+
+def test_each_group_reads_the_topics_its_service_handles() -> None:
+    assert dict(Topics().groups) == {
+        "order-service": ("inventory", "shipping", "stock"),
+        "inventory-service": ("orders", "shipping"),
+        "shipping-service": ("orders",),
+    }
+
+
+# --- gather against real PostgreSQL and Kafka --------------------------------------------------
+
+
+@pytest.fixture
+async def databases() -> AsyncIterator[dict[str, str]]:
+    urls = {
+        "order": await create_database(ORDER_MIGRATIONS),
+        "inventory": await create_database(INVENTORY_MIGRATIONS),
+        "shipping": await create_database(SHIPPING_MIGRATIONS),
+    }
+    try:
+        yield urls
+    finally:
+        for url in urls.values():
+            await drop_database(url)
+
+
+ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
+
+
+async def seed_databases(urls: dict[str, str], run_order: UUID, other: UUID, sku: str) -> None:
+    now = datetime.now(UTC)
+    conn = await asyncpg.connect(urls["order"])
+    try:
+        for order_id, customer, key in (
+            (run_order, f"load-{TAG}-1", "k-1"),
+            (other, "someone", "k-2"),
+        ):
+            await conn.execute(
+                """
+                INSERT INTO orders (order_id, customer_id, status, items, shipping_address,
+                                    version, correlation_id, idempotency_key, request_hash,
+                                    created_at, updated_at)
+                VALUES ($1, $2, 'SHIPPED', $3, $4, 4, 'c', $5, 'h', $6, $6)
+                """,
+                order_id,
+                customer,
+                json.dumps([{"sku": sku, "quantity": 2}]),
+                ADDRESS.model_dump_json(),
+                key,
+                now,
+            )
+        await conn.execute(
+            """
+            INSERT INTO outbox (event_id, topic, message_key, value, headers)
+            VALUES ($1, 'orders', 'k', 'v', '{}')
+            """,
+            uuid4(),
+        )
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(urls["inventory"])
+    try:
+        await conn.execute(
+            "INSERT INTO stock (sku, available, reserved, shipped) VALUES ($1, 8, 0, 2),"
+            " ('not-ours', 1, 0, 0)",
+            sku,
+        )
+        await conn.execute(
+            "INSERT INTO reservations (order_id, items, status) VALUES ($1, '[]', 'SHIPPED'),"
+            " ($2, '[]', 'SHIPPED')",
+            run_order,
+            other,
+        )
+        await conn.execute(
+            """
+            INSERT INTO dead_letters (consumer, topic, partition, "offset", message_key, value,
+                                      headers, error, attempts, created_at)
+            VALUES ('inventory', 'orders', 0, 1, $1, 'x', '{}', 'not a valid envelope', 1, now()),
+                   ('inventory', 'orders', 0, 2, 'old', 'x', '{}', 'before the run', 1,
+                    now() - interval '1 day')
+            """,
+            POISON.encode(),
+        )
+        await conn.execute(
+            """
+            INSERT INTO debounced_events (aggregate_type, aggregate_id, event_type,
+                                          schema_version, payload, correlation_id,
+                                          trace_headers, first_at, last_at)
+            VALUES ('stock', $1, 'StockLevelChanged', 1, '{}', 'c', '{}', now(), now())
+            """,
+            sku,
+        )
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(urls["shipping"])
+    try:
+        await conn.execute(
+            """
+            INSERT INTO shipments (order_id, shipment_id, status, dispatch_at, created_at,
+                                   updated_at)
+            VALUES ($1, $2, 'DISPATCHED', now(), now(), now())
+            """,
+            run_order,
+            uuid4(),
+        )
+        await conn.execute(
+            """
+            INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id, sequence,
+                                       topic, partition, "offset", value, headers)
+            VALUES ('shipping', 'order', 'order', 'x', 3, 'orders', 0, 9, 'v', '{}')
+            """
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+async def test_gather_reads_the_runs_facts_back(databases: dict[str, str], tmp_path: Path) -> None:
+    names = {t: unique(f"chk_{t}") for t in ("orders", "shipping", "stock", "dlq")}
+    await create_topics(*names.values(), partitions=1)
+    group = unique("chk_group")
+    topics = Topics(
+        events=(names["orders"], names["shipping"], names["stock"]),
+        dead_letters={"inventory": names["dlq"]},
+        groups={group: (names["orders"],)},
+    )
+    run_order, other, sku = uuid4(), uuid4(), f"L{TAG}-{uuid4().hex[:6]}"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap())
+    await producer.start()
+    try:
+        # Before the run: not read.
+        await producer.send_and_wait(names["orders"], b"before", key=str(run_order).encode())
+        start = {names["orders"]: {0: 1}, names["shipping"]: {0: 0}, names["stock"]: {0: 0}}
+        info = run_info(hot_skus=[], skus=[sku], start_offsets=start, started_at=0.0)
+        info = dataclasses.replace(info, started_at=datetime.now(UTC).timestamp() - 5)
+        run = RunDir(tmp_path)
+        run.write_info(info)
+        await seed_databases(databases, run_order, other, sku)
+
+        def envelope(payload: object, aggregate_id: str, sequence: int, source: str) -> bytes:
+            return new_envelope(
+                payload,  # type: ignore[arg-type]
+                source=source,
+                aggregate_id=aggregate_id,
+                sequence=sequence,
+                correlation_id="c",
+                causation_id=None,
+            ).to_bytes()
+
+        lines = (OrderLine(sku=sku, quantity=2),)
+        placed = envelope(
+            OrderPlaced(
+                order_id=run_order,
+                customer_id=f"load-{TAG}-1",
+                items=lines,
+                shipping_address=ADDRESS,
+            ),
+            str(run_order),
+            1,
+            "order",
+        )
+        foreign = envelope(
+            OrderPlaced(
+                order_id=other, customer_id="someone", items=lines, shipping_address=ADDRESS
+            ),
+            str(other),
+            1,
+            "order",
+        )
+        # An order only Kafka knows of, placed by a run customer: it belongs to the run.
+        ghost = uuid4()
+        ghostly = envelope(
+            OrderPlaced(
+                order_id=ghost, customer_id=f"load-{TAG}-9", items=lines, shipping_address=ADDRESS
+            ),
+            str(ghost),
+            1,
+            "order",
+        )
+        dispatched = envelope(
+            ShipmentDispatched(order_id=run_order, shipment_id=uuid4()),
+            str(run_order),
+            1,
+            "shipping",
+        )
+        level = envelope(
+            StockLevelChanged(sku=sku, available=8, reserved=0, shipped=2), sku, 1, "inventory"
+        )
+        for topic, key, value in [
+            (names["orders"], str(run_order), placed),
+            (names["orders"], str(run_order), placed),  # a duplicate copy
+            (names["orders"], str(other), foreign),
+            (names["orders"], str(ghost), ghostly),
+            (names["orders"], POISON, b"{not json"),
+            (names["orders"], "stranger", b"{not json"),
+            (names["shipping"], str(run_order), dispatched),
+            (names["stock"], sku, level),
+            (names["dlq"], POISON, b"{not json"),
+        ]:
+            headers = [("dlq.consumer", b"inventory")] if topic == names["dlq"] else []
+            await producer.send_and_wait(topic, value, key=key.encode(), headers=headers)
+    finally:
+        await producer.stop()
+    # The group read the first four records of orders: 3 behind.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap(), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(names["orders"], 0)])
+        await consumer.commit({TopicPartition(names["orders"], 0): 4})
+    finally:
+        await consumer.stop()
+
+    found = await gather(run, urls=databases, bootstrap=kafka_bootstrap(), topics=topics)
+
+    assert [
+        (o.order_id, o.customer_id, o.status, o.items, o.version, o.idempotency_key)
+        for o in found.orders
+    ] == [(str(run_order), f"load-{TAG}-1", "SHIPPED", {sku: 2}, 4, "k-1")]
+    assert found.stock == [StockRow(sku, 8, 0, 2)]
+    assert found.reservations == [ReservationRow(str(run_order), "SHIPPED")]
+    assert found.shipments == [ShipmentRow(str(run_order), "DISPATCHED")]
+    assert found.outbox == {"order": 1, "inventory": 0, "shipping": 0}
+    assert found.parked == {"order": 0, "inventory": 0, "shipping": 1}
+    assert found.pending == {"order": 0, "inventory": 1, "shipping": 0}
+    assert found.letters == [Letter("inventory", POISON, "not a valid envelope", "orders")]
+    assert sorted(
+        (r.topic, r.event_type, r.aggregate_id, r.sequence) for r in found.records
+    ) == sorted(
+        [
+            (names["orders"], PLACED, str(run_order), 1),
+            (names["orders"], PLACED, str(run_order), 1),
+            (names["orders"], PLACED, str(ghost), 1),
+            (names["shipping"], DISPATCHED, str(run_order), 1),
+            (names["stock"], STOCK_LEVEL, sku, 1),
+        ]
+    )
+    assert [r.levels for r in found.records if r.event_type == STOCK_LEVEL] == [(8, 0, 2)]
+    assert [(u.topic, u.key) for u in found.undecodable] == [(names["orders"], POISON)]
+    assert [(d.service, d.key, d.headers) for d in found.dlq] == [
+        ("inventory", POISON, {"dlq.consumer": "inventory"})
+    ]
+    assert found.lag == {group: 3}
