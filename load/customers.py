@@ -102,7 +102,7 @@ class FollowUp:
 
     replay: bool = False
     cancel_after: float | None = None
-    address_burst: tuple[float, ...] = ()  # the gaps before each change
+    address_burst: tuple[tuple[float, dict[str, str]], ...] = ()  # (pause before, address)
     read_after: float | None = None
 
     @property
@@ -116,19 +116,20 @@ class FollowUp:
 
 
 def follow_up(rng: random.Random) -> FollowUp:
-    """Draws every choice, used or not, so one choice does not shift the others' draws."""
+    """Draws every choice here, used or not, so the follow-ups (which run later, in their
+    own greenlets) take nothing from the seeded source and one choice shifts no other."""
     replay = rng.random() < REPLAY_SHARE
     cancel = rng.random() < CANCEL_SHARE
     cancel_after = rng.uniform(0, CANCEL_WITHIN)
     burst = rng.random() < ADDRESS_SHARE
     size = rng.randint(*ADDRESS_BURST)
-    gaps = tuple(rng.uniform(*ADDRESS_GAP) for _ in range(size))
+    changes = tuple((rng.uniform(*ADDRESS_GAP), address(rng)) for _ in range(size))
     read = rng.random() < READ_SHARE
     read_after = rng.uniform(0, READ_WITHIN)
     return FollowUp(
         replay=replay,
         cancel_after=cancel_after if cancel else None,
-        address_burst=gaps if burst else (),
+        address_burst=changes if burst else (),
         read_after=read_after if read else None,
     )
 

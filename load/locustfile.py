@@ -42,7 +42,6 @@ from load.customers import (
     RESTOCK_UNITS,
     FollowUp,
     RetryPolicy,
-    address,
     answer,
     correlation_id,
     customer_id,
@@ -256,15 +255,15 @@ class Customer(Writer):
             headers=self.correlated(),
         )
 
-    def readdress(self, order_id: str, gaps: tuple[float, ...]) -> None:
-        for gap in gaps:
-            gevent.sleep(gap)
+    def readdress(self, order_id: str, changes: tuple[tuple[float, dict[str, str]], ...]) -> None:
+        for pause, new_address in changes:
+            gevent.sleep(pause)
             status, _ = self.write(
                 "address",
                 "PUT",
                 f"/orders/{order_id}/shipping-address",
                 "/orders/{id}/shipping-address",
-                body=address(self.rng),
+                body=new_address,
                 order_id=order_id,
                 headers=self.correlated(),
             )
