@@ -9,8 +9,8 @@ offsets); :func:`judge` is pure, one small function per check, so each can be sh
 on synthetic :class:`Facts`. Everything is scoped to the run: its orders (customer ids
 ``load-<tag>-``, and every order id the journal or an ``OrderPlaced`` of a run customer
 names), its SKUs, the records keyed by them. Where the invariant is global it is read
-globally: outboxes, parked events, pending debounced events, consumer lag, dead letters
-written since the run started.
+globally: outboxes, pending debounced events, consumer lag, and the events parked and dead
+letters written since the run started (what an earlier test left parked is not the run's).
 
 Check 9, the event counts, counts DISTINCT event ids per order and type (copies of one
 event, from relay retries or injected duplicates, are one event). The rules, from the state
@@ -316,7 +316,10 @@ async def _read_service(
     conn = await asyncpg.connect(url)
     try:
         facts.outbox[service] = await conn.fetchval("SELECT count(*) FROM outbox")
-        facts.parked[service] = await conn.fetchval("SELECT count(*) FROM parked_events")
+        facts.parked[service] = await conn.fetchval(
+            "SELECT count(*) FROM parked_events WHERE parked_at >= to_timestamp($1)",
+            info.started_at,
+        )
         facts.pending[service] = await conn.fetchval("SELECT count(*) FROM debounced_events")
         letters = await conn.fetch(
             "SELECT message_key, error, topic FROM dead_letters"
@@ -367,7 +370,7 @@ async def _read_topics(
     offsets; a topic without one from the first record written after ``started_at``) to the
     ends as they are now. Event records come with the customer of an ``OrderPlaced``."""
     dlq_service = {topic: service for service, topic in topics.dead_letters.items()}
-    partitions = await _partitions(bootstrap, [*topics.events, *dlq_service])
+    partitions = await topic_partitions(bootstrap, [*topics.events, *dlq_service])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -435,7 +438,7 @@ async def _read_topics(
         await consumer.stop()
 
 
-async def _partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
+async def topic_partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
     """The partitions of those of ``topics`` that exist."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -486,7 +489,7 @@ async def _lag(bootstrap: str, groups: Mapping[str, tuple[str, ...]]) -> dict[st
     try:
         lag: dict[str, int] = {}
         for group, group_topics in groups.items():
-            partitions = await _partitions(bootstrap, list(group_topics))
+            partitions = await topic_partitions(bootstrap, list(group_topics))
             committed = await admin.list_consumer_group_offsets(group)
             ends = await consumer.end_offsets(partitions)
             firsts = await consumer.beginning_offsets(partitions)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from bench.httpclient import Client, HttpError
 from bench.probe import Samples, gauge_sum, known_skus, scrape
@@ -86,15 +86,12 @@ def database_url(service: str) -> str:
 
 async def end_offsets() -> dict[str, dict[int, int]]:
     """The end offset of every partition of the suite's topics: the run's records follow."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=f"{HOST}:{components.ports().kafka}")
+    bootstrap = f"{HOST}:{components.ports().kafka}"
+    wanted = await checker.topic_partitions(bootstrap, [*TOPICS, *DLQ_TOPICS])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in (*TOPICS, *DLQ_TOPICS)
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        ends = await consumer.end_offsets(partitions)
+        ends = await consumer.end_offsets(wanted)
     finally:
         await consumer.stop()
     offsets: dict[str, dict[int, int]] = {}
@@ -177,6 +174,7 @@ class Runner:
             "--csv-full-history",
             "--html", str(run.file("locust.html")),
             "--loglevel", "WARNING",
+            "--stop-timeout", "10",  # users finish their task (and its retries) at the end
         ]  # fmt: skip
         if self.options.headless:
             return [*argv, "--headless", "--run-time", f"{int(self.options.duration)}s"]
