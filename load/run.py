@@ -40,6 +40,9 @@ TERMINAL = ("SHIPPED", "REJECTED", "CANCELLED")
 RUN_ENV = {"SUITE_VIA_PROXY": "true", "DISPATCH_DELAY_SECONDS": "1"}
 HOT_UNITS = 20  # a hot SKU starts with this many units: it runs out, orders are rejected
 PLENTY_UNITS = 1_000_000
+# Drained: this many samples in a row (a second apart) with nothing in flight, so offsets the
+# consumers commit every half second and the lag they report have caught up.
+SETTLED = 3
 
 
 @dataclass(frozen=True)
@@ -263,26 +266,47 @@ class Runner:
 
     # --- drain ---------------------------------------------------------------------------
 
+    async def held(self) -> int | None:
+        """Events not yet on their way: outbox rows and debounced events held, in the three
+        databases (read directly: the gauges lag behind); None when one does not answer."""
+        total = 0
+        for service in SERVICES:
+            try:
+                connection = await asyncio.wait_for(asyncpg.connect(database_url(service)), 2)
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                return None
+            try:
+                total += await connection.fetchval(
+                    "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM debounced_events)"
+                )
+            except (OSError, asyncpg.PostgresError):
+                return None
+            finally:
+                await connection.close()
+        return total
+
     async def drain(self, info: RunInfo) -> bool:
-        """Wait until every order of the run is terminal and nothing is in flight (no lag,
-        no outbox backlog, no debounced event pending). Gives up after the drain timeout,
-        or once nothing has moved for ``quiet_seconds`` with nothing in flight (orders a
-        pitfall mode lost never finish). True when everything finished."""
+        """Wait until every order of the run is terminal and nothing is in flight (no event
+        held in an outbox or for debounce, no consumer lag) for ``SETTLED`` samples in a row.
+        Gives up after the drain timeout, or once nothing has moved for ``quiet_seconds``
+        with nothing in flight (orders a pitfall mode lost never finish). True when
+        everything finished."""
         say("draining: waiting for every order of the run to finish")
         deadline = time.monotonic() + self.options.drain_timeout
         quiet = self.options.quiet_seconds
-        last, still_since = None, time.monotonic()
+        last, still_since, settled = None, time.monotonic(), 0
         while time.monotonic() < deadline:
-            sample = await self.take_sample(info)
-            in_flight = sum(sample.lag.values()) + sum(sample.outbox.values())
+            sample, held = await self.take_sample(info), await self.held()
+            in_flight = sum(sample.lag.values()) + (1 if held is None else held)
             open_orders = sum(n for s, n in sample.statuses.items() if s not in TERMINAL)
-            all_up = all(sample.up.values())
-            if all_up and open_orders == 0 and in_flight == 0:
+            clear = all(sample.up.values()) and in_flight == 0
+            settled = settled + 1 if clear and open_orders == 0 else 0
+            if settled >= SETTLED:
                 return True
             state = (tuple(sorted(sample.statuses.items())), in_flight)
             if state != last:
                 last, still_since = state, time.monotonic()
-            elif all_up and in_flight == 0 and time.monotonic() - still_since > quiet:
+            elif clear and time.monotonic() - still_since > quiet:
                 say(f"{open_orders} orders are not terminal and nothing moves: stop waiting")
                 return False
             await asyncio.sleep(1.0)
