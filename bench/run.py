@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -91,16 +90,8 @@ class Suite:
     def restart_services(self, env: Mapping[str, str]) -> None:
         components.start(*INFRA)
         components.stop(*SERVICES)
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        try:
+        with components.environment(env):
             components.start(*SERVICES)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
         for client in self.clients.values():
             client.close()
 

@@ -15,9 +15,11 @@ Every function raises :class:`InfraError` with an actionable message on failure.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +61,7 @@ __all__ = [
     "ComponentStatus",
     "InfraError",
     "Ports",
+    "environment",
     "install",
     "is_running",
     "kill",
@@ -308,3 +311,20 @@ def service_env(name: str | None = None) -> dict[str, str]:
         known = ", ".join(SERVICE_PROCESSES)
         raise InfraError(f"unknown service {name!r}; one of {known}")
     return {**values, **_service_env(name, resolved)}
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in os.environ inside the block, as before after it. The launcher passes
+    os.environ to every service it starts, so whatever starts a service inside the block (a
+    benchmark variant, a load run's nemesis restarts) starts it with these settings."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

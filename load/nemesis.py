@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from infra import components
 from infra.jaeger import http_ok
 from infra.settings import HOST, ports
+from infra.toxiproxy import ToxiproxyApi
 from load.runinfo import Injected, NemesisEntry, RunDir, RunInfo, now
 from shared.contracts import current_events
 from shared.envelope import Envelope, MalformedEnvelopeError, parse_envelope
@@ -491,35 +492,8 @@ def _ready(service: str) -> bool:
     return http_ok(f"http://{HOST}:{ports().of(service)}/ready")
 
 
-class _Toxiproxy(Protocol):
-    """The calls the nemesis makes on ``infra.toxiproxy.ToxiproxyApi``."""
-
-    def add_toxic(
-        self,
-        proxy: str,
-        name: str,
-        kind: str,
-        attributes: dict[str, int | float],
-        *,
-        stream: str = "downstream",
-        toxicity: float = 1.0,
-    ) -> None: ...
-
-    def remove_toxic(self, proxy: str, name: str) -> None: ...
-
-    def set_enabled(self, proxy: str, enabled: bool) -> None: ...
-
-    def reset(self) -> None: ...
-
-
-def _toxiproxy() -> _Toxiproxy:
-    # Imported late: the nemesis (and its tests) do not need Toxiproxy's client to load.
-    from infra.toxiproxy import (  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
-        ToxiproxyApi,
-    )
-
-    api: _Toxiproxy = ToxiproxyApi()
-    return api
+def _toxiproxy() -> ToxiproxyApi:
+    return ToxiproxyApi()
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -65,22 +65,6 @@ class Options:
 
 def say(message: str) -> None:
     print(f"load: {message}", flush=True)
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """``values`` in os.environ for the whole run: the launcher passes os.environ to every
-    service it starts, so the nemesis's restarts keep the run's settings."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def database_url(service: str) -> str:
@@ -321,7 +305,7 @@ class Runner:
 async def run(options: Options) -> tuple[RunDir, Verdict]:
     """One whole run; the run folder and the checker's verdict."""
     runner = Runner(options)
-    with environment(RUN_ENV | dict(options.pitfalls)):
+    with components.environment(RUN_ENV | dict(options.pitfalls)):
         await asyncio.to_thread(runner.restart_suite)
         run_dir, info = await runner.prepare()
         say(f"run {info.run_id}: {run_dir.path}")
