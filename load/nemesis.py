@@ -34,8 +34,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -422,7 +421,7 @@ class LiveActuator:
         def start() -> None:
             # The launcher hands os.environ to the services it starts: set for this start
             # only, under the lock, then put back as it was.
-            with _environ(env or {}):
+            with components.environment(env or {}):
                 components.start(*names)
 
         await self._call(start)
@@ -494,20 +493,6 @@ def _ready(service: str) -> bool:
 
 def _toxiproxy() -> ToxiproxyApi:
     return ToxiproxyApi()
-
-
-@contextmanager
-def _environ(extra: Mapping[str, str]) -> Iterator[None]:
-    before = {name: os.environ.get(name) for name in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # --- the nemesis -----------------------------------------------------------------------------

@@ -67,10 +67,6 @@ def say(message: str) -> None:
     print(f"load: {message}", flush=True)
 
 
-def database_url(service: str) -> str:
-    return f"postgresql://postgres@{HOST}:{components.ports().postgres}/{service}"
-
-
 async def end_offsets() -> dict[str, dict[int, int]]:
     """The end offset of every partition of the suite's topics: the run's records follow."""
     bootstrap = f"{HOST}:{components.ports().kafka}"
@@ -95,6 +91,7 @@ class Runner:
         self.tag = tag
         self.ports = components.ports()
         self.clients = {name: Client(HOST, self.ports.of(name)) for name in SERVICES}
+        self.urls = checker.database_urls()  # direct, not through the proxies
 
     # --- prepare -------------------------------------------------------------------------
 
@@ -143,7 +140,7 @@ class Runner:
             entry = JournalEntry(now(), "restock", 200, sku=sku, total=total, seconds=seconds)
             run.append("journal.jsonl", entry)
         deadline = time.monotonic() + 60
-        while await known_skus(database_url("order"), info.all_skus) < len(info.all_skus):
+        while await known_skus(self.urls["order"], info.all_skus) < len(info.all_skus):
             if time.monotonic() > deadline:
                 raise RuntimeError("the order service did not learn the run's SKUs within 60 s")
             await asyncio.sleep(0.5)
@@ -225,7 +222,7 @@ class Runner:
         return Sample(
             t=now(),
             lag={n: gauge_sum(s, "consumer_lag") for n, s in scraped.items() if s is not None},
-            outbox={n: gauge_sum(s, "outbox_backlog") for n, s in scraped.items() if s},
+            outbox={n: gauge_sum(s, "outbox_backlog") for n, s in scraped.items() if s is not None},
             statuses=statuses or {},
             up={name: samples is not None for name, samples in scraped.items()}
             | {"postgres": statuses is not None},
@@ -234,7 +231,7 @@ class Runner:
     async def statuses(self, info: RunInfo) -> dict[str, int] | None:
         """Orders of the run by status; None when the database does not answer."""
         try:
-            connection = await asyncio.wait_for(asyncpg.connect(database_url("order")), 2.0)
+            connection = await asyncio.wait_for(asyncpg.connect(self.urls["order"]), 2.0)
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return None
         try:
@@ -256,7 +253,7 @@ class Runner:
         total = 0
         for service in SERVICES:
             try:
-                connection = await asyncio.wait_for(asyncpg.connect(database_url(service)), 2)
+                connection = await asyncio.wait_for(asyncpg.connect(self.urls[service]), 2)
             except (OSError, asyncpg.PostgresError, TimeoutError):
                 return None
             try:
