@@ -204,6 +204,7 @@ class Facts:
     undecodable: list[Undecodable] = field(default_factory=list)  # the run's keys, poison too
     dlq: list[DlqRecord] = field(default_factory=list)
     lag: dict[str, int] = field(default_factory=dict)  # consumer group -> records behind
+    catalog: dict[str, int] = field(default_factory=dict)  # the order service's SKU -> available
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -281,6 +282,15 @@ def _poison(info: RunInfo, key: str | None) -> bool:
     return key is not None and key.startswith(info.poison_prefix)
 
 
+def _stock_levels(payload: Mapping[str, object]) -> tuple[int, int, int] | None:
+    """A ``StockLevelChanged`` payload's (available, reserved, shipped); None for one without
+    them (an unknown-version poison record carries the event type but not the fields)."""
+    available, reserved, shipped = (payload.get(f) for f in ("available", "reserved", "shipped"))
+    if isinstance(available, int) and isinstance(reserved, int) and isinstance(shipped, int):
+        return available, reserved, shipped
+    return None
+
+
 async def _read_orders(url: str, prefix: str, ids: list[str]) -> list[OrderRow]:
     conn = await asyncpg.connect(url)
     try:
@@ -335,6 +345,11 @@ async def _read_service(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
             )
         }
+        if "known_skus" in tables:
+            rows = await conn.fetch(
+                "SELECT sku, available FROM known_skus WHERE sku = ANY($1)", info.all_skus
+            )
+            facts.catalog.update((r[0], r[1]) for r in rows)
         if "stock" in tables:
             rows = await conn.fetch(
                 "SELECT sku, available, reserved, shipped FROM stock WHERE sku = ANY($1)",
@@ -411,11 +426,7 @@ async def _read_topics(
                         )
                         continue
                     payload = envelope.payload
-                    levels = (
-                        (payload["available"], payload["reserved"], payload["shipped"])
-                        if envelope.event_type == STOCK_LEVEL
-                        else None
-                    )
+                    levels = _stock_levels(payload) if envelope.event_type == STOCK_LEVEL else None
                     record = Record(
                         tp.topic,
                         rec.partition,
@@ -641,11 +652,18 @@ def services_agree(facts: Facts) -> Check:
         for order_id, sh in shipments.items()
         if order_id not in status and ShipmentStatus.DISPATCHED in sh
     ]
+    offending += [
+        f"{row.sku} available {row.available}, the order service's catalog says"
+        f" {facts.catalog.get(row.sku, 'nothing')}"
+        for row in facts.stock
+        if facts.catalog.get(row.sku) != row.available
+    ]
     return _check(
         "4 services agree",
         offending,
         "every SHIPPED order has one DISPATCHED shipment and a SHIPPED reservation; no other"
-        " order has a dispatched or live shipment or a held reservation",
+        " order has a dispatched or live shipment or a held reservation; the order service's"
+        " catalog shows each SKU's available stock as inventory holds it",
         "{n} disagreements between order, inventory and shipping",
     )
 

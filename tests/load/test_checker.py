@@ -47,6 +47,7 @@ from load.checker import (
     order_event_breaks,
     render,
 )
+from load.nemesis import Poison
 from load.runinfo import Check, Injected, JournalEntry, RunDir, RunInfo, Verdict
 from order.bootstrap import MIGRATIONS as ORDER_MIGRATIONS
 from shared.contracts.catalog import (
@@ -213,6 +214,7 @@ def facts() -> Facts:
             DlqRecord("shipping", 0, 3, POISON, {"dlq.original_topic": "orders"}),
         ],
         lag={"order-service": 0, "inventory-service": 0, "shipping-service": 0},
+        catalog={row.sku: row.available for row in STOCK},
     )
 
 
@@ -281,7 +283,9 @@ def replace_stock(sku: str, **changes: object) -> Facts:
         dataclasses.replace(s, **changes) if s.sku == sku else s  # type: ignore[arg-type]
         for s in base.stock
     ]
-    return dataclasses.replace(base, stock=stock)
+    # The order service's catalog followed (check 4 compares it with the stock).
+    catalog = {row.sku: row.available for row in stock}
+    return dataclasses.replace(base, stock=stock, catalog=catalog)
 
 
 def events_of(the_facts: Facts, order_id: str, kind: str) -> list[Record]:
@@ -424,6 +428,13 @@ def test_a_shipped_order_whose_reservation_is_not_shipped_fails() -> None:
 
 
 # --- 5 one order per key ------------------------------------------------------------------------
+
+
+def test_a_catalog_left_at_an_older_level_fails_agreement_only() -> None:
+    """A stale StockLevelChanged applied after a newer one (no dedup, no sequence check)."""
+    stale = dataclasses.replace(facts(), catalog={PLENTY: 100, HOT: 2})
+
+    assert_only(verdict(stale), {4}, f"{PLENTY} available 97, the order service's catalog says 100")
 
 
 def test_two_orders_with_one_key_fail() -> None:
@@ -896,6 +907,12 @@ async def test_gather_reads_the_runs_facts_back(databases: dict[str, str], tmp_p
             (names["orders"], "stranger", b"{not json"),
             (names["shipping"], str(run_order), dispatched),
             (names["stock"], sku, level),
+            # An unknown-version poison: an envelope with the type but none of its fields.
+            (
+                names["stock"],
+                POISON,
+                Poison(POISON, "stock", "unknown_version", STOCK_LEVEL).value(),
+            ),
             (names["dlq"], POISON, b"{not json"),
         ]:
             headers = [("dlq.consumer", b"inventory")] if topic == names["dlq"] else []
