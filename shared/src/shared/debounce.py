@@ -25,6 +25,8 @@ Properties:
 - The event keeps the correlation id, causation id and trace context of the last change.
 
 The pitfall mode ``PITFALL_NO_DEBOUNCE`` skips the hold: every change goes to the outbox.
+In the naive dual-write pitfall mode (``direct_publish``) no relay runs: the emitter
+publishes the events itself after its commit, like every unit of work in that mode.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from shared.db import DATABASE_ERRORS
 from shared.metrics import DEBOUNCE_EMITTED
 from shared.postgres import PostgresOutbox
 from shared.tracing import attach, context_from_headers, detach
+from shared.uow import DirectPublish
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class DebounceEmitter:
         poll_seconds: float,
         batch_size: int = 200,
         emitted: Callable[[], None] | None = None,
+        direct_publish: DirectPublish | None = None,
     ) -> None:
         self._pool = pool
         self._source = source
@@ -69,6 +73,7 @@ class DebounceEmitter:
         self._poll = poll_seconds
         self._batch = batch_size
         self._emitted = emitted
+        self._direct_publish = direct_publish
 
     async def run(self) -> None:
         """Until cancelled: emit what is due, then wait a poll interval."""
@@ -99,7 +104,11 @@ class DebounceEmitter:
                 self._max_wait,
                 self._batch,
             )
-            outbox = PostgresOutbox(cast(asyncpg.Connection, conn), self._source)
+            outbox = PostgresOutbox(
+                cast(asyncpg.Connection, conn),
+                self._source,
+                direct=self._direct_publish is not None,
+            )
             for row in rows:
                 event = decode_payload(
                     row["event_type"], row["schema_version"], json.loads(row["payload"])
@@ -129,6 +138,9 @@ class DebounceEmitter:
                 row["aggregate_id"],
                 row["changes"],
             )
+        if self._direct_publish is not None and outbox.direct_messages:
+            # Pitfall: a crash here, or a broker that is down, loses these events for good.
+            await self._direct_publish(outbox.direct_messages)
         if rows and self._emitted is not None:
             self._emitted()
         return len(rows)

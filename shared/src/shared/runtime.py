@@ -102,14 +102,15 @@ class Runtime(Generic[U]):
         of requests cannot starve event processing (nor the other way round)."""
         return self._new_uow(self.http_pool)
 
+    def _direct_publish(self) -> DirectPublish | None:
+        """The pitfall mode "naive dual write": publish after commit, no outbox, no relay."""
+        return self.producer.publish if self.settings.pitfall_naive_dual_write else None
+
     def _new_uow(self, pool: asyncpg.Pool) -> U:
-        direct: DirectPublish | None = None
-        if self.settings.pitfall_naive_dual_write:
-            direct = self.producer.publish
         return self.definition.new_uow(
             pool,
             self.service,
-            direct,
+            self._direct_publish(),
             outbox_written=self.relay.wake,
             acquire_timeout=self.settings.db_acquire_timeout_seconds,
             debounce=not self.settings.pitfall_no_debounce,
@@ -141,6 +142,7 @@ class Runtime(Generic[U]):
             max_wait_seconds=self.settings.debounce_max_wait_seconds,
             poll_seconds=self.settings.debounce_poll_seconds,
             emitted=self.relay.wake,
+            direct_publish=self._direct_publish(),
         )
         workers: dict[str, Callable[[], Awaitable[None]]] = {
             "consumer": self.consumer.run,

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -20,6 +20,7 @@ import asyncpg
 
 from shared.debounce import DebounceEmitter
 from shared.kafka import Producer
+from shared.outbox import OutgoingMessage
 from shared.relay import OutboxRelay
 from shared.settings import ServiceSettings
 from shared.testing.infra import end_offsets, eventually, kafka_bootstrap, records_keyed
@@ -184,3 +185,31 @@ async def test_a_sigkill_during_the_quiet_period_loses_nothing_and_emits_once_af
     await eventually(
         lambda: pool.fetchval("SELECT count(*) FROM debounced_events"), lambda n: n == 0
     )
+
+
+async def test_in_the_naive_dual_write_mode_the_emitter_publishes_itself(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    """No relay runs in that pitfall mode: an emitter that only wrote the outbox would hold
+    every debounced event back for good."""
+    order_id = uuid4()
+    published: list[OutgoingMessage] = []
+
+    async def publish(messages: Sequence[OutgoingMessage]) -> None:
+        published.extend(messages)
+
+    await edit_address(pool, settings.service_name, order_id, 3)
+    emitter = DebounceEmitter(
+        pool,
+        settings.service_name,
+        quiet_seconds=0.0,
+        max_wait_seconds=5.0,
+        poll_seconds=0.1,
+        direct_publish=publish,
+    )
+    assert await emitter.emit_due() == 1
+    assert [(m.key, m.headers["event_type"]) for m in published] == [
+        (str(order_id), "OrderShippingAddressChanged")
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await pool.fetchval("SELECT count(*) FROM debounced_events") == 0
