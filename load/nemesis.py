@@ -10,6 +10,9 @@ The actions (``RunInfo.actions`` names which ones a run allows):
 - ``latency``: 100-300 ms latency (with jitter) both ways on the PostgreSQL or Kafka proxy, 5-15 s.
 - ``reset``: connections reset (1-3 s) or the proxy disabled (2-5 s), PostgreSQL's or Kafka's.
 - ``duplicates``: re-publish 5-30 records of the run, byte for byte, to their own partitions.
+- ``replay``: re-publish the run's first 10-30 records of every partition, in their order: an
+  early stretch of the log delivered again, as after a consumer group's offsets were reset.
+  Old events arrive after newer ones of their aggregates (stale levels of a stock, say).
 - ``poison``: publish 1-3 poison records (not JSON, not an envelope, an unknown schema version).
 - ``failpoint:<service>:<failpoint>[:<delay>]``: restart the service with that failpoint armed,
   wait until it kills the process, start it again without (the pitfall runs use these).
@@ -63,6 +66,7 @@ ACTIONS: tuple[str, ...] = (
     "latency",
     "reset",
     "duplicates",
+    "replay",
     "poison",
 )
 SERVICES: tuple[str, ...] = ("order", "inventory", "shipping")
@@ -270,6 +274,13 @@ def _positions(
     return chosen
 
 
+def _first(
+    windows: Sequence[tuple[TopicPartition, int, int]], k: int
+) -> dict[TopicPartition, list[int]]:
+    """The first ``k`` offsets of every window."""
+    return {tp: list(range(start, min(start + k, end))) for tp, start, end in windows}
+
+
 async def publish_duplicates(
     bootstrap: str,
     info: RunInfo,
@@ -280,19 +291,40 @@ async def publish_duplicates(
 ) -> list[Injected]:
     """Re-publish up to ``count`` records of the run (drawn among those on ``topics`` since
     its start offsets) to the same partition with the same key, value and headers."""
+    # Drawn three times over: records of other flows and poison are passed over.
+    return await _republish(
+        bootstrap, info, topics, lambda windows: _positions(windows, rng, 3 * count), count
+    )
+
+
+async def publish_replay(
+    bootstrap: str, info: RunInfo, count: int, *, topics: Sequence[str] = TOPICS
+) -> list[Injected]:
+    """Re-publish the run's first ``count`` records of every partition of ``topics`` (its
+    own records among them), in their order, like :func:`publish_duplicates`."""
+    return await _republish(bootstrap, info, topics, lambda windows: _first(windows, count))
+
+
+async def _republish(
+    bootstrap: str,
+    info: RunInfo,
+    topics: Sequence[str],
+    choose: Callable[[list[tuple[TopicPartition, int, int]]], dict[TopicPartition, list[int]]],
+    limit: int | None = None,
+) -> list[Injected]:
+    """Re-publish the run's records at the offsets ``choose`` picks from the run's windows,
+    up to ``limit`` in all: same partition, key, value and headers, in offset order."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await consumer.start()
     await producer.start()
     injected: list[Injected] = []
     try:
-        # Drawn three times over: records of other flows and poison are passed over.
-        windows = await _windows(consumer, producer, info, topics)
-        chosen = _positions(windows, rng, 3 * count)
+        chosen = choose(await _windows(consumer, producer, info, topics))
         for tp, offsets in chosen.items():
             consumer.assign([tp])
             for offset in offsets:
-                if len(injected) == count:
+                if len(injected) == limit:
                     return injected
                 record = await _record_at(consumer, tp, offset)
                 if record is None or record.key is None:
@@ -391,6 +423,9 @@ class Actuator(Protocol):
     async def duplicate(self, info: RunInfo, count: int, rng: random.Random) -> list[Injected]:
         """Re-publish up to ``count`` records of the run (see :func:`publish_duplicates`)."""
 
+    async def replay(self, info: RunInfo, count: int) -> list[Injected]:
+        """Re-publish the run's first ``count`` records per partition (:func:`publish_replay`)."""
+
     async def poison(self, poisons: Sequence[Poison]) -> list[Injected]:
         """Publish ``poisons`` (see :func:`publish_poison`)."""
 
@@ -478,6 +513,9 @@ class LiveActuator:
 
     async def duplicate(self, info: RunInfo, count: int, rng: random.Random) -> list[Injected]:
         return await publish_duplicates(_kafka(), info, count, rng)
+
+    async def replay(self, info: RunInfo, count: int) -> list[Injected]:
+        return await publish_replay(_kafka(), info, count)
 
     async def poison(self, poisons: Sequence[Poison]) -> list[Injected]:
         return await publish_poison(_kafka(), poisons)
@@ -642,6 +680,7 @@ class Nemesis:
             "latency": self._latency,
             "reset": self._reset,
             "duplicates": self._duplicates,
+            "replay": self._replay,
             "poison": self._poison,
         }
         planner = planners.get(action)
@@ -771,6 +810,17 @@ class Nemesis:
             return f"{len(injected)} re-published"
 
         return Step("duplicates", "topics", f"up to {count} records of the run", perform)
+
+    def _replay(self) -> Step:
+        count = self._rng.randint(10, 30)
+
+        async def perform() -> str:
+            injected = await self._actuator.replay(self._info, count)
+            for record in injected:
+                self._run.append("injected.jsonl", record)
+            return f"{len(injected)} re-published"
+
+        return Step("replay", "topics", f"the first {count} records of each partition", perform)
 
     def _poison(self) -> Step:
         poisons = []

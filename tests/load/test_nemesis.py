@@ -34,6 +34,7 @@ from load.nemesis import (
     handled_types,
     publish_duplicates,
     publish_poison,
+    publish_replay,
     subscribers,
 )
 from load.runinfo import Injected, NemesisEntry, RunDir, RunInfo, now
@@ -135,6 +136,13 @@ class RecordingActuator:
         self._record("duplicate", count)
         return [
             Injected(now(), "duplicate", "orders", 0, n, f"k{n}", event_id=str(uuid4()))
+            for n in range(count)
+        ]
+
+    async def replay(self, info: RunInfo, count: int) -> list[Injected]:
+        self._record("replay", count)
+        return [
+            Injected(now(), "duplicate", "stock", 0, n, f"k{n}", event_id=str(uuid4()))
             for n in range(count)
         ]
 
@@ -403,6 +411,17 @@ async def test_duplicates_and_poison_are_written_to_injected(tmp_path: Path) -> 
     assert {p.topic for p in poisons} <= set(TOPICS)
 
 
+async def test_a_replay_is_written_to_injected(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    actuator = RecordingActuator()
+    await run_until(fast(run, run_info(["replay"], seed=2), actuator), run, 3)
+
+    counts = [c[1][0] for c in actuator.calls if c[0] == "replay"]
+    assert counts
+    assert all(10 <= count <= 30 for count in counts)
+    assert sum(i.kind == "duplicate" for i in run.injected()) == sum(counts)
+
+
 async def test_a_failpoint_restarts_the_service_armed_then_without(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     actuator = RecordingActuator()
@@ -624,6 +643,38 @@ async def test_duplicates_are_byte_identical_copies_of_the_run_s_records() -> No
         copy = await _read_at(item.topic, item.partition, item.offset)
         assert (copy.key, copy.value, list(copy.headers)) == (key, value, headers)
         assert item.key == key.decode()
+
+
+@pytest.mark.integration
+async def test_a_replay_republishes_the_run_s_first_records_of_each_partition_in_order() -> None:
+    topic = unique("nemesis_replay")
+    await create_topics(topic, partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap())
+    await producer.start()
+    sent: dict[int, list[str]] = {0: [], 1: []}
+    try:
+        early = _envelope(f"load-t1-{uuid4()}", "sku-early")  # before the run's start
+        before = await producer.send_and_wait(topic, early.to_bytes(), key=b"e", partition=0)
+        for n in range(10):
+            partition = n % 2
+            other = _envelope(f"load-other-{uuid4()}", f"other-{n}")  # another run's
+            await producer.send_and_wait(topic, other.to_bytes(), key=b"o", partition=partition)
+            envelope = _envelope(f"load-t1-{uuid4()}", f"sku-{n}")
+            key = f"sku-{n}".encode()
+            await producer.send_and_wait(topic, envelope.to_bytes(), key=key, partition=partition)
+            sent[partition].append(str(envelope.event_id))
+    finally:
+        await producer.stop()
+    info = run_info(["replay"], start_offsets={topic: {0: before.offset + 1, 1: 0}})
+
+    injected = await publish_replay(kafka_bootstrap(), info, 6, topics=[topic])
+
+    # The first six records of each partition: three of the run's, three of another run's.
+    by_partition = {p: [i.event_id for i in injected if i.partition == p] for p in (0, 1)}
+    assert by_partition == {0: sent[0][:3], 1: sent[1][:3]}
+    for item in injected:
+        copy = await _read_at(item.topic, item.partition, item.offset)
+        assert str(parse_envelope(copy.value).event_id) == item.event_id
 
 
 @pytest.mark.integration

@@ -5,7 +5,8 @@ the first time it passes that point, after ``FAILPOINT_DELAY_SECONDS`` (default 
 production, a failpoint is one dictionary lookup. The names in the code:
 
 - ``relay.after_publish``: the broker acknowledged a batch, its rows are not deleted yet.
-- ``uow.after_commit``: the business transaction committed, nothing published yet.
+- ``uow.after_commit``: a business transaction that wrote events committed, nothing published
+  yet (one that wrote none passes by).
 - ``consumer.after_db_commit``: an event's transaction committed, its offset not yet.
 - ``consumer.before_db_commit``: an event was fetched, its transaction not committed yet.
 - ``burst.quiet_period``: the test worker's burst of address edits committed, nothing emitted

@@ -291,7 +291,8 @@ class PostgresUnitOfWork(UnitOfWork):
             # An in-process signal, not pg_notify: a notifying transaction takes a lock that
             # serialises every such commit in the whole cluster, fsync included.
             self._outbox_written()
-        await failpoint("uow.after_commit")
+        if self.outbox.written or self.outbox.direct_messages:
+            await failpoint("uow.after_commit")
         if self._direct_publish is not None:
             # Pitfall: a crash here, or a broker that is down, loses these events for good.
             await self._direct_publish(self.outbox.direct_messages)
