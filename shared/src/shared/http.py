@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.admin import router as admin_router
 from shared.correlation import correlated, new_id
-from shared.db import TRANSIENT_DATABASE_ERRORS
+from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.domain import DomainError, NotFoundError
 from shared.runtime import Runtime, ServiceDefinition
 from shared.tracing import setup_tracing
@@ -173,6 +173,21 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
 
     for error in TRANSIENT_DATABASE_ERRORS:
         app.add_exception_handler(error, on_database_unavailable)
+
+    async def on_lost_race(_: Request, exc: Exception) -> JSONResponse:
+        # A deadlock's or serialization conflict's victim: rolled back, nothing changed.
+        return JSONResponse(
+            error_body(
+                "unavailable",
+                f"the transaction lost a race with a concurrent one and changed nothing"
+                f" ({type(exc).__name__}); send it again",
+            ),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    for error in LOST_RACE_ERRORS:
+        app.add_exception_handler(error, on_lost_race)
 
     @app.exception_handler(DomainError)
     async def on_domain_error(_: Request, exc: DomainError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
@@ -31,6 +32,11 @@ async def echo(body: Body) -> dict[str, object]:
 @routes.get("/boom")
 async def boom() -> None:
     raise RuntimeError("a bug")
+
+
+@routes.get("/deadlock")
+async def deadlock() -> None:
+    raise asyncpg.DeadlockDetectedError("deadlock detected")
 
 
 @routes.get("/database-down")
@@ -107,6 +113,13 @@ def test_an_unreachable_database_is_a_503_to_retry(client: TestClient) -> None:
     assert response.status_code == 503
     assert response.json()["error"] == "unavailable"
     assert response.headers["retry-after"] == "2"
+
+
+def test_a_deadlock_victim_is_a_503_to_send_again(client: TestClient) -> None:
+    response = client.get("/deadlock")
+    assert response.status_code == 503
+    assert "lost a race" in response.json()["message"]
+    assert response.headers["retry-after"] == "1"
 
 
 def test_the_admin_api_wants_the_token(client: TestClient) -> None:
