@@ -130,6 +130,7 @@ class EventProcessor(Generic[U]):
         observations: list[EventObservation] = []
         async with self._new_uow() as uow:
             try:
+                await self._router.prepare_batch([p for p in payloads if p is not None], uow)
                 for delivery, payload in zip(deliveries, payloads, strict=True):
                     observation = observe(delivery)
                     observations.append(observation)

@@ -5,11 +5,17 @@ router = Router[OrderUnitOfWork]()
 @router.subscriber(InventoryReserved)
 async def when_inventory_reserved_confirm_order(event: InventoryReserved,
                                                 uow: OrderUnitOfWork) -> None: ...
+
+A service whose handlers lock shared rows (the stock of a SKU) also registers a
+``batch_preparer``: when the records of one poll go in one transaction, it runs first, with
+every payload the service handles, and locks all those rows at once in one order. Each
+handler locks only its own rows, in order; without it, two batches of different partitions
+take the rows of their events one event after another, in opposite orders, and deadlock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +25,7 @@ from shared.uow import UnitOfWork
 U = TypeVar("U", bound=UnitOfWork)
 P = TypeVar("P", bound=IntegrationEvent)
 Handler = Callable[[P, U], Awaitable[None]]
+BatchPreparer = Callable[[Sequence[IntegrationEvent], U], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class Subscription(Generic[U]):
 class Router(Generic[U]):
     def __init__(self) -> None:
         self._subscriptions: dict[str, Subscription[U]] = {}
+        self._prepare: BatchPreparer[U] | None = None
 
     def subscriber(self, event: type[P]) -> Callable[[Handler[P, U]], Handler[P, U]]:
         spec = spec_of(event)
@@ -55,6 +63,17 @@ class Router(Generic[U]):
             return handler
 
         return register
+
+    def batch_preparer(self, prepare: BatchPreparer[U]) -> BatchPreparer[U]:
+        """Register what runs first in a batch's transaction (see the module docstring)."""
+        if self._prepare is not None:
+            raise ValueError("the router already has a batch preparer")
+        self._prepare = prepare
+        return prepare
+
+    async def prepare_batch(self, events: Sequence[IntegrationEvent], uow: U) -> None:
+        if self._prepare is not None and events:
+            await self._prepare(events, uow)
 
     def handler_for(self, event_type: str) -> Subscription[U] | None:
         return self._subscriptions.get(event_type)

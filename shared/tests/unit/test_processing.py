@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.contracts import IntegrationEvent
 from shared.contracts.catalog import OrderCancelled, OrderRejected
 from shared.envelope import Envelope, new_envelope
 from shared.processing import (
@@ -243,6 +245,38 @@ async def test_a_batch_applies_its_events_in_order_in_one_commit_and_observes_ea
     assert applied(state) == ["r1", "r2", "r3"]  # e2 parked, then unparked by e1
     assert CountingUnitOfWork.commits == 1
     assert seen == ["r2:parked", "r1:applied", "r3:applied", "r1:duplicate"]
+
+
+async def test_a_batch_runs_the_preparer_first_with_the_payloads_the_service_handles() -> None:
+    preparing = Router[InMemoryUnitOfWork]()
+    calls: list[str] = []
+
+    @preparing.subscriber(OrderRejected)
+    async def when_order_rejected_note_it(event: OrderRejected, uow: InMemoryUnitOfWork) -> None:
+        calls.append(f"handle {event.reason}")
+
+    @preparing.batch_preparer
+    async def note_the_batch(events: Sequence[IntegrationEvent], uow: InMemoryUnitOfWork) -> None:
+        calls.append("prepare " + ",".join(type(e).__name__ for e in events))
+
+    proc = EventProcessor(preparing, lambda: InMemoryUnitOfWork(InMemoryState(), "test"))
+    e1, e2 = stream_of(2)
+    ignored = new_envelope(
+        OrderCancelled(order_id=uuid4(), reason="r"),
+        source="order",
+        aggregate_id="order-2",
+        sequence=1,
+        correlation_id="c",
+        causation_id=None,
+    )
+    await proc.process_batch([Delivery(e1), Delivery(ignored), Delivery(e2)])
+    assert calls == ["prepare OrderRejected,OrderRejected", "handle r1", "handle r2"]
+    # One event alone, in its own transaction, needs no preparing.
+    (e3,) = stream_of(1, aggregate_id="order-3")
+    await proc.process(Delivery(e3))
+    assert calls[-1] == "handle r1"
+    with pytest.raises(ValueError, match="already has a batch preparer"):
+        preparing.batch_preparer(note_the_batch)
 
 
 async def test_a_batch_with_one_failing_event_commits_none_of_them() -> None:

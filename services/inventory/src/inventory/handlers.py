@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from inventory.domain.stock import Reservation
 from inventory.repository import InventoryUnitOfWork
+from shared.contracts import IntegrationEvent
 from shared.contracts.catalog import OrderCancelled, OrderPlaced, ShipmentDispatched
 from shared.domain import NotFoundError
 from shared.routing import Router
@@ -13,6 +16,23 @@ router = Router[InventoryUnitOfWork]()
 
 class UnknownReservationError(NotFoundError):
     pass
+
+
+@router.batch_preparer
+async def lock_the_batch_s_stock_in_sku_order(
+    events: Sequence[IntegrationEvent], uow: InventoryUnitOfWork
+) -> None:
+    """A batch that moves the stock of more than one order locks all the SKUs it touches
+    first, in SKU order: batches of different partitions then queue on the stock rows
+    instead of deadlocking (each handler locks only its own SKUs)."""
+    placed = [e for e in events if isinstance(e, OrderPlaced)]
+    held = [e.order_id for e in events if isinstance(e, OrderCancelled | ShipmentDispatched)]
+    if len(placed) + len(held) < 2:
+        return
+    skus = {line.sku for e in placed for line in e.items}
+    if held:
+        skus |= await uow.reservations.skus_of(held)
+    await uow.stock.hold(skus)
 
 
 @router.subscriber(OrderPlaced)

@@ -76,6 +76,17 @@ class PostgresReservationRepository(ReservationRepository):
         items = tuple(OrderLine.model_validate(i) for i in json.loads(row["items"]))
         return Reservation(row["order_id"], items, ReservationStatus(row["status"]))
 
+    async def skus_of(self, order_ids: list[UUID]) -> set[str]:
+        rows = await self._conn.fetch(
+            """
+            SELECT DISTINCT line->>'sku' AS sku
+            FROM reservations, jsonb_array_elements(items) AS line
+            WHERE order_id = ANY($1::uuid[])
+            """,
+            order_ids,
+        )
+        return {r["sku"] for r in rows}
+
     async def _save(self, reservation: Reservation) -> None:
         await self._conn.execute(
             """

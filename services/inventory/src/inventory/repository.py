@@ -7,6 +7,7 @@ An aggregate that recorded events changed; the unit of work saves exactly those.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterable
 from uuid import UUID
 
 from inventory.domain.stock import Reservation, Stock
@@ -20,6 +21,12 @@ class StockRepository(TrackingRepository[Stock]):
         reservations never deadlock). Unknown SKUs are absent from the result."""
         found = await self._lock(sorted(set(skus)))
         return {s.sku: self.track(s) for s in found}
+
+    async def hold(self, skus: Iterable[str]) -> None:
+        """Lock these SKUs' rows until commit, in SKU order, without loading them for a
+        change (a batch of events takes every row it will touch at once; see
+        :func:`inventory.handlers.lock_the_batch_s_stock_in_sku_order`)."""
+        await self._lock(sorted(set(skus)))
 
     async def get_or_create(self, sku: str) -> Stock:
         """The SKU's stock, locked; created empty first if missing, so that two requests
@@ -48,6 +55,11 @@ class ReservationRepository(TrackingRepository[Reservation]):
 
     @abstractmethod
     async def _get(self, order_id: UUID) -> Reservation | None: ...
+
+    @abstractmethod
+    async def skus_of(self, order_ids: list[UUID]) -> set[str]:
+        """The SKUs the reservations of these orders hold (read only: neither tracked nor
+        locked)."""
 
 
 class InventoryUnitOfWork(UnitOfWork):

@@ -42,6 +42,11 @@ class InMemoryReservationRepository(ReservationRepository):
         found = self._rows.get(order_id)
         return None if found is None else stored_copy(found)
 
+    async def skus_of(self, order_ids: list[UUID]) -> set[str]:
+        return {
+            line.sku for o in order_ids if (r := self._rows.get(o)) is not None for line in r.items
+        }
+
     async def _save(self, reservation: Reservation) -> None:
         self._rows[reservation.order_id] = stored_copy(reservation)
 

@@ -75,6 +75,20 @@ async def test_a_reservation_and_its_stock_change_commit_together(new_uow: NewUo
     assert (a.available, a.reserved) == (3, 2)
 
 
+async def test_skus_of_names_what_the_orders_reservations_hold(new_uow: NewUow) -> None:
+    await restock(new_uow, A=5, B=5, C=5)
+    first, second, unknown = uuid4(), uuid4(), uuid4()
+    async with new_uow() as uow:
+        for order_id, skus in ((first, "AB"), (second, "B")):
+            stock = await uow.stock.lock(list(skus))
+            lines = tuple(OrderLine(sku=sku, quantity=1) for sku in skus)
+            uow.reservations.track(Reservation.reserve(order_id, lines, stock))
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.reservations.skus_of([first, second, unknown]) == {"A", "B"}
+        assert await uow.reservations.skus_of([unknown]) == set()
+
+
 async def test_nothing_is_saved_without_commit(new_uow: NewUow) -> None:
     await restock(new_uow, A=5)
     async with new_uow() as uow:
