@@ -61,24 +61,32 @@ PITFALL_RUNS = {
 }
 
 
+def short_run(
+    root: Path, actions: tuple[str, ...], *, duration: float, pitfalls: dict[str, str] | None = None
+) -> Options:
+    """A small run aimed at ``actions`` (seed 5), with a short drain: a pitfall run loses
+    orders for good, and waiting longer for them tells nothing more."""
+    return Options(
+        duration=duration,
+        rate=8,
+        users=4,
+        actions=actions,
+        mean_interval=4,
+        seed=5,
+        pitfalls=pitfalls or {},
+        drain_timeout=90,
+        quiet_seconds=10,
+        root=root,
+    )
+
+
 async def test_with_the_protections_on_the_pitfalls_provocations_break_nothing(
     tmp_path: Path,
 ) -> None:
     """One run under the three provocations of PITFALL_RUNS (seed 5 draws each of them in
     its first three actions)."""
     actions = tuple(a for _, provoking, _ in PITFALL_RUNS.values() for a in provoking)
-    options = Options(
-        duration=50,
-        rate=8,
-        users=4,
-        actions=actions,
-        mean_interval=4,
-        seed=5,
-        drain_timeout=90,
-        quiet_seconds=10,
-        root=tmp_path,
-    )
-    run_dir, verdict = await run(options)
+    run_dir, verdict = await run(short_run(tmp_path, actions, duration=50))
     done = {(e.action, e.target) for e in run_dir.nemesis() if e.phase == "end"}
     assert {("failpoint", "order"), ("failpoint", "inventory"), ("replay", "topics")} <= done
     assert verdict.failed() == [], verdict
@@ -87,19 +95,7 @@ async def test_with_the_protections_on_the_pitfalls_provocations_break_nothing(
 @pytest.mark.parametrize("case", list(PITFALL_RUNS))
 async def test_the_checker_sees_each_pitfall(case: str, tmp_path: Path) -> None:
     pitfalls, actions, broken = PITFALL_RUNS[case]
-    options = Options(
-        duration=25,
-        rate=8,
-        users=4,
-        actions=actions,
-        mean_interval=4,
-        seed=5,
-        pitfalls=pitfalls,
-        drain_timeout=90,
-        quiet_seconds=10,
-        root=tmp_path,
-    )
-    run_dir, verdict = await run(options)
+    run_dir, verdict = await run(short_run(tmp_path, actions, duration=25, pitfalls=pitfalls))
     done = [e for e in run_dir.nemesis() if e.phase == "end" and e.action != "heal"]
     assert done, "the nemesis did nothing"
     assert broken <= set(verdict.failed()), verdict

@@ -18,21 +18,15 @@ from inventory.postgres import PostgresInventoryUnitOfWork
 from shared.contracts.catalog import Address, OrderLine, OrderPlaced
 from shared.envelope import new_envelope
 from shared.processing import Delivery, EventProcessor, Outcome
-from shared.testing.infra import create_database, drop_database
+from shared.testing.infra import migrated_pool
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 
 
 @pytest.fixture
 async def pool() -> AsyncIterator[asyncpg.Pool]:
-    url = await create_database(MIGRATIONS)
-    pool = await asyncpg.create_pool(url, min_size=2, max_size=4)
-    assert pool is not None
-    try:
+    async with migrated_pool(MIGRATIONS) as pool:
         yield pool
-    finally:
-        await pool.close()
-        await drop_database(url)
 
 
 class SlowUnitOfWork(PostgresInventoryUnitOfWork):

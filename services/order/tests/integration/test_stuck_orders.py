@@ -17,21 +17,15 @@ from fastapi import FastAPI
 from order.bootstrap import MIGRATIONS
 from order.stuck import STUCK_ORDERS, StuckOrderWatch
 from order.stuck import router as stuck_router
-from shared.testing.infra import create_database, drop_database
+from shared.testing.infra import migrated_pool
 
 AFTER = 600.0
 
 
 @pytest.fixture
 async def pool() -> AsyncIterator[asyncpg.Pool]:
-    url = await create_database(MIGRATIONS)
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-    assert pool is not None
-    try:
+    async with migrated_pool(MIGRATIONS) as pool:
         yield pool
-    finally:
-        await pool.close()
-        await drop_database(url)
 
 
 async def add_order(pool: asyncpg.Pool, status: str, minutes_ago: int) -> tuple[UUID, str]:

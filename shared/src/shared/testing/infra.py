@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -55,6 +56,19 @@ async def create_database(migrations: Path | None = None) -> str:
         finally:
             await conn.close()
     return url
+
+
+@contextlib.asynccontextmanager
+async def migrated_pool(migrations: Path, max_size: int = 4) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a new database with ``migrations`` applied, dropped afterwards."""
+    url = await create_database(migrations)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size)
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        await drop_database(url)
 
 
 async def drop_database(url: str) -> None:
