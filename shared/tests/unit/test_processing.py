@@ -46,6 +46,18 @@ def stream_of(n: int, aggregate_id: str = "order-1") -> list[Envelope]:
     ]
 
 
+def unhandled(aggregate_id: str) -> Envelope:
+    """The first event of a stream, of a type the test router has no handler for."""
+    return new_envelope(
+        OrderCancelled(order_id=uuid4(), reason="x"),
+        source="order",
+        aggregate_id=aggregate_id,
+        sequence=1,
+        correlation_id="c",
+        causation_id=None,
+    )
+
+
 def processor(
     state: InMemoryState, protections: Protections = Protections()
 ) -> EventProcessor[InMemoryUnitOfWork]:
@@ -115,14 +127,7 @@ async def test_a_stale_event_with_a_new_id_is_skipped_by_its_sequence() -> None:
 
 async def test_events_without_a_handler_still_advance_their_stream() -> None:
     state = InMemoryState()
-    first = new_envelope(
-        OrderCancelled(order_id=uuid4(), reason="x"),
-        source="order",
-        aggregate_id="order-1",
-        sequence=1,
-        correlation_id="c",
-        causation_id=None,
-    )
+    first = unhandled("order-1")
     second = stream_of(2)[1]
     outcomes = await deliver_all(processor(state), [first, second])
     assert outcomes == [Outcome.IGNORED, Outcome.APPLIED]
@@ -261,14 +266,7 @@ async def test_a_batch_runs_the_preparer_first_with_the_payloads_the_service_han
 
     proc = EventProcessor(preparing, lambda: InMemoryUnitOfWork(InMemoryState(), "test"))
     e1, e2 = stream_of(2)
-    ignored = new_envelope(
-        OrderCancelled(order_id=uuid4(), reason="r"),
-        source="order",
-        aggregate_id="order-2",
-        sequence=1,
-        correlation_id="c",
-        causation_id=None,
-    )
+    ignored = unhandled("order-2")
     await proc.process_batch([Delivery(e1), Delivery(ignored), Delivery(e2)])
     assert calls == ["prepare OrderRejected,OrderRejected", "handle r1", "handle r2"]
     # One event alone, in its own transaction, needs no preparing.
