@@ -38,7 +38,7 @@ status: deps ## what is running, with pids and ports
 test: deps lint typecheck schema-check ## every tier; starts the real Postgres, Kafka and Jaeger it needs
 	@$(PY) -m infra install-browser
 	@$(PY) -m infra start --infra-only
-	@$(PY) -m pytest -q shared/tests services tests
+	@$(PY) -m pytest -q --durations=15 shared/tests services tests
 
 test-unit: deps ## unit tier only: no I/O, seconds
 	@$(PY) -m pytest -q -m "not integration and not e2e" shared/tests services tests
