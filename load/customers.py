@@ -28,6 +28,7 @@ READ_SHARE = 0.30
 READ_WITHIN = 5.0
 RESTOCK_UNITS = (1, 6)  # a hot SKU is set to this many free units
 RESTOCK_EVERY = (2.0, 5.0)  # seconds between two restocks
+RESTOCK_QUIET_END = 10.0  # no restock starts in a headless run's last seconds
 CITIES = (
     ("Springfield", "12345", "US"),
     ("Lyon", "69001", "FR"),
@@ -139,6 +140,15 @@ def per_user_rate(rate: float, users: int, fixed: int = 1) -> float:
     (the restocker) place no orders."""
     customers = max(1, users - fixed)
     return rate / customers
+
+
+def restocks_closed(now: float, started_at: float, duration: float, headless: bool) -> bool:
+    """True in the last ``RESTOCK_QUIET_END`` seconds of a headless run (measured from the
+    run's start, which precedes Locust's by the stocking up: on the early side). A restock
+    cut off by the end of the load gets no answer, and a SKU whose last restock went
+    unanswered holds an unknown amount of stock put in: the checker could not judge it. With
+    the web UI the user ends the run, and restocks go on."""
+    return headless and now >= started_at + duration - RESTOCK_QUIET_END
 
 
 def pacing_wait(rate: float, task_started: float, now: float) -> float:

@@ -52,6 +52,7 @@ from load.customers import (
     order_body,
     pacing_wait,
     per_user_rate,
+    restocks_closed,
     user_random,
 )
 from load.runinfo import Op, RunDir, RunInfo
@@ -301,7 +302,11 @@ class Restocker(Writer):
 
     @task
     def restock(self) -> None:
-        if not self.info.hot_skus:
+        options = self.environment.parsed_options
+        headless = bool(options is not None and options.headless)
+        if not self.info.hot_skus or restocks_closed(
+            time.time(), self.info.started_at, self.info.duration, headless
+        ):
             return
         sku = self.info.hot_skus[self.turn % len(self.info.hot_skus)]
         self.turn += 1

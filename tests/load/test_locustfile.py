@@ -25,6 +25,7 @@ from load.customers import (
     order_body,
     pacing_wait,
     per_user_rate,
+    restocks_closed,
     retryable,
     stock_total,
     user_random,
@@ -183,6 +184,13 @@ def test_a_journal_line_takes_the_order_id_and_stock_total_from_the_answer() -> 
     assert (restock.sku, restock.total) == ("S", 15)
     failed = journal_entry("restock", 503, 4.0, 0.1, '{"available": 1}', sku="S")
     assert failed.total is None
+
+
+def test_restocks_stop_in_the_last_seconds_of_a_headless_run_only() -> None:
+    started, duration = 1000.0, 60.0
+    assert not restocks_closed(started + 49.0, started, duration, headless=True)
+    assert restocks_closed(started + 50.0, started, duration, headless=True)
+    assert not restocks_closed(started + 500.0, started, duration, headless=False)
 
 
 def test_answers_that_are_not_json_objects_read_as_empty() -> None:
