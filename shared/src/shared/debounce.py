@@ -119,6 +119,7 @@ class DebounceEmitter:
                         await outbox.append(event, aggregate_id=row["aggregate_id"])
                 finally:
                     detach(token)
+            await outbox.write()
             if rows:
                 await conn.execute(
                     """

@@ -61,6 +61,7 @@ def new_envelope(
     sequence: int,
     correlation_id: str,
     causation_id: str | None,
+    occurred_at: datetime | None = None,
 ) -> Envelope:
     spec = spec_of(payload)
     return Envelope(
@@ -71,7 +72,7 @@ def new_envelope(
         aggregate_type=spec.aggregate_type,
         aggregate_id=aggregate_id,
         sequence=sequence,
-        occurred_at=datetime.now(UTC),
+        occurred_at=occurred_at or datetime.now(UTC),
         correlation_id=correlation_id,
         causation_id=causation_id,
         payload=payload.model_dump(mode="json"),

@@ -7,6 +7,7 @@ sequence, parking and the business change commit or roll back together.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -50,6 +51,15 @@ class Inbox(ABC):
       the stream's row) and return True; otherwise change nothing and return False.
     - ``park(event)``: keep an event that arrived ahead of a gap; parking twice is harmless.
     - ``unpark(stream, sequence)``: remove and return the parked event with that sequence.
+
+    For a batch of events, three of them have a set-based form, one round trip each however
+    many events the batch holds (this base class loops over the single forms, which is what
+    the in-memory fake needs; the PostgreSQL adapter sends one statement):
+
+    - ``lock_streams(streams)``: ``lock_stream`` for each, locked in sorted order (two
+      transactions locking overlapping sets cannot deadlock).
+    - ``mark_all_processed(event_ids)``: ``mark_processed`` for each; the ids that were new.
+    - ``advance_all(positions)``: ``advance`` for each stream.
     """
 
     @abstractmethod
@@ -72,3 +82,13 @@ class Inbox(ABC):
 
     @abstractmethod
     async def unpark(self, stream: Stream, sequence: int) -> ParkedEvent | None: ...
+
+    async def lock_streams(self, streams: Iterable[Stream]) -> dict[Stream, StreamPosition]:
+        return {stream: await self.lock_stream(stream) for stream in sorted(set(streams))}
+
+    async def mark_all_processed(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        return {event_id for event_id in event_ids if await self.mark_processed(event_id)}
+
+    async def advance_all(self, positions: Mapping[Stream, int]) -> None:
+        for stream in sorted(positions):
+            await self.advance(stream, positions[stream])

@@ -8,7 +8,7 @@ against the in-memory fakes of :mod:`shared.testing.fakes`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import cast
 from uuid import UUID
 
@@ -18,16 +18,17 @@ from shared.contracts import decode_payload, spec_of
 from shared.envelope import Envelope, parse_envelope
 from shared.faults import failpoint
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
-from shared.outbox import Outbox, OutgoingMessage
+from shared.outbox import AggregateKey, Outbox, OutgoingMessage
 from shared.pending import HeldEvent, PendingEvents
 from shared.storm import FanOutGuard
 from shared.uow import DirectPublish, UnitOfWork
 
 
 class PostgresOutbox(Outbox):
-    """Rows in the ``outbox`` table. The sequence comes from an upsert on
-    ``outbox_sequences``: its row lock makes a second writer of the same aggregate wait for
-    the first to commit, so sequence order, outbox id order and commit order agree."""
+    """Rows in the ``outbox`` table. The sequences come from one upsert on
+    ``outbox_sequences``: its row locks (taken in key order, so two writers cannot deadlock)
+    make a second writer of the same aggregate wait for the first to commit, so sequence
+    order, outbox id order and commit order agree."""
 
     def __init__(self, conn: asyncpg.Connection, source: str, *, direct: bool = False) -> None:
         super().__init__(source)
@@ -37,36 +38,56 @@ class PostgresOutbox(Outbox):
         # Pitfall mode "naive dual write": messages kept here and published after commit.
         self.direct_messages: list[OutgoingMessage] = []
 
-    async def _next_sequence(self, aggregate_type: str, aggregate_id: str) -> int:
-        sequence: int = await self._conn.fetchval(
+    async def _take_sequences(self, counts: Mapping[AggregateKey, int]) -> dict[AggregateKey, int]:
+        keys = sorted(counts)
+        rows = await self._conn.fetch(
             """
-            INSERT INTO outbox_sequences (aggregate_type, aggregate_id, last_sequence)
-            VALUES ($1, $2, 1)
+            INSERT INTO outbox_sequences AS s (aggregate_type, aggregate_id, last_sequence)
+            SELECT k.aggregate_type, k.aggregate_id, k.n
+            FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(aggregate_type, aggregate_id, n)
+            ORDER BY k.aggregate_type, k.aggregate_id
             ON CONFLICT (aggregate_type, aggregate_id)
-            DO UPDATE SET last_sequence = outbox_sequences.last_sequence + 1, updated_at = now()
-            RETURNING last_sequence
+            DO UPDATE SET last_sequence = s.last_sequence + EXCLUDED.last_sequence,
+                          updated_at = now()
+            RETURNING s.aggregate_type, s.aggregate_id, s.last_sequence
             """,
-            aggregate_type,
-            aggregate_id,
+            [t for t, _ in keys],
+            [i for _, i in keys],
+            [counts[k] for k in keys],
         )
-        return sequence
+        return {
+            (r["aggregate_type"], r["aggregate_id"]): r["last_sequence"]
+            - counts[(r["aggregate_type"], r["aggregate_id"])]
+            + 1
+            for r in rows
+        }
 
-    async def _store(self, message: OutgoingMessage, envelope: Envelope) -> None:
+    async def _store(
+        self, messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
+    ) -> None:
         if self._direct:
-            self.direct_messages.append(message)
+            self.direct_messages.extend(messages)
             return
         await self._conn.execute(
             """
             INSERT INTO outbox (event_id, topic, message_key, value, headers)
-            VALUES ($1, $2, $3, $4, $5)
+            SELECT r.event_id, r.topic, r.message_key, r.value, r.headers::jsonb
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+                 WITH ORDINALITY AS r(event_id, topic, message_key, value, headers, position)
+            ORDER BY r.position
             """,
-            envelope.event_id,
-            message.topic,
-            message.key,
-            message.value,
-            json.dumps(message.headers),
+            [e.event_id for e in envelopes],
+            [m.topic for m in messages],
+            [m.key for m in messages],
+            [m.value for m in messages],
+            [json.dumps(m.headers) for m in messages],
         )
         self.written = True
+
+
+def _columns(streams: Sequence[Stream]) -> tuple[list[str], list[str], list[str]]:
+    """Streams as three arrays (source, aggregate type, aggregate id), for ``unnest``."""
+    return ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
 
 
 class PostgresInbox(Inbox):
@@ -103,6 +124,68 @@ class PostgresInbox(Inbox):
         )
         assert row is not None
         return StreamPosition(row["last_sequence"], row["has_parked"])
+
+    async def lock_streams(self, streams: Iterable[Stream]) -> dict[Stream, StreamPosition]:
+        keys = sorted(set(streams))
+        if not keys:
+            return {}
+        rows = await self._conn.fetch(
+            """
+            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
+                                                 last_sequence)
+            SELECT $1, k.source, k.aggregate_type, k.aggregate_id, 0
+            FROM unnest($2::text[], $3::text[], $4::text[]) AS k(source, aggregate_type,
+                                                                aggregate_id)
+            ORDER BY k.source, k.aggregate_type, k.aggregate_id
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
+            DO UPDATE SET last_sequence = s.last_sequence
+            RETURNING s.source, s.aggregate_type, s.aggregate_id, s.last_sequence, EXISTS (
+                SELECT 1 FROM parked_events p
+                WHERE p.consumer = $1 AND p.source = s.source
+                  AND p.aggregate_type = s.aggregate_type AND p.aggregate_id = s.aggregate_id
+            ) AS has_parked
+            """,
+            self._consumer,
+            *_columns(keys),
+        )
+        return {
+            (r["source"], r["aggregate_type"], r["aggregate_id"]): StreamPosition(
+                r["last_sequence"], r["has_parked"]
+            )
+            for r in rows
+        }
+
+    async def mark_all_processed(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        if not event_ids:
+            return set()
+        rows = await self._conn.fetch(
+            "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::uuid[])"
+            " ON CONFLICT DO NOTHING RETURNING event_id",
+            self._consumer,
+            list(event_ids),
+        )
+        return {r["event_id"] for r in rows}
+
+    async def advance_all(self, positions: Mapping[Stream, int]) -> None:
+        keys = sorted(positions)
+        if not keys:
+            return
+        await self._conn.execute(
+            """
+            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
+                                                 last_sequence)
+            SELECT $1, k.source, k.aggregate_type, k.aggregate_id, k.last_sequence
+            FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[])
+                 AS k(source, aggregate_type, aggregate_id, last_sequence)
+            ORDER BY k.source, k.aggregate_type, k.aggregate_id
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = GREATEST(s.last_sequence, EXCLUDED.last_sequence),
+                updated_at = now()
+            """,
+            self._consumer,
+            *_columns(keys),
+            [positions[k] for k in keys],
+        )
 
     async def mark_processed(self, event_id: UUID) -> bool:
         inserted = await self._conn.fetchval(

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Generic
 
@@ -26,8 +26,8 @@ from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.domain import DomainError, NotFoundError
 from shared.envelope import Envelope
 from shared.faults import failpoint, raise_if_armed
-from shared.inbox import ParkedEvent
-from shared.routing import Router, U
+from shared.inbox import ParkedEvent, Stream
+from shared.routing import Router, Subscription, U
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class _SuccessorFailedError(Exception):
         super().__init__(reason)
         self.parked = parked
         self.reason = reason
+
+
+class _DedupDisagreesError(Exception):
+    """A batch's plan found an event next in its stream already marked applied."""
 
 
 class PermanentError(Exception):
@@ -124,19 +128,33 @@ class EventProcessor(Generic[U]):
     ) -> list[Outcome]:
         """Apply every delivery in one transaction, each observed by ``observe(delivery)``
         (its span, its metrics). All or nothing: raises the first failure, committing
-        nothing."""
+        nothing.
+
+        The batch's bookkeeping is set-based when it can be: its streams are locked in one
+        statement, what each event is (next in its stream, a duplicate) is decided from their
+        positions, the dedup rows of the events to apply are written in one statement and the
+        streams advanced in one more, so a batch costs its handlers' statements plus a few,
+        not a few per event. A batch with an event ahead of a gap, or on a stream with events
+        parked, goes event by event (``_admit``), as a lone event does."""
         payloads = [self.decode(d.envelope) for d in deliveries]  # poison fails before writing
         outcomes: list[Outcome] = []
         observations: list[EventObservation] = []
         async with self._new_uow() as uow:
             try:
                 await self._router.prepare_batch([p for p in payloads if p is not None], uow)
-                for delivery, payload in zip(deliveries, payloads, strict=True):
+                plan = await self._plan(uow, deliveries, payloads)
+                for i, (delivery, payload) in enumerate(zip(deliveries, payloads, strict=True)):
                     observation = observe(delivery)
                     observations.append(observation)
                     with observation.active():
-                        outcomes.append(await self._admit_one(uow, delivery, payload))
-                        await uow.flush()  # this event's outbox rows, in its own context
+                        if plan is None:
+                            outcome = await self._admit_one(uow, delivery, payload)
+                        else:
+                            outcome = await self._apply_planned(uow, delivery, payload, plan[i])
+                        outcomes.append(outcome)
+                        await uow.flush()  # this event's changes, read by the next one
+                if plan is not None:
+                    await uow.inbox.advance_all(_last_applied(deliveries, plan))
                 await failpoint("consumer.before_db_commit")
                 await uow.commit()
             except BaseException as exc:
@@ -147,6 +165,48 @@ class EventProcessor(Generic[U]):
             observation.done(outcome)
         await failpoint("consumer.after_db_commit")
         return outcomes
+
+    async def _plan(
+        self, uow: U, deliveries: Sequence[Delivery], payloads: Sequence[IntegrationEvent | None]
+    ) -> list[Outcome] | None:
+        """Each delivery's outcome, decided for the whole batch in two round trips, or None
+        when the batch must go event by event (a gap, parked events, a protection off)."""
+        if not (self._protections.sequence_check and self._protections.dedup):
+            return None
+        positions = await uow.inbox.lock_streams(d.envelope.stream for d in deliveries)
+        if any(p.has_parked for p in positions.values()):
+            return None
+        last = {stream: p.last_sequence for stream, p in positions.items()}
+        plan: list[Outcome] = []
+        for delivery, payload in zip(deliveries, payloads, strict=True):
+            envelope = delivery.envelope
+            if envelope.sequence <= last[envelope.stream]:
+                plan.append(Outcome.DUPLICATE)
+            elif envelope.sequence > last[envelope.stream] + 1:
+                return None  # ahead of a gap: parked, event by event
+            else:
+                last[envelope.stream] = envelope.sequence
+                plan.append(Outcome.IGNORED if payload is None else Outcome.APPLIED)
+        to_apply = [
+            d.envelope.event_id
+            for d, outcome in zip(deliveries, plan, strict=True)
+            if outcome is Outcome.APPLIED
+        ]
+        if len(await uow.inbox.mark_all_processed(to_apply)) < len(to_apply):
+            # Applied before, yet next in its stream: the stream's position was lost (say, to
+            # a restore). Roll the batch back; event by event, dedup decides each one.
+            raise _DedupDisagreesError(f"{len(to_apply)} events, some marked applied already")
+        return plan
+
+    async def _apply_planned(
+        self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, planned: Outcome
+    ) -> Outcome:
+        subscription = self._router.handler_for(delivery.envelope.event_type)
+        if planned is not Outcome.APPLIED or subscription is None or payload is None:
+            return planned
+        with _rules_are_permanent():
+            await _handle(subscription, uow, delivery.envelope, payload)
+        return Outcome.APPLIED
 
     async def process(self, delivery: Delivery) -> Outcome:
         payload = self.decode(delivery.envelope)  # poison fails here, before any write
@@ -178,10 +238,8 @@ class EventProcessor(Generic[U]):
     async def _admit_one(
         self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool = True
     ) -> Outcome:
-        try:
+        with _rules_are_permanent():
             return await self._admit(uow, delivery, payload, unblock=unblock)
-        except (DomainError, NotFoundError) as exc:  # no retry will change a rule
-            raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _admit(
         self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool
@@ -218,10 +276,7 @@ class EventProcessor(Generic[U]):
         if subscription is not None and payload is not None:
             if self._protections.dedup and not await uow.inbox.mark_processed(envelope.event_id):
                 return Outcome.DUPLICATE
-            # A parked event applied later keeps its own correlation and causation.
-            with correlated(envelope.correlation_id, str(envelope.event_id)):
-                raise_if_armed("handler.raise", envelope.correlation_id)
-                await subscription.handler(payload, uow)
+            await _handle(subscription, uow, envelope, payload)
         await uow.inbox.advance(envelope.stream, envelope.sequence)
         return Outcome.APPLIED if subscription is not None else Outcome.IGNORED
 
@@ -235,3 +290,29 @@ class EventProcessor(Generic[U]):
             except Exception as exc:
                 raise _SuccessorFailedError(parked, f"{type(exc).__name__}: {exc}") from exc
             sequence += 1
+
+
+def _last_applied(deliveries: Sequence[Delivery], plan: Sequence[Outcome]) -> dict[Stream, int]:
+    """Where each stream stands after a planned batch: its last event applied or ignored."""
+    last: dict[Stream, int] = {}
+    for delivery, outcome in zip(deliveries, plan, strict=True):
+        if outcome is not Outcome.DUPLICATE:
+            last[delivery.envelope.stream] = delivery.envelope.sequence
+    return last
+
+
+async def _handle(
+    subscription: Subscription[U], uow: U, envelope: Envelope, payload: IntegrationEvent
+) -> None:
+    # An event applied after it was parked keeps its own correlation and causation.
+    with correlated(envelope.correlation_id, str(envelope.event_id)):
+        raise_if_armed("handler.raise", envelope.correlation_id)
+        await subscription.handler(payload, uow)
+
+
+@contextmanager
+def _rules_are_permanent() -> Iterator[None]:
+    try:
+        yield
+    except (DomainError, NotFoundError) as exc:  # no retry will change a rule
+        raise PermanentError(f"{type(exc).__name__}: {exc}") from exc

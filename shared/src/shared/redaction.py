@@ -22,10 +22,15 @@ _SETTING = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?P<head>\bbearer\s+)[^\s'\",]+", re.IGNORECASE)
+# Every pattern above needs one of these: a text with none (most log fields: ids, names) is
+# returned after one scan instead of three substitutions.
+_ANY_TRIGGER = re.compile(r"://|pass|pwd|secret|token|bearer", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
     """``text`` with every credential it carries replaced by ``***``."""
+    if _ANY_TRIGGER.search(text) is None:
+        return text
     text = _URL_USERINFO.sub(rf"\g<head>:{MASK}@", text)
     text = _BEARER.sub(rf"\g<head>{MASK}", text)
     return _SETTING.sub(rf"\g<head>{MASK}", text)

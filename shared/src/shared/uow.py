@@ -81,6 +81,7 @@ class UnitOfWork(ABC):
 
     async def commit(self) -> None:
         await self.flush()
+        await self.outbox.write()  # every event of the transaction: two round trips in all
         await self._commit()
         self._committed = True
 

@@ -75,6 +75,25 @@ async def test_sequences_count_one_two_three_per_aggregate(backend: Backend) -> 
     ]  # fmt: skip
 
 
+async def test_events_of_one_unit_of_work_are_numbered_per_aggregate_in_append_order(
+    backend: Backend,
+) -> None:
+    new_uow, _ = backend
+    async with new_uow() as uow:
+        await uow.outbox.append(rejected(), aggregate_id="b")
+        await uow.commit()
+    async with new_uow() as uow:
+        for aggregate_id in ["a", "b", "a", "c", "b", "a"]:
+            await uow.outbox.append(
+                OrderRejected(order_id=uuid4(), reason=aggregate_id), aggregate_id=aggregate_id
+            )
+        await uow.commit()
+    envelopes = await outbox_of(backend)
+    assert [(e.aggregate_id, e.sequence) for e in envelopes] == [
+        ("b", 1), ("a", 1), ("b", 2), ("a", 2), ("c", 1), ("b", 3), ("a", 3),
+    ]  # fmt: skip
+
+
 async def test_aggregate_types_have_separate_sequences(backend: Backend) -> None:
     new_uow, _ = backend
     async with new_uow() as uow:
@@ -182,3 +201,34 @@ async def test_passing_over_an_ignored_event_advances_only_the_next_one_of_a_cle
         await uow.inbox.park(ParkedEvent(parked, "orders", 0, 1, {}))
         assert not await uow.inbox.pass_over(other, 1)  # something of the stream is parked
         assert (await uow.inbox.lock_stream(other)).last_sequence == 0
+
+
+async def test_the_set_based_inbox_methods_do_what_their_single_forms_do(backend: Backend) -> None:
+    new_uow, _ = backend
+    a, b, c = (("other", "order", x) for x in "abc")
+    seen, new = uuid4(), uuid4()
+    async with new_uow() as uow:
+        await uow.inbox.advance(a, 4)
+        await uow.inbox.mark_processed(seen)
+        parked = new_envelope(
+            rejected(), source="other", aggregate_id="c", sequence=9, correlation_id="c",
+            causation_id=None,
+        )  # fmt: skip
+        await uow.inbox.park(ParkedEvent(parked, "orders", 0, 1, {}))
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.inbox.lock_streams([c, a, b, a]) == {
+            a: StreamPosition(4, False),
+            b: StreamPosition(0, False),
+            c: StreamPosition(0, True),
+        }
+        assert await uow.inbox.lock_streams([]) == {}
+        assert await uow.inbox.mark_all_processed([seen, new]) == {new}
+        assert await uow.inbox.mark_all_processed([]) == set()
+        await uow.inbox.advance_all({a: 2, b: 7})  # a is never lowered
+        await uow.inbox.advance_all({})
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.inbox.seen(new)
+        positions = await uow.inbox.lock_streams([a, b])
+        assert [positions[a].last_sequence, positions[b].last_sequence] == [4, 7]

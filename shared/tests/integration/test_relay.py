@@ -83,7 +83,8 @@ async def test_a_row_whose_transaction_commits_late_is_still_published(
     try:
         await slow.__aenter__()
         event = OrderRejected(order_id=uuid4(), reason="late")
-        await slow.outbox.append(event, aggregate_id=late)  # lower outbox id
+        await slow.outbox.append(event, aggregate_id=late)
+        await slow.outbox.write()  # stored: a lower outbox id, not yet committed
         await write_event(pool, settings.service_name, early)  # higher id, commits first
         assert await relay.publish_batch() == 1
         await slow.commit()  # a relay with a "highest id seen" cursor would now skip it

@@ -311,3 +311,43 @@ async def test_a_poison_payload_fails_a_batch_before_anything_is_written() -> No
     with pytest.raises(PermanentError, match="OrderRejected v1"):
         await processor(state).process_batch([Delivery(e1), Delivery(bad)])
     assert applied(state) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.integers(min_value=1, max_value=4)),
+        min_size=1,
+        max_size=10,
+    ),
+    st.integers(min_value=1, max_value=4),
+)
+def test_a_batch_ends_where_the_same_events_one_at_a_time_end(
+    picks: list[tuple[str, int]], batch_size: int
+) -> None:
+    """Planned batches (and the event-by-event path, for a gap) against the lone-event path:
+    the same events applied, the same positions, the same parked events."""
+    streams = {aggregate_id: stream_of(4, f"order-{aggregate_id}") for aggregate_id in "ab"}
+    deliveries = [Delivery(streams[a][seq - 1]) for a, seq in picks]
+
+    async def run() -> tuple[InMemoryState, InMemoryState]:
+        alone, batched = InMemoryState(), InMemoryState()
+        await deliver_all(processor(alone), [d.envelope for d in deliveries])
+        for i in range(0, len(deliveries), batch_size):
+            await processor(batched).process_batch(deliveries[i : i + batch_size])
+        return alone, batched
+
+    alone, batched = asyncio.run(run())
+    assert applied(batched) == applied(alone)
+    assert batched.inbox.sequences == alone.inbox.sequences
+    assert batched.inbox.parked.keys() == alone.inbox.parked.keys()
+
+
+async def test_a_batch_whose_next_event_was_marked_applied_rolls_back_for_one_at_a_time() -> None:
+    state = InMemoryState()
+    e1, e2 = stream_of(2)
+    state.inbox.processed.add(e1.event_id)  # applied, yet its stream's position was lost
+    with pytest.raises(Exception, match="marked applied already"):
+        await processor(state).process_batch([Delivery(e1), Delivery(e2)])
+    assert applied(state) == []
+    assert await processor(state).process(Delivery(e1)) is Outcome.DUPLICATE

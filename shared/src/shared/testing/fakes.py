@@ -8,7 +8,7 @@ imports this module.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -18,7 +18,7 @@ from shared.correlation import correlated
 from shared.domain import Aggregate
 from shared.envelope import Envelope, new_envelope
 from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
-from shared.outbox import Outbox, OutgoingMessage
+from shared.outbox import AggregateKey, Outbox, OutgoingMessage
 from shared.pending import HeldEvent, PendingEvents
 from shared.processing import Delivery, EventProcessor, Outcome
 from shared.routing import Router, U
@@ -39,13 +39,17 @@ class InMemoryOutbox(Outbox):
         super().__init__(source)
         self.state = state
 
-    async def _next_sequence(self, aggregate_type: str, aggregate_id: str) -> int:
-        key = (aggregate_type, aggregate_id)
-        self.state.sequences[key] = self.state.sequences.get(key, 0) + 1
-        return self.state.sequences[key]
+    async def _take_sequences(self, counts: Mapping[AggregateKey, int]) -> dict[AggregateKey, int]:
+        first: dict[AggregateKey, int] = {}
+        for key, n in counts.items():
+            first[key] = self.state.sequences.get(key, 0) + 1
+            self.state.sequences[key] = first[key] + n - 1
+        return first
 
-    async def _store(self, message: OutgoingMessage, envelope: Envelope) -> None:
-        self.state.envelopes.append(envelope)
+    async def _store(
+        self, messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
+    ) -> None:
+        self.state.envelopes.extend(envelopes)
 
 
 @dataclass
@@ -133,6 +137,7 @@ async def emit_pending(state: InMemoryState, source: str) -> int:
     for event, _ in state.pending.values():
         with correlated(event.correlation_id, event.causation_id):
             await outbox.append(event.event, aggregate_id=event.aggregate_id)
+    await outbox.write()
     emitted = len(state.pending)
     state.pending.clear()
     return emitted
