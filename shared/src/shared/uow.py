@@ -35,6 +35,7 @@ class UnitOfWork(ABC):
 
     def __init__(self, *, debounce: bool = True, fanout: FanOutGuard | None = None) -> None:
         self._tracked: list[Aggregate] = []
+        self._after_commit: list[Callable[[], None]] = []
         self._committed = False
         self._debounce = debounce
         self._fanout = fanout
@@ -79,11 +80,19 @@ class UnitOfWork(ABC):
         if self._fanout is not None:
             self._fanout.observe(emitted)
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the transaction has committed (never if it rolls back): to
+        tell something in this process about a change it may act on now, such as a
+        shipment due at once."""
+        self._after_commit.append(callback)
+
     async def commit(self) -> None:
         await self.flush()
         await self.outbox.write()  # every event of the transaction: two round trips in all
         await self._commit()
         self._committed = True
+        for callback in self._after_commit:
+            callback()
 
     async def _persist(self) -> None:
         """Save the tracked aggregates that changed; services' units of work override it."""

@@ -232,3 +232,17 @@ async def test_the_set_based_inbox_methods_do_what_their_single_forms_do(backend
         assert await uow.inbox.seen(new)
         positions = await uow.inbox.lock_streams([a, b])
         assert [positions[a].last_sequence, positions[b].last_sequence] == [4, 7]
+
+
+async def test_after_commit_callbacks_run_once_committed_and_never_after_a_rollback(
+    backend: Backend,
+) -> None:
+    new_uow, _ = backend
+    calls: list[str] = []
+    async with new_uow() as uow:
+        uow.after_commit(lambda: calls.append("rolled back"))
+    async with new_uow() as uow:
+        uow.after_commit(lambda: calls.append("committed"))
+        assert calls == []
+        await uow.commit()
+    assert calls == ["committed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,42 @@ router = Router[ShippingUnitOfWork]()
 DISPATCH_DELAY = timedelta(seconds=10)
 
 
+class DispatchAlarm:
+    """When this process's dispatcher should look next: at the earliest dispatch time of the
+    shipments this process scheduled (rung after their commit), at the latest after the poll
+    interval (for shipments scheduled by another instance, or before a restart). So a
+    shipment goes out on time without the dispatcher polling the table every few
+    milliseconds."""
+
+    def __init__(self) -> None:
+        self._due: datetime | None = None
+        self._rung = asyncio.Event()
+
+    def ring_at(self, due: datetime) -> None:
+        if self._due is None or due < self._due:
+            self._due = due
+            self._rung.set()
+
+    async def wait(self, at_most: float) -> None:
+        """Sleep until the earliest dispatch time rung, or ``at_most`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + at_most
+        while True:
+            self._rung.clear()  # before reading the due time: a ring from now on wakes us
+            left = deadline - loop.time()
+            if self._due is not None:
+                left = min(left, (self._due - _now()).total_seconds())
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rung.wait(), left)
+        if self._due is not None and self._due <= _now():
+            self._due = None  # its pass comes now; a later one is kept
+
+
+ALARM = DispatchAlarm()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -40,6 +77,7 @@ async def when_order_confirmed_schedule_shipment(
         event.order_id, event.shipping_address, now=now, dispatch_at=now + DISPATCH_DELAY
     )
     uow.shipments.add(shipment)
+    uow.after_commit(lambda: ALARM.ring_at(shipment.dispatch_at))
 
 
 @router.subscriber(OrderShippingAddressChanged)
@@ -92,10 +130,10 @@ async def dispatch_due_shipments(new_uow: Callable[[], ShippingUnitOfWork], limi
 
 async def run_dispatcher(new_uow: Callable[[], ShippingUnitOfWork], poll_interval: float) -> None:
     """The scheduler is the shipments table itself: a restart loses nothing, it only
-    dispatches late."""
+    dispatches late. Between passes it sleeps until the alarm rings."""
     while True:
         dispatched = await dispatch_due_shipments(new_uow)
         if dispatched:
             log.info("dispatched %d shipment(s)", dispatched)
         else:
-            await asyncio.sleep(poll_interval)
+            await ALARM.wait(poll_interval)

@@ -1,7 +1,10 @@
 """Shipments: scheduled on confirmation, dispatched when due, cancel versus dispatch."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
+
+import pytest
 
 from shared.contracts.catalog import (
     Address,
@@ -11,6 +14,7 @@ from shared.contracts.catalog import (
     OrderShippingAddressChanged,
 )
 from shared.testing.fakes import InMemoryState
+from shipping import handlers
 from shipping.domain.shipment import ShipmentStatus
 from shipping.handlers import (
     dispatch_due_shipments,
@@ -128,3 +132,36 @@ async def test_a_change_before_the_confirmation_reached_shipping_is_a_no_op() ->
     )
     assert state.tables.get("shipments", {}) == {}
     assert types(state) == []
+
+
+async def test_the_alarm_wakes_the_dispatcher_when_a_shipment_it_scheduled_is_due() -> None:
+    alarm = handlers.DispatchAlarm()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await alarm.wait(0.05)  # nothing rung: the poll interval
+    assert loop.time() - started >= 0.05
+    alarm.ring_at(datetime.now(UTC) + timedelta(seconds=60))
+    alarm.ring_at(datetime.now(UTC) + timedelta(milliseconds=50))  # the earliest wins
+    started = loop.time()
+    await alarm.wait(30)
+    assert 0.04 <= loop.time() - started < 5
+    waiting = asyncio.create_task(alarm.wait(30))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    alarm.ring_at(datetime.now(UTC))  # rung while it sleeps
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_scheduling_a_shipment_rings_the_alarm_only_once_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rung: list[datetime] = []
+    monkeypatch.setattr(handlers.ALARM, "ring_at", rung.append)
+    state = InMemoryState()
+    async with FakeShippingUnitOfWork(state, "shipping") as uow:
+        await when_order_confirmed_schedule_shipment(confirmed(uuid4()), uow)
+        # no commit: rolled back
+    assert rung == []
+    order_id = uuid4()
+    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    assert rung == [state.tables["shipments"][order_id].dispatch_at]
