@@ -18,6 +18,11 @@ CPU. Two of them that lock shared rows (the stock of one SKU) in opposite orders
 PostgreSQL aborts one, and it is run again (not counted as a failed attempt: losing a race
 is not the event's fault).
 
+Records of types the service has no handler for only move their streams on: when a partition's
+queue holds nothing else, it waits up to ``CONSUMER_IGNORED_LINGER_SECONDS`` for a record the
+service handles, and they go in that one's transaction (a third of the records a service
+receives are such, and each cost a transaction of its own).
+
 Offsets are committed manually and only for records whose transaction committed (or that
 were dead-lettered), and only for partitions still assigned, at most every
 ``CONSUMER_COMMIT_INTERVAL_SECONDS`` (an offset commit per batch cost the broker as much CPU
@@ -76,6 +81,14 @@ log = logging.getLogger(__name__)
 SHUTDOWN_STEP_SECONDS = 1.0
 
 
+def _event_type(record: ConsumerRecord) -> str | None:
+    """The record's ``event_type`` header, None when it has none."""
+    for key, value in record.headers or ():
+        if key == "event_type":
+            return (value or b"").decode(errors="replace")
+    return None
+
+
 class _AbandonedError(Exception):
     """A rebalance is taking the partitions while this record waits on a retry: let go of
     it (its offset is not committed) so the group is not stalled; the new owner applies it."""
@@ -112,6 +125,7 @@ class ConsumerRunner(Generic[U]):
         self._turns = asyncio.Semaphore(settings.consumer_concurrency)
         self._working: dict[TopicPartition, asyncio.Task[None]] = {}
         self._queued: dict[TopicPartition, list[ConsumerRecord]] = {}  # fetched, not begun
+        self._queued_at: dict[TopicPartition, float] = {}  # when its queue last started
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         # aiokafka still lists revoked partitions in assignment() until the group has synced,
         # so the runner keeps its own record of what it handed over.
@@ -181,15 +195,33 @@ class ConsumerRunner(Generic[U]):
             for tp, records in batches.items():
                 if not self._owns(consumer, tp):
                     continue  # revoked meanwhile: its new owner will process it
+                if not self._queued.get(tp):
+                    self._queued_at[tp] = time.monotonic()
                 queued = self._queued.setdefault(tp, [])
                 queued.extend(records)
                 if len(queued) >= limit:
                     consumer.pause(tp)  # enough in hand; resumed when the queue is taken
-                if tp not in self._working:
+            for tp, queued in self._queued.items():
+                if tp not in self._working and self._due(tp, queued):
                     self._working[tp] = asyncio.create_task(self._work(consumer, tp))
             if time.monotonic() - committed >= interval:
                 await self._commit(consumer)
                 committed = time.monotonic()
+
+    def _due(self, tp: TopicPartition, queued: Sequence[ConsumerRecord]) -> bool:
+        """Whether to start on ``tp``'s queue now. Records of types the service ignores
+        only move their streams on; they wait (up to the linger) for a record it handles,
+        so they ride in that one's transaction rather than each costing one."""
+        if not queued:
+            return False
+        if len(queued) >= self._settings.consumer_max_poll_records:
+            return True
+        linger = self._settings.consumer_ignored_linger_seconds
+        if time.monotonic() - self._queued_at.get(tp, 0.0) >= linger:
+            return True
+        # A record with no type header may be poison: begun on at once, like a handled one.
+        types = (_event_type(r) for r in queued)
+        return any(t is None or self._processor.handles(t) for t in types)
 
     def _throttle(self, consumer: AIOKafkaConsumer) -> None:
         """No tokens: pause every assigned partition (again, after a rebalance)."""

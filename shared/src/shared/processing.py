@@ -113,6 +113,9 @@ class EventProcessor(Generic[U]):
         self._new_uow = new_uow
         self._protections = protections
 
+    def handles(self, event_type: str) -> bool:
+        return self._router.handler_for(event_type) is not None
+
     def decode(self, envelope: Envelope) -> IntegrationEvent | None:
         """The typed payload, or None when no handler wants this event type. Raises
         PermanentError for an unknown version or an invalid payload of a handled type."""

@@ -83,6 +83,13 @@ class ServiceSettings(BaseSettings):
     consumer_fetch_min_bytes: int = Field(
         1, ge=1, description="bytes the broker gathers before answering a fetch (1: at once)"
     )
+    consumer_ignored_linger_seconds: float = Field(
+        0.2,
+        ge=0,
+        description="records the service has no handler for wait this long for a record it "
+        "handles, to be applied in that one's transaction instead of one of their own (0: never"
+        " wait)",
+    )
     consumer_commit_interval_seconds: float = Field(
         0.5,
         ge=0,

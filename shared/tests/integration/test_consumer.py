@@ -4,6 +4,7 @@ poison messages, offsets, and the pitfall modes that switch the protections off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from uuid import uuid4
@@ -15,7 +16,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from infra import components
 from shared.consumer import ConsumerRunner
-from shared.contracts.catalog import OrderRejected
+from shared.contracts.catalog import OrderCancelled, OrderRejected
 from shared.deadletter import STUB_VALUE_BYTES, DeadLetterSink
 from shared.envelope import Envelope, new_envelope
 from shared.kafka import Producer
@@ -48,6 +49,22 @@ def stream(aggregate_id: str, n: int) -> list[Envelope]:
     ]
 
 
+def ignored_first(aggregate_id: str) -> Envelope:
+    """The first event of a stream, of a type the test router has no handler for."""
+    return new_envelope(
+        OrderCancelled(order_id=uuid4(), reason="x"), source="order", aggregate_id=aggregate_id,
+        sequence=1, correlation_id=unique("corr"), causation_id=None,
+    )  # fmt: skip
+
+
+async def send_as_relayed(producer: AIOKafkaProducer, envelope: Envelope) -> None:
+    """With the headers the relay sends (``event_type`` among them)."""
+    headers = [(k, v.encode()) for k, v in envelope.kafka_headers().items()]
+    await producer.send_and_wait(
+        "orders", envelope.to_bytes(), key=envelope.aggregate_id.encode(), headers=headers
+    )
+
+
 async def produce(key: str, values: list[bytes]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap(), enable_idempotence=True)
     await producer.start()
@@ -62,18 +79,25 @@ async def applied(pool: asyncpg.Pool) -> list[str]:
     return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied ORDER BY id")]
 
 
-@pytest.fixture
-async def running(
-    request: pytest.FixtureRequest, pool: asyncpg.Pool, settings: ServiceSettings
-) -> AsyncIterator[ServiceSettings]:
+class CountingUnitOfWork(PostgresUnitOfWork):
+    commits = 0
+
+    async def _commit(self) -> None:
+        await super()._commit()
+        CountingUnitOfWork.commits += 1
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    pool: asyncpg.Pool, settings: ServiceSettings, protections: Protections = Protections()
+) -> AsyncIterator[None]:
     """A consumer runner for ``orders`` in its own group, started at the topic's end."""
-    protections: Protections = getattr(request, "param", Protections())
     await pool.execute(APPLIED_TABLE)
     await create_topics(settings.dlq_topic)
     await start_group_at_end(settings.consumer_group, ["orders"])
     producer = Producer(settings)
     processor = EventProcessor(
-        router, lambda: PostgresUnitOfWork(pool, settings.service_name), protections
+        router, lambda: CountingUnitOfWork(pool, settings.service_name), protections
     )
     runner = ConsumerRunner(
         settings, processor, router.topics, DeadLetterSink(pool, producer, settings.service_name)
@@ -81,11 +105,19 @@ async def running(
     task = asyncio.create_task(runner.run())
     try:
         await eventually(lambda: asyncio.sleep(0, runner.running), bool)
-        yield settings
+        yield
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await producer.close()
+
+
+@pytest.fixture
+async def running(
+    request: pytest.FixtureRequest, pool: asyncpg.Pool, settings: ServiceSettings
+) -> AsyncIterator[ServiceSettings]:
+    async with consuming(pool, settings, getattr(request, "param", Protections())):
+        yield settings
 
 
 async def test_duplicates_and_reordering_are_applied_exactly_once_in_order(
@@ -209,3 +241,45 @@ async def test_a_record_too_large_to_dead_letter_whole_is_kept_and_its_partition
     assert record.value == huge[:STUB_VALUE_BYTES]  # type: ignore[attr-defined]
     assert "MessageSizeTooLargeError" in headers["dlq.truncated"]
     assert headers["dlq.letter_id"] == str(letter["letter_id"])
+
+
+@pytest.mark.parametrize("linger", [0.5, 0.0])
+async def test_ignored_records_wait_for_a_handled_one_and_ride_in_its_transaction(
+    linger: float, pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    """With the linger, the ignored record is applied in the handled one's transaction: one
+    commit for both. With it off (0), each has its own."""
+    settings = settings.model_copy(update={"consumer_ignored_linger_seconds": linger})
+    key = unique("order")
+    ignored = ignored_first(key)
+    handled = stream(key, 2)[1]
+    async with consuming(pool, settings):
+        CountingUnitOfWork.commits = 0
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap(), enable_idempotence=True)
+        await producer.start()
+        try:
+            for envelope in (ignored, handled):
+                await send_as_relayed(producer, envelope)
+                await asyncio.sleep(0.3 if linger == 0 else 0.05)
+        finally:
+            await producer.stop()
+        await eventually(lambda: applied(pool), lambda rows: rows == ["r2"])
+    assert CountingUnitOfWork.commits == (1 if linger else 2)
+
+
+async def test_an_ignored_record_with_nothing_behind_it_moves_its_stream_on_after_the_linger(
+    running: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    key = unique("order")
+    ignored = ignored_first(key)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap())
+    await producer.start()
+    try:
+        headers = [(k, v.encode()) for k, v in ignored.kafka_headers().items()]
+        await producer.send_and_wait(
+            "orders", ignored.to_bytes(), key=key.encode(), headers=headers
+        )
+    finally:
+        await producer.stop()
+    position = "SELECT last_sequence FROM consumer_sequences WHERE aggregate_id = $1"
+    await eventually(lambda: pool.fetchval(position, key), lambda last: last == 1, timeout=5)
