@@ -104,7 +104,8 @@ async def when_order_cancellation_requested_cancel_shipment(
 
 
 async def dispatch_due_shipments(new_uow: Callable[[], ShippingUnitOfWork], limit: int = 50) -> int:
-    """One dispatcher pass; returns how many shipments left. Each dispatch is its own
+    """One dispatcher pass; returns how many shipments left (it looked at ``limit`` of the
+    due ones at most). Each dispatch is its own
     transaction, under the correlation id and inside the trace of the flow that scheduled
     it. ``get`` locks the shipment and ``dispatch`` is a no-op unless it is still SCHEDULED,
     so a cancellation committed meanwhile wins, and so does a second dispatcher."""
@@ -131,9 +132,10 @@ async def dispatch_due_shipments(new_uow: Callable[[], ShippingUnitOfWork], limi
 async def run_dispatcher(new_uow: Callable[[], ShippingUnitOfWork], poll_interval: float) -> None:
     """The scheduler is the shipments table itself: a restart loses nothing, it only
     dispatches late. Between passes it sleeps until the alarm rings."""
+    limit = 50
     while True:
-        dispatched = await dispatch_due_shipments(new_uow)
+        dispatched = await dispatch_due_shipments(new_uow, limit)
         if dispatched:
             log.info("dispatched %d shipment(s)", dispatched)
-        else:
+        if dispatched < limit:  # all that were due: the next pass waits for the alarm
             await ALARM.wait(poll_interval)
