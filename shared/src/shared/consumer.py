@@ -61,6 +61,7 @@ from shared.metrics import (
     CONSUMER_LAG,
     CONSUMER_THROTTLED,
     CONSUMER_THROTTLED_SECONDS,
+    CONSUMER_TRANSACTION_EVENTS,
     EVENTS_CONSUMED,
 )
 from shared.middleware import compose, measured, traced
@@ -347,6 +348,7 @@ class ConsumerRunner(Generic[U]):
             try:
                 async with self._turns:
                     await self._processor.process_batch(run, self._observe)
+                CONSUMER_TRANSACTION_EVENTS.labels(self._service).observe(len(run))
                 return len(run)
             except TRANSIENT_DATABASE_ERRORS as exc:
                 log.warning("batch of %d not applied (%s); one at a time", len(run), exc)
@@ -362,6 +364,7 @@ class ConsumerRunner(Generic[U]):
                 return done
             if outcome is not None:
                 observation.done(outcome)
+                CONSUMER_TRANSACTION_EVENTS.labels(self._service).observe(1)
         return len(run)
 
     async def _process_with_retries(

@@ -25,6 +25,12 @@ DEDUP_HITS = Counter(
 HANDLER_SECONDS = Histogram(
     "consumer_handler_seconds", "Time to apply one event, commit included", ["service", "topic"]
 )
+CONSUMER_TRANSACTION_EVENTS = Histogram(
+    "consumer_transaction_events",
+    "Events applied per consumer transaction (a batch commits many in one)",
+    ["service"],
+    buckets=(1, 2, 3, 5, 10, 20, 50, 100, 200),
+)
 CONSUMER_LAG = Gauge(
     "consumer_lag",
     "Records behind the partition's high watermark",
