@@ -1,9 +1,13 @@
 """The Kafka side of a consumer: fetch, hand the records to the EventProcessor, commit.
 
-The records of one poll of one partition are applied in one transaction (one commit for the
-lot); when that fails, they are applied one at a time, so the one that fails is retried and
-dead-lettered alone while the others go through. Correlation, spans, metrics and logs are
-middleware (:mod:`shared.middleware`), the same for both paths.
+Group commit: the records partitions have in hand are applied together, in one transaction
+(one commit, a few set-based statements for the lot: see ``EventProcessor.process_batch``),
+each partition's in order. One such transaction runs at a time; the runs handed in while it
+is in flight go in the next one, so nothing waits to be grouped when the consumer keeps up,
+and under load each transaction carries more. When one fails, each partition's run is applied
+in a transaction of its own and, when that fails too, one record at a time, so the record at
+fault is retried and dead-lettered alone while the others go through. Correlation, spans,
+metrics and logs are middleware (:mod:`shared.middleware`), the same for every path.
 
 Each partition's records are worked on in a task of their own, in order, and the loop keeps
 polling: records fetched meanwhile queue up behind the ones in progress and go in the next
@@ -12,11 +16,10 @@ memory stays bounded). So a record waiting out its retry backoff, or a database 
 only its own partition, and the consumer keeps polling well within ``max_poll_interval_ms``.
 (Pausing a partition for every batch would cost a fetch round per batch: the broker holds a
 fetch up to ``fetch_max_wait_ms`` for the partitions in it, and a resumed one waits for the
-next.) Up to ``CONSUMER_CONCURRENCY`` transactions of different partitions run at once: the
-consumer's throughput is bound by transactions waiting on round trips and commits, not by
-CPU. Two of them that lock shared rows (the stock of one SKU) in opposite orders deadlock;
-PostgreSQL aborts one, and it is run again (not counted as a failed attempt: losing a race
-is not the event's fault).
+next.) Up to ``CONSUMER_CONCURRENCY`` transactions run at once (the group's and the ones of
+partitions applying on their own). Two of them that lock shared rows (the stock of one SKU)
+in opposite orders deadlock; PostgreSQL aborts one, and it is run again (not counted as a
+failed attempt: losing a race is not the event's fault).
 
 Records of types the service has no handler for only move their streams on: when a partition's
 queue holds nothing else, it waits up to ``CONSUMER_IGNORED_LINGER_SECONDS`` for a record the
@@ -43,10 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Generic
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -107,6 +111,58 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
+class _Joined(enum.Enum):
+    COMMITTED = "committed"
+    FAILED_ALONE = "failed alone"
+    FAILED_WITH_OTHERS = "failed with others"
+
+
+class _GroupCommit:
+    """Runs of records that partitions' tasks hand in while a transaction is in flight go
+    together in the next one: the records of many partitions, each partition's in order, in
+    one transaction. Nothing waits to be grouped: a run handed in while the transaction
+    slot is free starts at once, alone, so grouping happens only under load, when it saves
+    the most. If the transaction fails, every run in it hears so, and is applied on its own
+    (where a poison record is isolated, retried and dead-lettered)."""
+
+    def __init__(self, apply: Callable[[Sequence[Delivery]], Awaitable[None]]) -> None:
+        self._apply = apply
+        self._waiting: list[tuple[Sequence[Delivery], asyncio.Future[_Joined]]] = []
+        self._handed_in = asyncio.Event()
+
+    async def join(self, run: Sequence[Delivery]) -> _Joined:
+        joined: asyncio.Future[_Joined] = asyncio.get_running_loop().create_future()
+        self._waiting.append((run, joined))
+        self._handed_in.set()
+        return await joined
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._handed_in.wait()
+                self._handed_in.clear()
+                taken, self._waiting = self._waiting, []
+                taken = [(run, joined) for run, joined in taken if not joined.done()]
+                if taken:
+                    await self._commit(taken)
+        finally:
+            for _, joined in self._waiting:
+                joined.cancel()
+
+    async def _commit(
+        self, taken: list[tuple[Sequence[Delivery], asyncio.Future[_Joined]]]
+    ) -> None:
+        try:
+            await self._apply([delivery for run, _ in taken for delivery in run])
+            outcome = _Joined.COMMITTED
+        except Exception as exc:
+            outcome = _Joined.FAILED_ALONE if len(taken) == 1 else _Joined.FAILED_WITH_OTHERS
+            log.info("transaction of %d run(s) rolled back (%r); each on its own", len(taken), exc)
+        for _, joined in taken:
+            if not joined.done():
+                joined.set_result(outcome)
+
+
 class ConsumerRunner(Generic[U]):
     """Runs until cancelled; reconnects to Kafka with backoff when the broker goes away."""
 
@@ -124,6 +180,7 @@ class ConsumerRunner(Generic[U]):
         self._service = settings.service_name
         self._observe = compose([traced, measured(self._service)])
         self._turns = asyncio.Semaphore(settings.consumer_concurrency)
+        self._group_commit = _GroupCommit(self._apply_together)
         self._working: dict[TopicPartition, asyncio.Task[None]] = {}
         self._queued: dict[TopicPartition, list[ConsumerRecord]] = {}  # fetched, not begun
         self._queued_at: dict[TopicPartition, float] = {}  # when its queue last started
@@ -139,6 +196,14 @@ class ConsumerRunner(Generic[U]):
         self._throttled_since: float | None = None
 
     async def run(self) -> None:
+        committer = asyncio.create_task(self._group_commit.run())
+        try:
+            await self._run()
+        finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+
+    async def _run(self) -> None:
         backoff = 0.5
         while True:
             consumer = new_consumer(self._settings)
@@ -343,17 +408,20 @@ class ConsumerRunner(Generic[U]):
         return done + await self._apply_run(run)
 
     async def _apply_run(self, run: Sequence[Delivery]) -> int:
-        """Well-formed records: all in one transaction, or, when that fails, one by one."""
-        if len(run) > 1 and self._settings.consumer_batch:
-            try:
-                async with self._turns:
-                    await self._processor.process_batch(run, self._observe)
-                CONSUMER_TRANSACTION_EVENTS.labels(self._service).observe(len(run))
+        """Well-formed records: in one transaction with other partitions' runs, or, when that
+        fails, in one of their own, or, when that fails too, one by one."""
+        if self._settings.consumer_batch:
+            joined = await self._group_commit.join(run)
+            if joined is _Joined.COMMITTED:
                 return len(run)
-            except TRANSIENT_DATABASE_ERRORS as exc:
-                log.warning("batch of %d not applied (%s); one at a time", len(run), exc)
-            except Exception as exc:
-                log.info("batch of %d rolled back (%r); one at a time", len(run), exc)
+            if joined is _Joined.FAILED_WITH_OTHERS and len(run) > 1:
+                try:
+                    await self._apply_together(run)
+                    return len(run)
+                except TRANSIENT_DATABASE_ERRORS as exc:
+                    log.warning("batch of %d not applied (%s); one at a time", len(run), exc)
+                except Exception as exc:
+                    log.info("batch of %d rolled back (%r); one at a time", len(run), exc)
         for done, delivery in enumerate(run):
             observation = self._observe(delivery)
             try:
@@ -366,6 +434,11 @@ class ConsumerRunner(Generic[U]):
                 observation.done(outcome)
                 CONSUMER_TRANSACTION_EVENTS.labels(self._service).observe(1)
         return len(run)
+
+    async def _apply_together(self, deliveries: Sequence[Delivery]) -> None:
+        async with self._turns:
+            await self._processor.process_batch(deliveries, self._observe)
+        CONSUMER_TRANSACTION_EVENTS.labels(self._service).observe(len(deliveries))
 
     async def _process_with_retries(
         self, delivery: Delivery, observation: EventObservation

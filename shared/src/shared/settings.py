@@ -71,8 +71,9 @@ class ServiceSettings(BaseSettings):
     )
     consumer_batch: bool = Field(
         True,
-        description="apply the records of one poll of a partition in one transaction (one"
-        " at a time when that fails)",
+        description="apply the records partitions have in hand together, in one transaction"
+        " (group commit; each partition's run on its own, then one record at a time, when that"
+        " fails)",
     )
     consumer_max_poll_records: int = Field(200, description="records fetched per poll, at most")
     consumer_fetch_max_wait_ms: int = Field(
@@ -100,8 +101,9 @@ class ServiceSettings(BaseSettings):
     consumer_concurrency: int = Field(
         3,
         ge=1,
-        description="transactions of different partitions applied at once (1: one at a time);"
-        " a transaction chosen as a deadlock's victim is run again",
+        description="consumer transactions at once: the group commit's and those of"
+        " partitions applying on their own (1: one at a time); a transaction chosen as a"
+        " deadlock's victim is run again",
     )
     consumer_rate_limit_per_second: float = Field(
         0.0,
