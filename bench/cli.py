@@ -28,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from: {', '.join(VARIANTS)} (the first is the baseline)",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="instances of each service (2: order-2, inventory-2 and shipping-2 as well, sharing"
+        " the partitions; orders go to both order instances in turn)",
+    )
     return parser
 
 
@@ -43,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants=variants,
         seed=args.seed,
         warmup_seconds=args.warmup,
+        instances=args.instances,
     )
     print(HEADER, flush=True)
     steps = asyncio.run(run(plan, lambda step: print(row(step), flush=True)))

@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
@@ -47,14 +48,15 @@ class Sent:
 
 
 async def offer(
-    client: Client, rate: float, seconds: float, skus: list[str], rng: random.Random
+    clients: Sequence[Client], rate: float, seconds: float, skus: list[str], rng: random.Random
 ) -> list[Sent]:
-    """Send orders at ``rate`` per second for ``seconds``; every answer, in send order."""
+    """Send orders at ``rate`` per second for ``seconds``, taking turns over ``clients`` (one
+    per order service instance); every answer, in send order."""
     moments = schedule(rate, seconds, rng)
     bodies = [order_body(skus, rng) for _ in moments]
     start = time.perf_counter()
 
-    async def send(due: float, body: bytes) -> Sent:
+    async def send(due: float, body: bytes, client: Client) -> Sent:
         headers = {"Idempotency-Key": str(uuid4()), "X-Correlation-ID": f"bench-{uuid4()}"}
         try:
             response = await client.request("POST", "/orders", body, headers)
@@ -65,9 +67,9 @@ async def offer(
         return Sent(due, latency, response.status, order_id)
 
     tasks = []
-    for due, body in zip(moments, bodies, strict=True):
+    for i, (due, body) in enumerate(zip(moments, bodies, strict=True)):
         delay = start + due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(send(due, body)))
+        tasks.append(asyncio.create_task(send(due, body, clients[i % len(clients)])))
     return list(await asyncio.gather(*tasks))

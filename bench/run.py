@@ -27,7 +27,7 @@ from bench.probe import (
     scrape,
 )
 from infra import components
-from infra.settings import HOST, INFRA, SERVICES
+from infra.settings import HOST, INFRA, SECOND_INSTANCES, SERVICES, first_instance
 
 SKUS = [f"BENCH-{i:02d}" for i in range(20)]
 # What every variant runs with: shipments leave at once (the dispatcher's alarm rings as
@@ -81,23 +81,29 @@ def _ms(value: float | None) -> float | None:
 
 
 class Suite:
-    """The running suite as the benchmark drives it (services restarted per variant)."""
+    """The running suite as the benchmark drives it (services restarted per variant), with
+    one or two instances of each service (``order`` and ``order-2``, ...)."""
 
-    def __init__(self) -> None:
+    def __init__(self, instances: int = 1) -> None:
         self.ports = components.ports()
-        self.clients = {name: Client(HOST, self.ports.of(name)) for name in SERVICES}
+        self.processes = (*SERVICES, *SECOND_INSTANCES) if instances == 2 else SERVICES
+        self.clients = {name: Client(HOST, self.ports.of(name)) for name in self.processes}
         self.order_db = components.service_env("order")["DATABASE_URL"]
+
+    @property
+    def order_clients(self) -> list[Client]:
+        return [c for name, c in self.clients.items() if first_instance(name) == "order"]
 
     def restart_services(self, env: Mapping[str, str]) -> None:
         components.start(*INFRA)
-        components.stop(*SERVICES)
-        with components.environment(env):
-            components.start(*SERVICES)
+        components.stop(*SERVICES, *SECOND_INSTANCES)  # a second instance left running shares
+        with components.environment(env):  # the partitions, and would skew the figures
+            components.start(*self.processes)
         for client in self.clients.values():
             client.close()
 
     def pids(self) -> dict[str, int]:
-        found = {name: components.pid(name) for name in (*SERVICES, *INFRA)}
+        found = {name: components.pid(name) for name in (*self.processes, *INFRA)}
         return {name: pid for name, pid in found.items() if pid is not None}
 
     async def stock_up(self, units: int) -> None:
@@ -132,7 +138,7 @@ async def run_step(
     (judged after ``SETTLE_SECONDS``, waited for up to ``drain_seconds``)."""
     pids = suite.pids()
     cpu_before, metrics_before = cpu_snapshot(pids), await suite.scrape_all()
-    sent = await offer(suite.clients["order"], rate, seconds, SKUS, rng)
+    sent = await offer(suite.order_clients, rate, seconds, SKUS, rng)
     ended = time.monotonic()
     ids = [s.order_id for s in sent if s.order_id is not None]
 
@@ -172,14 +178,22 @@ def _figures(
     post = [s.latency for s in sent]
     shipped = [o.seconds for o in finished.values() if o.status == "SHIPPED"]
     before, after = metrics
-    confirmed = Histogram.between(
-        before["order"], after["order"], "aggregate_status_age_seconds", status="CONFIRMED"
+    confirmed = Histogram.total(  # every order service instance's
+        Histogram.between(
+            before[name], after[name], "aggregate_status_age_seconds", status="CONFIRMED"
+        )
+        for name in before
+        if first_instance(name) == "order"
     )
-    relay = Histogram.total(  # the three relays together
+    relay = Histogram.total(  # every relay together
         Histogram.between(before[name], after[name], "outbox_write_to_ack_seconds")
-        for name in SERVICES
+        for name in before
     )
     orders = max(len(accepted), 1)
+    cpu_ms: dict[str, float] = {}
+    for name in cpu[1]:  # a second instance's CPU counts for its service
+        used = (cpu[1][name] - cpu[0].get(name, 0.0)) * 1000 / orders
+        cpu_ms[first_instance(name)] = cpu_ms.get(first_instance(name), 0.0) + used
     return Step(
         variant=variant,
         offered=rate,
@@ -194,10 +208,7 @@ def _figures(
         terminal_within_settle=round(settle[0], 4),
         lag_after_settle=settle[1],
         drained_seconds=None if settle[2] is None else round(settle[2], 1),
-        cpu_ms_per_order={
-            name: round((cpu[1][name] - cpu[0].get(name, 0.0)) * 1000 / orders, 2)
-            for name in cpu[1]
-        },
+        cpu_ms_per_order={name: round(used, 2) for name, used in cpu_ms.items()},
     )
 
 
@@ -209,11 +220,12 @@ class Plan:
     seed: int = 7
     warmup_seconds: float = 5.0
     stock: int = 10_000_000
+    instances: int = 1
 
 
 async def run(plan: Plan, report: Callable[[Step], None]) -> list[Step]:
     """Every variant over the rising rates, each until its first unsustained step."""
-    suite = Suite()
+    suite = Suite(plan.instances)
     steps: list[Step] = []
     for variant in plan.variants:
         print(f"==> {variant}: restarting the services", flush=True)

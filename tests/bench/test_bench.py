@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+from uuid import uuid4
 
 import pytest
 
 from bench.httpclient import Client, HttpError
-from bench.load import schedule
+from bench.load import Sent, schedule
 from bench.probe import Histogram, percentile
 from bench.report import highest_sustained, summary
-from bench.run import Step
+from bench.run import Step, _figures
 
 
 def test_the_schedule_is_seeded_and_offers_the_rate() -> None:
@@ -117,3 +118,24 @@ async def test_the_client_reports_a_server_that_hangs_up() -> None:
             await client.request("GET", "/")
     finally:
         server.close()
+
+
+def test_with_two_instances_each_service_s_figures_add_up_both() -> None:
+    def confirmed(count: float) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        name = "aggregate_status_age_seconds_bucket"
+        return {
+            (name, (("le", "0.1"), ("status", "CONFIRMED"))): count,
+            (name, (("le", "+Inf"), ("status", "CONFIRMED"))): count,
+        }
+
+    before = {"order": confirmed(0), "order-2": confirmed(0)}
+    after = {"order": confirmed(0), "order-2": confirmed(4)}  # all confirmed by the second
+    sent = [Sent(0.0, 0.01, 202, uuid4()) for _ in range(10)]
+    cpu_before = {"order": 1.0, "order-2": 1.0, "postgres": 5.0}
+    cpu_after = {"order": 1.1, "order-2": 1.2, "postgres": 5.5}
+    step = _figures(
+        "two", 10, 1, sent, {}, (1.0, 0.0, 0.5), (cpu_before, cpu_after), (before, after)
+    )
+    assert step.cpu_ms_per_order == {"order": 30.0, "postgres": 50.0}  # (0.1 + 0.2) s / 10
+    assert step.confirmed_ms["p50"] is not None
+    assert step.service_cpu_ms == 30.0
