@@ -73,7 +73,7 @@ async def measure(url: str, events: int, batch: int, observed: bool) -> float:
         processor = EventProcessor(
             handlers.router, lambda: PostgresShippingUnitOfWork(pool, "shipping")
         )
-        observe = compose([traced, measured("shipping")] if observed else [])
+        observe = compose([traced(processor.handles), measured("shipping")] if observed else [])
         warm_up, measured_run = deliveries(200), deliveries(events // 2)
         for delivery in warm_up:
             await processor.process_batch([delivery], observe)

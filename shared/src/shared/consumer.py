@@ -178,7 +178,7 @@ class ConsumerRunner(Generic[U]):
         self._topics = topics
         self._dead_letters = dead_letters
         self._service = settings.service_name
-        self._observe = compose([traced, measured(self._service)])
+        self._observe = compose([traced(processor.handles), measured(self._service)])
         self._turns = asyncio.Semaphore(settings.consumer_concurrency)
         self._group_commit = _GroupCommit(self._apply_together)
         self._working: dict[TopicPartition, asyncio.Task[None]] = {}

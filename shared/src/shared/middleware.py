@@ -138,8 +138,16 @@ class _Traced(EventObservation):
         self._span.end()
 
 
-def traced(delivery: Delivery) -> EventObservation:
-    return _Traced(delivery)
+def traced(handles: Callable[[str], bool]) -> Observer:
+    """A span for each event of a type the service handles. One it has no handler for only
+    moves its stream on: it is counted and logged (at ``DEBUG``), not traced. Such events
+    were a third of an order's spans, with nothing to show but that they were passed over."""
+    untraced = EventObservation()
+
+    def observe(delivery: Delivery) -> EventObservation:
+        return _Traced(delivery) if handles(delivery.envelope.event_type) else untraced
+
+    return observe
 
 
 class _Measured(EventObservation):

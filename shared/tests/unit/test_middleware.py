@@ -1,4 +1,5 @@
-"""How the per-event middleware composes: the end of an event is heard inside its context."""
+"""How the per-event middleware composes: the end of an event is heard inside its context,
+and only the events the service handles are traced."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from shared import middleware
 from shared.contracts.catalog import OrderRejected
 from shared.correlation import current_correlation_id
 from shared.envelope import new_envelope
@@ -80,3 +85,19 @@ def test_dead_letters_and_rollbacks_are_heard_inside_the_span_too(end: str) -> N
     else:
         observation.undone("rolled back")
     assert heard == ["logged in the event's span of flow-7"]
+
+
+def test_only_the_events_the_service_handles_are_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    monkeypatch.setattr(middleware, "tracer", lambda: provider.get_tracer("test"))
+    observe = compose([middleware.traced(lambda event_type: event_type == "OrderRejected")])
+    handled = delivery()
+    passed_over = Delivery(handled.envelope.model_copy(update={"event_type": "OrderShipped"}))
+    for each in (handled, passed_over):
+        observation = observe(each)
+        with observation.active():
+            pass
+        observation.done(Outcome.APPLIED)
+    assert [span.name for span in exported.get_finished_spans()] == ["process OrderRejected"]

@@ -4,7 +4,8 @@ the three services on a timeline, built from the spans in Jaeger.
 Every span carries ``correlation_id``, so Jaeger's trace search by that tag finds the whole
 flow, including a flow that a poison message broke into several traces. Spans of interest:
 the HTTP request, each relay ``publish <topic>``, each consumer ``process <EventType>`` (with
-its outcome: applied, duplicate, parked, ignored, dead_lettered) and each shipment dispatch.
+its outcome: applied, duplicate, parked, dead_lettered) and each shipment dispatch. An event a
+service has no handler for is not traced (:func:`shared.middleware.traced`), so not shown.
 """
 
 from __future__ import annotations
