@@ -14,6 +14,7 @@ from shared.contracts.catalog import (
     OrderShippingAddressChanged,
 )
 from shared.correlation import correlated
+from shared.db import LOST_RACE_ERRORS
 from shared.routing import Router
 from shared.tracing import context_from_headers, tracer
 from shipping.domain.shipment import Shipment
@@ -104,28 +105,27 @@ async def when_order_cancellation_requested_cancel_shipment(
 
 
 async def dispatch_due_shipments(new_uow: Callable[[], ShippingUnitOfWork], limit: int = 50) -> int:
-    """One dispatcher pass; returns how many shipments left (it looked at ``limit`` of the
-    due ones at most). Each dispatch is its own
-    transaction, under the correlation id and inside the trace of the flow that scheduled
-    it. ``get`` locks the shipment and ``dispatch`` is a no-op unless it is still SCHEDULED,
-    so a cancellation committed meanwhile wins, and so does a second dispatcher."""
-    async with new_uow() as uow:
-        due = await uow.shipments.due(_now(), limit)
+    """One dispatcher pass, in one transaction; returns how many shipments left (it looked at
+    ``limit`` of the due ones at most). Each dispatch runs under the correlation id and inside
+    the trace of the flow that scheduled it, and is flushed there, so its event carries them.
+    ``get`` locks the shipment and ``dispatch`` is a no-op unless it is still SCHEDULED, so a
+    cancellation committed meanwhile wins, and so does a second dispatcher."""
     dispatched = 0
-    for item in due:
-        with (
-            correlated(item.correlation_id, f"dispatch:{item.order_id}"),
-            tracer().start_as_current_span(
-                "dispatch shipment", context=context_from_headers(item.trace_headers)
-            ),
-        ):
-            async with new_uow() as uow:
+    async with new_uow() as uow:
+        for item in await uow.shipments.due(_now(), limit):
+            with (
+                correlated(item.correlation_id, f"dispatch:{item.order_id}"),
+                tracer().start_as_current_span(
+                    "dispatch shipment", context=context_from_headers(item.trace_headers)
+                ),
+            ):
                 shipment = await uow.shipments.get(item.order_id)
                 if shipment is not None:
                     before = shipment.status
                     shipment.dispatch(_now())
                     dispatched += shipment.status is not before
-                await uow.commit()
+                await uow.flush()
+        await uow.commit()
     return dispatched
 
 
@@ -134,7 +134,11 @@ async def run_dispatcher(new_uow: Callable[[], ShippingUnitOfWork], poll_interva
     dispatches late. Between passes it sleeps until the alarm rings."""
     limit = 50
     while True:
-        dispatched = await dispatch_due_shipments(new_uow, limit)
+        try:
+            dispatched = await dispatch_due_shipments(new_uow, limit)
+        except LOST_RACE_ERRORS as exc:  # a consumer's transaction locked the same shipments
+            log.info("dispatcher pass lost a race (%s); running it again", exc)
+            continue
         if dispatched:
             log.info("dispatched %d shipment(s)", dispatched)
         if dispatched < limit:  # all that were due: the next pass waits for the alarm

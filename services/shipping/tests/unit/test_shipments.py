@@ -13,6 +13,7 @@ from shared.contracts.catalog import (
     OrderLine,
     OrderShippingAddressChanged,
 )
+from shared.correlation import correlated
 from shared.testing.fakes import InMemoryState
 from shipping import handlers
 from shipping.domain.shipment import ShipmentStatus
@@ -165,3 +166,19 @@ async def test_scheduling_a_shipment_rings_the_alarm_only_once_committed(
     order_id = uuid4()
     await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
     assert rung == [state.tables["shipments"][order_id].dispatch_at]
+
+
+async def test_one_pass_dispatches_each_shipment_within_its_own_flow() -> None:
+    state = InMemoryState()
+    flows = {uuid4(): "flow-a", uuid4(): "flow-b"}
+    for order_id, flow in flows.items():
+        with correlated(flow, "confirmed"):
+            await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    make_due(state)
+    assert await dispatch(state) == 2  # one pass, one transaction
+    dispatched = {
+        e.aggregate_id: e.correlation_id
+        for e in state.outbox.envelopes
+        if e.event_type == "ShipmentDispatched"
+    }
+    assert dispatched == {str(order_id): flow for order_id, flow in flows.items()}
