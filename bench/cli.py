@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rates",
-        default="10,15,20,25,30,40,50,75,100,150,200,300",
+        default="10,20,30,40,50,75,100,125,150,175,200,250,300",
         help="offered orders/s, one step each, rising (default %(default)s)",
     )
     parser.add_argument("--seconds", type=float, default=20, help="length of a step")
