@@ -45,6 +45,7 @@ class PostgresShipmentRepository(ShipmentRepository):
             SELECT order_id, correlation_id, trace_headers FROM shipments
             WHERE status = 'SCHEDULED' AND dispatch_at <= $1
             ORDER BY dispatch_at LIMIT $2
+            FOR UPDATE SKIP LOCKED
             """,
             now,
             limit,

@@ -44,8 +44,10 @@ class ShipmentRepository(TrackingRepository[Shipment]):
         return await self._get(order_id, lock=False)
 
     async def due(self, now: datetime, limit: int) -> list[DueShipment]:
-        """Scheduled shipments whose time has come, oldest first (not locked: dispatch each
-        with ``get``, which locks, and re-checks its status)."""
+        """Scheduled shipments whose time has come, oldest first, locked until commit; one
+        that another transaction holds is skipped (another dispatcher's, or a cancellation
+        in flight: the next pass sees it). Dispatch each with ``get``, which re-checks its
+        status."""
         return await self._due(now, limit)
 
     @abstractmethod

@@ -95,3 +95,18 @@ async def test_only_scheduled_shipments_whose_time_has_come_are_due(new_uow: New
         dispatched = await uow.shipments.get(due.order_id)
     assert dispatched is not None
     assert dispatched.status is ShipmentStatus.DISPATCHED
+
+
+@pytest.mark.integration
+async def test_two_dispatchers_split_the_due_shipments_between_them() -> None:
+    """Postgres only (the fake has no row locks): ``due`` locks what it returns and skips
+    what another transaction holds, so a second dispatcher neither waits nor repeats."""
+    async with units(
+        "postgres", FakeShippingUnitOfWork, PostgresShippingUnitOfWork, MIGRATIONS, "shipping"
+    ) as new_uow:
+        scheduled = {(await schedule(new_uow, timedelta(seconds=-5))).order_id for _ in "ab"}
+        async with new_uow() as one, new_uow() as other:
+            mine = await one.shipments.due(NOW, 1)
+            theirs = await other.shipments.due(NOW, 10)
+    assert len(mine) == 1
+    assert {s.order_id for s in theirs} == scheduled - {mine[0].order_id}
