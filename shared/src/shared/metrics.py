@@ -49,7 +49,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 OUTBOX_TO_ACK_SECONDS = Histogram(
     "outbox_write_to_ack_seconds",
-    "From the start of the transaction that wrote an outbox row to the broker's ack of its record",
+    "From an outbox row's write (its transaction's last statement, just before the commit) to"
+    " the broker's ack of its record",
     ["service"],
     buckets=LATENCY_BUCKETS,
 )

@@ -68,10 +68,13 @@ class PostgresOutbox(Outbox):
         if self._direct:
             self.direct_messages.extend(messages)
             return
+        # created_at is when the rows are written, the transaction's last statement before
+        # its commit (clock_timestamp(), not now(), which is when the transaction began): the
+        # relay measures from there to the broker's ack, not the writer's transaction too.
         await self._conn.execute(
             """
-            INSERT INTO outbox (event_id, topic, message_key, value, headers)
-            SELECT r.event_id, r.topic, r.message_key, r.value, r.headers::jsonb
+            INSERT INTO outbox (event_id, topic, message_key, value, headers, created_at)
+            SELECT r.event_id, r.topic, r.message_key, r.value, r.headers::jsonb, clock_timestamp()
             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])
                  WITH ORDINALITY AS r(event_id, topic, message_key, value, headers, position)
             ORDER BY r.position

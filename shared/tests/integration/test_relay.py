@@ -127,3 +127,22 @@ async def test_one_of_two_relays_leads_and_the_other_takes_over_when_it_dies(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await producer.close()
+
+
+async def test_a_row_is_stamped_when_it_is_written_not_when_its_transaction_began(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    """The relay's latency (``outbox_write_to_ack_seconds``) is read from this stamp, so a
+    slow writer's transaction does not count as the relay's time."""
+    key = unique("slow-writer")
+    async with PostgresUnitOfWork(pool, settings.service_name) as uow:
+        began = await uow.conn.fetchval("SELECT now()")
+        await asyncio.sleep(0.3)
+        thing = Thing(key)
+        thing.record(OrderRejected(order_id=uuid4(), reason=key))
+        uow.track(thing)
+        await uow.commit()
+    stamped = await pool.fetchval(
+        "DELETE FROM outbox WHERE message_key = $1 RETURNING created_at", key
+    )
+    assert (stamped - began).total_seconds() >= 0.3
