@@ -108,8 +108,9 @@ async def dispatch_due_shipments(new_uow: Callable[[], ShippingUnitOfWork], limi
     """One dispatcher pass, in one transaction; returns how many shipments left (it looked at
     ``limit`` of the due ones at most). Each dispatch runs under the correlation id and inside
     the trace of the flow that scheduled it, and is flushed there, so its event carries them.
-    ``get`` locks the shipment and ``dispatch`` is a no-op unless it is still SCHEDULED, so a
-    cancellation committed meanwhile wins, and so does a second dispatcher."""
+    ``due`` locks the shipments it returns and skips those another transaction holds, so a
+    cancellation in flight wins (the next pass no longer finds the shipment due), and a
+    second dispatcher takes other shipments."""
     dispatched = 0
     async with new_uow() as uow:
         for item in await uow.shipments.due(_now(), limit):
@@ -119,11 +120,8 @@ async def dispatch_due_shipments(new_uow: Callable[[], ShippingUnitOfWork], limi
                     "dispatch shipment", context=context_from_headers(item.trace_headers)
                 ),
             ):
-                shipment = await uow.shipments.get(item.order_id)
-                if shipment is not None:
-                    before = shipment.status
-                    shipment.dispatch(_now())
-                    dispatched += shipment.status is not before
+                item.shipment.dispatch(_now())
+                dispatched += 1
                 await uow.flush()
         await uow.commit()
     return dispatched

@@ -42,7 +42,7 @@ class PostgresShipmentRepository(ShipmentRepository):
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]:
         rows = await self._conn.fetch(
             """
-            SELECT order_id, correlation_id, trace_headers FROM shipments
+            SELECT * FROM shipments
             WHERE status = 'SCHEDULED' AND dispatch_at <= $1
             ORDER BY dispatch_at LIMIT $2
             FOR UPDATE SKIP LOCKED
@@ -51,7 +51,7 @@ class PostgresShipmentRepository(ShipmentRepository):
             limit,
         )
         return [
-            DueShipment(r["order_id"], r["correlation_id"], json.loads(r["trace_headers"]))
+            DueShipment(_shipment(r), r["correlation_id"], json.loads(r["trace_headers"]))
             for r in rows
         ]
 

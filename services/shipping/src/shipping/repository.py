@@ -22,9 +22,13 @@ class DueShipment:
     """A shipment whose time has come, with the correlation id and trace context of the flow
     that scheduled it, so its dispatch continues that flow."""
 
-    order_id: UUID
+    shipment: Shipment
     correlation_id: str
     trace_headers: dict[str, str]
+
+    @property
+    def order_id(self) -> UUID:
+        return self.shipment.order_id
 
 
 def flow_context() -> tuple[str, dict[str, str]]:
@@ -46,9 +50,11 @@ class ShipmentRepository(TrackingRepository[Shipment]):
     async def due(self, now: datetime, limit: int) -> list[DueShipment]:
         """Scheduled shipments whose time has come, oldest first, locked until commit; one
         that another transaction holds is skipped (another dispatcher's, or a cancellation
-        in flight: the next pass sees it). Dispatch each with ``get``, which re-checks its
-        status."""
-        return await self._due(now, limit)
+        in flight: the next pass sees it). Tracked: saved at commit if dispatched."""
+        due = await self._due(now, limit)
+        for item in due:
+            self.track(item.shipment)
+        return due
 
     @abstractmethod
     async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None: ...

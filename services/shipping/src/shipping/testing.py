@@ -30,7 +30,7 @@ class InMemoryShipmentRepository(ShipmentRepository):
             ),
             key=lambda s: s.dispatch_at,
         )
-        return [DueShipment(s.order_id, *self._contexts[s.order_id]) for s in due[:limit]]
+        return [DueShipment(stored_copy(s), *self._contexts[s.order_id]) for s in due[:limit]]
 
     async def _save(self, shipment: Shipment) -> None:
         self._contexts.setdefault(shipment.order_id, flow_context())
