@@ -2,8 +2,8 @@
 
     from infra import components
     components.start("kafka")          # idempotent; also starts what kafka needs (nothing)
-    components.kill("kafka")           # SIGKILL, for chaos tests
-    components.start("kafka")          # recovers from the crash
+    components.kill("kafka-2")         # SIGKILL one node of the cluster, for chaos tests
+    components.start("kafka-2")        # recovers from the crash (back in sync when it returns)
     components.ports().kafka           # 9092 unless KAFKA_PORT says otherwise
     components.start("order-2")        # optional: a second order instance (also "toxiproxy")
 
@@ -37,6 +37,7 @@ from infra.settings import (
     ALL_COMPONENTS,
     COMPONENTS,
     INFRA,
+    KAFKA_NODES,
     OPTIONAL,
     PORT_VARIABLES,
     SECOND_INSTANCES,
@@ -45,6 +46,7 @@ from infra.settings import (
     STAGES,
     InfraError,
     Ports,
+    kafka_node_number,
     log_path,
     ports,
 )
@@ -77,7 +79,7 @@ __all__ = [
 
 REGISTRY: dict[str, Component] = {
     "postgres": Postgres(),
-    "kafka": Kafka(),
+    **{name: Kafka(kafka_node_number(name)) for name in KAFKA_NODES},
     "jaeger": Jaeger(),
     "toxiproxy": Toxiproxy(),
     **{name: Service(name) for name in SERVICE_PROCESSES},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -20,13 +21,24 @@ from pathlib import Path
 from infra.console import duration, heartbeat, say, tail
 from infra.settings import CACHE, INFRA, LOGS, REPO, InfraError
 
+
+
+def _pinned(module: Path, name: str) -> Path:
+    """Where the binary built from ``module`` goes: named after its go.mod and go.sum, so a
+    new pin (another version) builds anew instead of running the old binary."""
+    digest = hashlib.sha256()
+    for file in ("go.mod", "go.sum"):
+        digest.update((module / file).read_bytes())
+    return CACHE / "bin" / f"{name}-{digest.hexdigest()[:12]}"
+
+
 KAFKA_LIBS = CACHE / "kafka" / "libs"
 KAFKA_POM = REPO / "infra" / "kafka" / "pom.xml"
 JAEGER_MODULE = REPO / "infra" / "jaeger"
-JAEGER_BIN = CACHE / "bin" / "jaeger"
+JAEGER_BIN = _pinned(JAEGER_MODULE, "jaeger")
 JAEGER_PACKAGE = "github.com/jaegertracing/jaeger/cmd/jaeger"
 TOXIPROXY_MODULE = REPO / "infra" / "toxiproxy"
-TOXIPROXY_BIN = CACHE / "bin" / "toxiproxy-server"
+TOXIPROXY_BIN = _pinned(TOXIPROXY_MODULE, "toxiproxy-server")
 TOXIPROXY_PACKAGE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 
 

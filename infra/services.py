@@ -69,12 +69,13 @@ def service_env(name: str, ports: Ports) -> dict[str, str]:
 
     A second instance is the same service: the same database, consumer group and outbox
     lease, only its HTTP port (and log) its own. With ``SUITE_VIA_PROXY=true`` the database
-    and the broker are reached through Toxiproxy's proxies.
+    and the brokers are reached through Toxiproxy, by proxies of this process's own (its
+    lane), so a fault can hit one instance alone.
     """
     service = first_instance(name)
     database_port, kafka = ports.postgres, bootstrap_servers(ports)
-    if via_proxy():
-        database_port, kafka = ports.postgres_proxy, f"{HOST}:{ports.kafka_proxy}"
+    if via_proxy():  # this process's own lane of proxies
+        database_port, kafka = ports.postgres_lane(name), ports.kafka_lane(name)
     env = {
         "ADMIN_TOKEN": admin_token(),
         "HTTP_HOST": HOST,

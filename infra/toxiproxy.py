@@ -1,16 +1,19 @@
-"""Toxiproxy: a TCP proxy in front of PostgreSQL and Kafka whose faults (latency, cut
-connections, a partition) the load suite's nemesis turns on and off over its HTTP API.
+"""Toxiproxy: TCP proxies in front of PostgreSQL and each Kafka node whose faults (latency,
+cut connections, a partition) the load suite's nemesis turns on and off over its HTTP API.
 
 Optional: started by name (``python -m infra start toxiproxy``), never by a plain
-``start``. Once ready it serves two proxies, both on 127.0.0.1:
+``start``. Once ready it serves, on 127.0.0.1, one *lane* of proxies per service process
+(``order``, ``inventory``, ``shipping``, ``order-2``, ...; lane i at the base port + i):
 
-- ``postgres``: ``POSTGRES_PROXY_PORT`` (15432) -> PostgreSQL;
-- ``kafka``: ``KAFKA_PROXY_PORT`` (19092) -> the broker's second listener
-  (``KAFKA_PROXIED_PORT``, 9094), which advertises the proxy's address, so a client that
-  bootstraps through the proxy keeps talking through it.
+- ``postgres.<lane>``: ``POSTGRES_PROXY_PORT`` + i (15432, 15433, ...) -> PostgreSQL;
+- ``<node>.<lane>`` for every Kafka node (``kafka.order``, ``kafka-2.order``, ...): node n's
+  ``KAFKA_PROXY_PORT`` + i -> that node's listener for the lane, which advertises the
+  proxy's address, so a client that bootstraps through its proxies keeps talking through
+  them.
 
-With ``SUITE_VIA_PROXY=true`` the launcher points the services at the proxies (see
-:mod:`infra.services`).
+So a fault can hit one service process alone (every proxy of its lane), one Kafka node for
+everyone (that node's proxy in every lane), or everything. With ``SUITE_VIA_PROXY=true`` the
+launcher points each service process at its lane (see :mod:`infra.services`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,39 @@ from typing import Any
 from infra.base import Component, Launch
 from infra.install import TOXIPROXY_BIN, install
 from infra.jaeger import http_ok
-from infra.settings import HOST, TOXIPROXY, InfraError, Ports, ports
+from infra.settings import (
+    HOST,
+    KAFKA_BROKERS,
+    PROXY_LANES,
+    TOXIPROXY,
+    InfraError,
+    Ports,
+    kafka_node_name,
+    ports,
+)
 
 POSTGRES_PROXY = "postgres"
-KAFKA_PROXY = "kafka"
 REQUEST_TIMEOUT = 5.0
+
+
+def proxy_name(target: str, lane: str) -> str:
+    """The proxy to ``target`` (``postgres`` or a Kafka node) for service process ``lane``."""
+    return f"{target}.{lane}"
+
+
+def lane_proxies(resolved: Ports) -> list[tuple[str, int, int]]:
+    """(name, listen port, upstream port) of every proxy."""
+    proxies = []
+    for index, lane in enumerate(PROXY_LANES):
+        proxies.append(
+            (proxy_name(POSTGRES_PROXY, lane), resolved.postgres_lane(lane), resolved.postgres)
+        )
+        for node in range(1, KAFKA_BROKERS + 1):
+            ports = resolved.kafka_node(node)
+            proxies.append(
+                (proxy_name(kafka_node_name(node), lane), ports.proxies[index], ports.lanes[index])
+            )
+    return proxies
 
 
 class Toxiproxy(Component):
@@ -40,7 +71,7 @@ class Toxiproxy(Component):
         return ports.toxiproxy
 
     def all_ports(self, ports: Ports) -> tuple[int, ...]:
-        return (ports.toxiproxy, ports.postgres_proxy, ports.kafka_proxy)
+        return (ports.toxiproxy, *(listen for _, listen, _ in lane_proxies(ports)))
 
     def install(self) -> None:
         install([TOXIPROXY])
@@ -53,9 +84,7 @@ class Toxiproxy(Component):
         return http_ok(f"http://{HOST}:{ports.toxiproxy}/version")
 
     def after_ready(self, ports: Ports) -> None:
-        api = ToxiproxyApi(ports.toxiproxy)
-        api.ensure_proxy(POSTGRES_PROXY, ports.postgres_proxy, ports.postgres)
-        api.ensure_proxy(KAFKA_PROXY, ports.kafka_proxy, ports.kafka_proxied)
+        ToxiproxyApi(ports.toxiproxy).ensure_proxies(lane_proxies(ports))
 
 
 class ToxiproxyApi:
@@ -67,12 +96,19 @@ class ToxiproxyApi:
         self._base = f"http://{HOST}:{self.port}"
 
     def ensure_proxy(self, name: str, listen: int, upstream: int) -> None:
-        """Proxy ``listen`` to ``upstream``; idempotent. An existing proxy of that name and
+        """Proxy ``listen`` to ``upstream``; idempotent (see :meth:`ensure_proxies`)."""
+        self.ensure_proxies([(name, listen, upstream)])
+
+    def ensure_proxies(self, proxies: list[tuple[str, int, int]]) -> None:
+        """Proxy each (name, listen, upstream); idempotent. An existing proxy of that name and
         those ports is kept as it is (its toxics, enabled or not); one with other ports is
         replaced."""
-        proxy = {"name": name, "listen": f"{HOST}:{listen}", "upstream": f"{HOST}:{upstream}"}
+        body = [
+            {"name": name, "listen": f"{HOST}:{listen}", "upstream": f"{HOST}:{upstream}"}
+            for name, listen, upstream in proxies
+        ]
         # /populate creates or replaces by name, leaving an identical proxy untouched.
-        self._request("POST", "/populate", [proxy])
+        self._request("POST", "/populate", body)
 
     def add_toxic(
         self,

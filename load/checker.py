@@ -247,7 +247,7 @@ async def gather(
     default the launcher's), the topics at ``bootstrap`` (default the launcher's Kafka)."""
     info = run.info()
     urls = urls or database_urls()
-    bootstrap = bootstrap or f"127.0.0.1:{ports().kafka}"
+    bootstrap = bootstrap or ports().bootstrap_servers()
     topics = topics or Topics()
     journal_ids = {o for e in run.journal() if (o := _order_id(e.order_id))}
 

@@ -69,7 +69,7 @@ def say(message: str) -> None:
 
 async def end_offsets() -> dict[str, dict[int, int]]:
     """The end offset of every partition of the suite's topics: the run's records follow."""
-    bootstrap = f"{HOST}:{components.ports().kafka}"
+    bootstrap = components.ports().bootstrap_servers()
     wanted = await checker.topic_partitions(bootstrap, [*TOPICS, *DLQ_TOPICS])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()

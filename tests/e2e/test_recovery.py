@@ -1,5 +1,6 @@
 """A service that loses PostgreSQL or Kafka says so on /ready and recovers by itself, and
-an order placed while Kafka is down is delivered once it is back (that is the outbox)."""
+an order placed while Kafka is down is delivered once it is back (that is the outbox). On
+a three-node cluster, losing one node is no outage at all."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from infra import components
+from infra.settings import KAFKA_BROKERS, KAFKA_NODES
 from shared.testing.infra import eventually
 from tests.e2e.conftest import Suite, new_sku
 from tests.e2e.flow import order_status_becomes, place, restock
@@ -51,18 +53,41 @@ async def test_without_kafka_services_are_not_ready_and_an_order_placed_meanwhil
     sku = new_sku()
     await restock(http, suite.inventory, sku, 3)
     await place(http, suite.order, [{"sku": sku, "quantity": 1}])  # the catalog knows the SKU
-    components.stop("kafka")
+    components.stop(*KAFKA_NODES)  # every node: the whole cluster away
     try:
         for base in (suite.order, suite.inventory, suite.shipping):
             _, body = await eventually(probe(http, base), lambda r: r[0] == 503, timeout=30)
             assert body["checks"] == {"database": True, "kafka": False}
-        # The outbox takes the order although the broker is away.
+        # The outbox takes the order although the brokers are away.
         accepted = await place(http, suite.order, [{"sku": sku, "quantity": 2}])
     finally:
-        components.start("kafka")
+        components.start(*KAFKA_NODES)
     for base in (suite.order, suite.inventory, suite.shipping):
         await eventually(probe(http, base), lambda r: r[0] == 200, timeout=60)
     order = await order_status_becomes(
         http, suite.order, accepted["order_id"], {"SHIPPED", "REJECTED"}, timeout=90
     )
     assert order["status"] == "SHIPPED"
+
+
+@pytest.mark.skipif(KAFKA_BROKERS < 3, reason="needs a cluster of three nodes")
+async def test_with_the_first_node_of_three_killed_services_stay_ready_and_orders_ship(
+    suite: Suite, http: httpx.AsyncClient
+) -> None:
+    sku = new_sku()
+    await restock(http, suite.inventory, sku, 3)
+    await place(http, suite.order, [{"sku": sku, "quantity": 1}])  # the catalog knows the SKU
+    # Node 1 leads a third of the partitions and heads every bootstrap list: its partitions
+    # get new leaders among the two in-sync copies left, which still make min.insync.replicas.
+    components.kill(KAFKA_NODES[0])
+    try:
+        accepted = await place(http, suite.order, [{"sku": sku, "quantity": 2}])
+        order = await order_status_becomes(
+            http, suite.order, accepted["order_id"], {"SHIPPED", "REJECTED"}, timeout=60
+        )
+        assert order["status"] == "SHIPPED"
+        for base in (suite.order, suite.inventory, suite.shipping):
+            status, body = await readiness(http, base)
+            assert (status, body["checks"]) == (200, {"database": True, "kafka": True})
+    finally:
+        components.start(KAFKA_NODES[0])  # returns once every partition is in sync again

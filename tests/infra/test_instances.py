@@ -9,12 +9,16 @@ import contextlib
 import pytest
 
 from infra import cli, components, process
-from infra.kafka import server_properties
+from infra.kafka import Replication, lane_listener, replication, server_properties
 from infra.services import service_env
 from infra.settings import (
     COMPONENTS,
+    HOST,
     INFRA,
+    KAFKA_BROKERS,
+    KAFKA_NODES,
     PORT_VARIABLES,
+    PROXY_LANES,
     SECOND_INSTANCES,
     SERVICES,
     STAGES,
@@ -75,41 +79,81 @@ def test_a_new_port_that_collides_is_refused_naming_both(
     assert clash in str(refused.value)
 
 
-def test_kafka_has_a_proxied_listener_advertising_the_proxys_address() -> None:
-    resolved = ports()
-    settings = dict(
-        line.split("=", 1) for line in server_properties(resolved).splitlines() if "=" in line
-    )
-    listeners = dict(entry.split("://") for entry in settings["listeners"].split(","))
-    advertised = dict(entry.split("://") for entry in settings["advertised.listeners"].split(","))
-    assert listeners == {
-        "PLAINTEXT": "127.0.0.1:9092",
-        "CONTROLLER": "127.0.0.1:9093",
-        "PROXIED": "127.0.0.1:9094",
-    }
-    # Clients of the normal listener are unaffected; those of PROXIED come back through
-    # Toxiproxy's kafka proxy.
-    assert advertised == {"PLAINTEXT": "127.0.0.1:9092", "PROXIED": "127.0.0.1:19092"}
-    protocols = dict(
-        entry.split(":") for entry in settings["listener.security.protocol.map"].split(",")
-    )
-    assert protocols == {
-        "CONTROLLER": "PLAINTEXT",
-        "PLAINTEXT": "PLAINTEXT",
-        "PROXIED": "PLAINTEXT",
-    }
-    assert settings["inter.broker.listener.name"] == "PLAINTEXT"
-    assert settings["controller.listener.names"] == "CONTROLLER"
+def _properties(node: int) -> dict[str, str]:
+    text = server_properties(node, ports())
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def test_kafka_must_find_its_proxied_port_free_too() -> None:
+def _listeners(value: str) -> dict[str, str]:
+    return dict(entry.split("://") for entry in value.split(","))
+
+
+def test_each_kafka_node_has_a_listener_per_lane_advertising_that_lanes_proxy() -> None:
+    for node in range(1, KAFKA_BROKERS + 1):
+        own = ports().kafka_node(node)
+        settings = _properties(node)
+        listeners = _listeners(settings["listeners"])
+        advertised = _listeners(settings["advertised.listeners"])
+        assert listeners.pop("PLAINTEXT") == advertised.pop("PLAINTEXT") == f"{HOST}:{own.client}"
+        assert listeners.pop("CONTROLLER") == advertised.pop("CONTROLLER")
+        # Clients of PLAINTEXT are unaffected; a service process bootstrapping through its
+        # lane's proxies is sent back through them for every node.
+        assert listeners == {
+            lane_listener(lane): f"{HOST}:{own.lanes[i]}" for i, lane in enumerate(PROXY_LANES)
+        }
+        assert advertised == {
+            lane_listener(lane): f"{HOST}:{own.proxies[i]}" for i, lane in enumerate(PROXY_LANES)
+        }
+        assert settings["node.id"] == str(node)
+        assert settings["inter.broker.listener.name"] == "PLAINTEXT"
+        assert settings["controller.listener.names"] == "CONTROLLER"
+
+
+def test_node_ports_step_by_ten_from_the_first_nodes() -> None:
+    second = ports().kafka_node(2)
+    assert (second.client, second.controller) == (9102, 9103)
+    assert second.lanes == (9104, 9105, 9106, 9107, 9108, 9109)
+    assert second.proxies[0] == 19102
+    assert ports().of("kafka-2") == 9102
+
+
+def test_every_node_lists_the_whole_controller_quorum_and_replicates_three_ways() -> None:
+    settings = _properties(1)
+    quorum = settings["controller.quorum.bootstrap.servers"].split(",")
+    assert quorum == [
+        f"{HOST}:{ports().kafka_node(n).controller}" for n in range(1, KAFKA_BROKERS + 1)
+    ]
+    copies = replication()
+    assert settings["default.replication.factor"] == str(copies.factor)
+    assert settings["offsets.topic.replication.factor"] == str(copies.factor)
+    assert settings["min.insync.replicas"] == str(copies.min_insync)
+    assert settings["unclean.leader.election.enable"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("brokers", "factor", "min_insync"), [(1, 1, 1), (2, 2, 1), (3, 3, 2), (5, 3, 2)]
+)
+def test_three_copies_two_in_sync_once_there_are_three_brokers(
+    brokers: int, factor: int, min_insync: int
+) -> None:
+    assert replication(brokers) == Replication(factor, min_insync)
+
+
+def test_a_kafka_node_must_find_its_lane_ports_free_too() -> None:
     kafka = components.REGISTRY["kafka"]
-    assert ports().kafka_proxied in kafka.all_ports(ports())
+    assert set(ports().kafka_node(1).lanes) <= set(kafka.all_ports(ports()))
 
 
-def test_without_names_start_means_the_default_six_only() -> None:
+def test_kafka_nodes_are_components_of_their_own() -> None:
+    assert ("kafka", *(f"kafka-{n}" for n in range(2, KAFKA_BROKERS + 1))) == KAFKA_NODES
+    assert [components.REGISTRY[name].main_port(ports()) for name in KAFKA_NODES] == [
+        ports().kafka_node(n).client for n in range(1, KAFKA_BROKERS + 1)
+    ]
+
+
+def test_without_names_start_means_the_default_set_only() -> None:
     assert components._in_start_order(COMPONENTS) == [*INFRA, *SERVICES]
-    assert COMPONENTS == ("postgres", "kafka", "jaeger", "order", "inventory", "shipping")
+    assert ("postgres", *KAFKA_NODES, "jaeger", "order", "inventory", "shipping") == COMPONENTS
 
 
 def test_an_optional_component_starts_with_what_it_needs_and_nothing_more() -> None:
@@ -148,7 +192,9 @@ def test_a_second_instance_keeps_the_resource_attributes_it_was_given(
 def test_by_default_services_reach_postgres_and_kafka_directly() -> None:
     env = service_env("inventory", ports())
     assert env["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:5432/inventory"
-    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == ports().bootstrap_servers()
+    assert env["KAFKA_BOOTSTRAP_SERVERS"].split(",")[0] == "127.0.0.1:9092"
+    assert len(env["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == KAFKA_BROKERS
     assert "toxiproxy" not in components.REGISTRY["inventory"].requires
 
 
@@ -156,14 +202,18 @@ def test_via_proxy_services_reach_both_through_toxiproxy_and_start_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SUITE_VIA_PROXY", "true")
-    for name in ("order", "order-2", "shipping"):
+    # Each process its own lane: proxies of its own to PostgreSQL and to every Kafka node.
+    lanes = {"order": 0, "inventory": 1, "order-2": 3}
+    for name, lane in lanes.items():
         env = service_env(name, ports())
         database = name.removesuffix("-2")
-        assert env["DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:15432/{database}"
-        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:19092"
+        assert env["DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{15432 + lane}/{database}"
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == ",".join(
+            f"127.0.0.1:{19092 + 10 * node + lane}" for node in range(KAFKA_BROKERS)
+        )
     assert components._in_start_order(["order"]) == [*INFRA, "toxiproxy", "order"]
-    # What tests use to find the broker stays the direct address.
-    assert components.service_env()["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    # What tests use to find the brokers stays the direct list.
+    assert components.service_env()["KAFKA_BOOTSTRAP_SERVERS"] == ports().bootstrap_servers()
 
 
 @pytest.mark.parametrize(
@@ -197,7 +247,7 @@ def test_a_plain_stop_also_stops_the_optional_components_that_run(
     components.stop()
     services, infrastructure = stopped[:4], stopped[4:]
     assert sorted(services) == sorted([*SERVICES, "order-2"])  # stopped together
-    assert infrastructure == ["toxiproxy", "jaeger", "kafka", "postgres"]
+    assert infrastructure == ["toxiproxy", "jaeger", *reversed(KAFKA_NODES), "postgres"]
 
 
 def test_status_lists_the_default_set_and_the_optional_components_that_run(

@@ -15,10 +15,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from infra import components, process
-from infra.settings import HOST, ports
-from infra.toxiproxy import KAFKA_PROXY, POSTGRES_PROXY, ToxiproxyApi
+from infra.settings import HOST, KAFKA_BROKERS, KAFKA_NODES, PROXY_LANES, ports
+from infra.toxiproxy import ToxiproxyApi, lane_proxies, proxy_name
 
 pytestmark = pytest.mark.integration
+
+# The proxies of the order process's lane; the tests use these.
+POSTGRES_PROXY = proxy_name("postgres", "order")
 
 
 def _free_port() -> int:
@@ -35,7 +38,7 @@ def toxiproxy() -> Iterator[ToxiproxyApi]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TOXIPROXY_PORT", str(_free_port()))
         patch.setenv("POSTGRES_PROXY_PORT", str(_free_port()))
-        # Kafka advertises the proxy port it was started with: keep the configured one.
+        # Kafka advertises the proxy ports it was started with: keep the configured ones.
         if not process.port_free(ports().kafka_proxy):
             pytest.skip(f"port {ports().kafka_proxy} (KAFKA_PROXY_PORT) is taken")
         components.start("toxiproxy")
@@ -53,18 +56,21 @@ def healed(toxiproxy: ToxiproxyApi) -> Iterator[ToxiproxyApi]:
 
 @pytest.fixture
 def database_url(healed: ToxiproxyApi) -> str:
-    return f"postgresql://postgres@{HOST}:{ports().postgres_proxy}/postgres"
+    return f"postgresql://postgres@{HOST}:{ports().postgres_lane('order')}/postgres"
 
 
-def test_once_ready_it_proxies_postgres_and_kafkas_proxied_listener(
+def test_once_ready_it_serves_each_lane_a_proxy_to_postgres_and_to_every_kafka_node(
     toxiproxy: ToxiproxyApi,
 ) -> None:
     resolved = ports()
     proxies = toxiproxy.proxies()
-    assert proxies[POSTGRES_PROXY]["listen"] == f"{HOST}:{resolved.postgres_proxy}"
-    assert proxies[POSTGRES_PROXY]["upstream"] == f"{HOST}:{resolved.postgres}"
-    assert proxies[KAFKA_PROXY]["listen"] == f"{HOST}:{resolved.kafka_proxy}"
-    assert proxies[KAFKA_PROXY]["upstream"] == f"{HOST}:{resolved.kafka_proxied}"
+    assert len(proxies) == len(PROXY_LANES) * (1 + KAFKA_BROKERS)
+    order_2 = PROXY_LANES.index("order-2")
+    assert proxies["postgres.order-2"]["listen"] == f"{HOST}:{resolved.postgres_proxy + order_2}"
+    assert proxies["postgres.order-2"]["upstream"] == f"{HOST}:{resolved.postgres}"
+    second = resolved.kafka_node(2)
+    assert proxies["kafka-2.order-2"]["listen"] == f"{HOST}:{second.proxies[order_2]}"
+    assert proxies["kafka-2.order-2"]["upstream"] == f"{HOST}:{second.lanes[order_2]}"
     assert components.is_running("toxiproxy")
     assert components.pid("toxiproxy") is not None
 
@@ -140,34 +146,39 @@ def test_starting_it_again_is_a_no_op_that_keeps_the_proxies(toxiproxy: Toxiprox
     running = components.pid("toxiproxy")
     components.start("toxiproxy")
     assert components.pid("toxiproxy") == running
-    assert set(toxiproxy.proxies()) == {POSTGRES_PROXY, KAFKA_PROXY}
+    assert set(toxiproxy.proxies()) == {name for name, _, _ in lane_proxies(ports())}
 
 
-async def test_a_kafka_client_bootstrapping_through_the_proxy_stays_behind_it(
+async def test_a_kafka_client_of_one_lane_stays_behind_its_proxies_and_can_be_cut_off_alone(
     healed: ToxiproxyApi,
 ) -> None:
     resolved = ports()
-    if not process.port_open(resolved.kafka_proxied):
+    lane = PROXY_LANES.index("order-2")
+    if not process.port_open(resolved.kafka_node(1).lanes[lane]):
         pytest.skip(
-            "Kafka has no PROXIED listener yet (started before it existed): restart it "
-            "(python -m infra restart kafka) to run this test"
+            "Kafka has no lane listeners yet (started before they existed): restart it "
+            "(python -m infra stop kafka && make start) to run this test"
         )
     # Metadata only: nothing is written to the suite's topics.
-    async with _kafka_client(resolved.kafka_proxy) as producer:
+    async with _kafka_client(resolved.kafka_lane("order-2")) as producer:
         brokers = {(broker.host, broker.port) for broker in producer.client.cluster.brokers()}
-    assert brokers == {(HOST, resolved.kafka_proxy)}
-    healed.set_enabled(KAFKA_PROXY, False)
+    every_node = range(1, KAFKA_BROKERS + 1)
+    assert brokers == {(HOST, resolved.kafka_node(n).proxies[lane]) for n in every_node}
+    for node in KAFKA_NODES:  # order-2 loses Kafka ...
+        healed.set_enabled(proxy_name(node, "order-2"), False)
     with pytest.raises(KafkaConnectionError):
-        async with _kafka_client(resolved.kafka_proxy):
+        async with _kafka_client(resolved.kafka_lane("order-2")):
             pass
+    async with _kafka_client(resolved.kafka_lane("order")):  # ... while order keeps it
+        pass
     healed.reset()
-    async with _kafka_client(resolved.kafka_proxy):
+    async with _kafka_client(resolved.kafka_lane("order-2")):
         pass
 
 
 @contextlib.asynccontextmanager
-async def _kafka_client(port: int) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=5000)
+async def _kafka_client(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await producer.start()
         yield producer

@@ -29,7 +29,10 @@ class ServiceSettings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="bind address")
     http_port: int = Field(description="HTTP port")
     database_url: str = Field(description="the service's own database")
-    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="the broker")
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092,127.0.0.1:9102,127.0.0.1:9112",
+        description="the brokers to bootstrap from, comma-separated (one that answers is enough)",
+    )
     kafka_topic_partitions: int = Field(
         6, description="read, but topics are created by the launcher or compose's `kafka-init`"
     )

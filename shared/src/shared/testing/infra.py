@@ -28,7 +28,10 @@ def postgres_url(database: str = "postgres") -> str:
 
 
 def kafka_bootstrap() -> str:
-    return f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+    """The cluster's bootstrap list: ``KAFKA_BOOTSTRAP_SERVERS``, else node 1 (``KAFKA_PORT``),
+    from which a client learns every other node."""
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    return given or f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
 
 
 def unique(prefix: str) -> str:
