@@ -36,11 +36,15 @@ class StreamPosition:
 
 class Inbox(ABC):
     """Port of one consumer's receiving state. Each method is one round trip to the
-    database in the PostgreSQL adapter, since the consumer calls them for every event.
+    database in the PostgreSQL adapter, since the consumer calls them for every event;
+    ``lock_stream``, ``lock_streams`` and ``pass_over`` take two, as what is parked must be
+    read after the stream's lock is held (see ``PostgresInbox._parked_among``).
 
     - ``lock_stream(stream)``: the stream's position; the PostgreSQL adapter creates the
       stream's row if needed and locks it until the transaction ends, so two consumers of one
-      stream (a rebalance overlap) take turns instead of both applying.
+      stream (a rebalance overlap) take turns instead of both applying. ``has_parked`` is
+      read once the lock is held: it includes what the other one parked while this one
+      waited for the lock.
     - ``mark_processed(event_id)``: write the dedup row; False when it was already there (the
       event was applied before, and this is a duplicate).
     - ``seen(event_id)``: the dedup row exists (read only).

@@ -109,24 +109,19 @@ class PostgresInbox(Inbox):
     async def lock_stream(self, stream: Stream) -> StreamPosition:
         # An upsert that changes nothing still locks the row and returns it: one round trip
         # where an insert-if-missing and a SELECT ... FOR UPDATE took two.
-        row = await self._conn.fetchrow(
+        last_sequence = await self._conn.fetchval(
             """
             INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
                                                  last_sequence)
             VALUES ($1, $2, $3, $4, 0)
             ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
             DO UPDATE SET last_sequence = s.last_sequence
-            RETURNING s.last_sequence, EXISTS (
-                SELECT 1 FROM parked_events p
-                WHERE p.consumer = $1 AND p.source = $2 AND p.aggregate_type = $3
-                  AND p.aggregate_id = $4
-            ) AS has_parked
+            RETURNING s.last_sequence
             """,
             self._consumer,
             *stream,
         )
-        assert row is not None
-        return StreamPosition(row["last_sequence"], row["has_parked"])
+        return StreamPosition(last_sequence, bool(await self._parked_among([stream])))
 
     async def lock_streams(self, streams: Iterable[Stream]) -> dict[Stream, StreamPosition]:
         keys = sorted(set(streams))
@@ -142,21 +137,42 @@ class PostgresInbox(Inbox):
             ORDER BY k.source, k.aggregate_type, k.aggregate_id
             ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
             DO UPDATE SET last_sequence = s.last_sequence
-            RETURNING s.source, s.aggregate_type, s.aggregate_id, s.last_sequence, EXISTS (
-                SELECT 1 FROM parked_events p
-                WHERE p.consumer = $1 AND p.source = s.source
-                  AND p.aggregate_type = s.aggregate_type AND p.aggregate_id = s.aggregate_id
-            ) AS has_parked
+            RETURNING s.source, s.aggregate_type, s.aggregate_id, s.last_sequence
             """,
             self._consumer,
             *_columns(keys),
         )
-        return {
-            (r["source"], r["aggregate_type"], r["aggregate_id"]): StreamPosition(
-                r["last_sequence"], r["has_parked"]
-            )
-            for r in rows
+        last = {
+            (r["source"], r["aggregate_type"], r["aggregate_id"]): r["last_sequence"] for r in rows
         }
+        parked = await self._parked_among(keys)
+        return {stream: StreamPosition(last[stream], stream in parked) for stream in keys}
+
+    async def _parked_among(self, streams: Sequence[Stream]) -> set[Stream]:
+        """The streams, of those this transaction has locked, with events parked.
+
+        A statement of its own, after the locking one, though an EXISTS in that one's
+        RETURNING would save a round trip: under READ COMMITTED a statement sees the database
+        as it was when the statement began, even the rows it reads after waiting for a lock.
+        A transaction that parked sequence N+2 and committed while this one waited for the
+        stream to apply N+1 (two owners of one partition, for a moment) would go unseen, and
+        N+2 would stay parked until its gap timeout dead-lettered it. Parking holds the same
+        lock, so a statement begun once the lock is ours sees every event parked before."""
+        rows = await self._conn.fetch(
+            """
+            SELECT k.source, k.aggregate_type, k.aggregate_id
+            FROM unnest($2::text[], $3::text[], $4::text[]) AS k(source, aggregate_type,
+                                                                aggregate_id)
+            WHERE EXISTS (
+                SELECT 1 FROM parked_events p
+                WHERE p.consumer = $1 AND p.source = k.source
+                  AND p.aggregate_type = k.aggregate_type AND p.aggregate_id = k.aggregate_id
+            )
+            """,
+            self._consumer,
+            *_columns(streams),
+        )
+        return {(r["source"], r["aggregate_type"], r["aggregate_id"]) for r in rows}
 
     async def mark_all_processed(self, event_ids: Sequence[UUID]) -> set[UUID]:
         if not event_ids:
@@ -215,11 +231,24 @@ class PostgresInbox(Inbox):
         )
 
     async def pass_over(self, stream: Stream, sequence: int) -> bool:
+        # The lock first, then the check for parked events and the advance: in one statement
+        # the check would see the stream as it was before the wait for the lock (see
+        # _parked_among), and could pass over an event whose successor was parked meanwhile.
+        last_sequence = await self._conn.fetchval(
+            """
+            SELECT last_sequence FROM consumer_sequences
+            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
+            FOR UPDATE
+            """,
+            self._consumer,
+            *stream,
+        )
+        if last_sequence != sequence - 1:
+            return False  # a stream never seen, a duplicate or an event ahead of a gap
         result = await self._conn.execute(
             """
             UPDATE consumer_sequences SET last_sequence = $5, updated_at = now()
             WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
-              AND last_sequence = $5 - 1
               AND NOT EXISTS (
                   SELECT 1 FROM parked_events p
                   WHERE p.consumer = $1 AND p.source = $2 AND p.aggregate_type = $3

@@ -172,7 +172,7 @@ class EventProcessor(Generic[U]):
     async def _plan(
         self, uow: U, deliveries: Sequence[Delivery], payloads: Sequence[IntegrationEvent | None]
     ) -> list[Outcome] | None:
-        """Each delivery's outcome, decided for the whole batch in two round trips, or None
+        """Each delivery's outcome, decided for the whole batch in three round trips, or None
         when the batch must go event by event (a gap, parked events, a protection off)."""
         if not (self._protections.sequence_check and self._protections.dedup):
             return None
