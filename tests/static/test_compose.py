@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,7 +24,10 @@ import yaml
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 from prometheus_client.metrics import MetricWrapperBase
 
-from infra.settings import DLQ_TOPICS, TOPICS
+import infra.kafka
+from infra.kafka import replication, server_properties
+from infra.settings import DEFAULT_KAFKA_BROKERS, DLQ_TOPICS, TOPICS, kafka_node_name
+from infra.settings import ports as launcher_ports
 from inventory.settings import Settings as InventorySettings
 from order.settings import Settings as OrderSettings
 from shared import metrics as shared_metrics
@@ -62,6 +66,13 @@ INTERPOLATION = re.compile(
 )
 HEALTHCHECK_URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):(?P<port>\d+)(?P<path>/[^'\"\s]*)")
 CREATED_TOPIC = re.compile(r"^\s*create\s+(?P<topic>\S+)\s*$", re.MULTILINE)
+# The launcher's Kafka settings that are one machine's addresses and folders (listeners, proxy
+# lanes, quorum endpoints, log folder, node id): compose has its own, checked on their own.
+# Every other setting the launcher writes, each compose node must have, with the same value.
+KAFKA_ADDRESSING = re.compile(
+    r"node\.id|(advertised\.)?listeners|listener\..+|inter\.broker\.listener\.name"
+    r"|controller\.quorum\..+|log\.dirs"
+)
 
 # Prometheus scrapes every service this often (infra/compose/prometheus.yml).
 SCRAPE_INTERVAL_SECONDS = 5.0
@@ -333,6 +344,45 @@ def native_settings(settings_cls: type[ServiceSettings]) -> ServiceSettings:
     return settings_cls.model_validate({"admin_token": "the-launchers-token"})
 
 
+def kafka_nodes(compose: Compose) -> list[str]:
+    """The services that run a KRaft node (the image's KAFKA_PROCESS_ROLES), in file order."""
+    return [
+        name
+        for name, service in compose["services"].items()
+        if "KAFKA_PROCESS_ROLES" in environment_of(service)
+    ]
+
+
+def kafka_properties(service: dict[str, Any]) -> dict[str, str]:
+    """A node's server properties as the apache/kafka image derives them from its KAFKA_*
+    variables: the prefix dropped, lower case, `_` -> `.` (none of them has a `_` or `-` of
+    its own, which the image spells `__` and `___`)."""
+    return {
+        key.removeprefix("KAFKA_").lower().replace("_", "."): interpolate(value)
+        for key, value in environment_of(service).items()
+        if key.startswith("KAFKA_")
+    }
+
+
+def launcher_properties(node: int, brokers: int) -> dict[str, str]:
+    """The server.properties the native launcher writes for node `node` of a cluster of
+    `brokers`, at the default ports. Its replication follows KAFKA_BROKERS, read when it is
+    imported: pinned here to the cluster compared, whatever this process was started with."""
+    with mock.patch.object(infra.kafka, "replication", functools.partial(replication, brokers)):
+        text = server_properties(node, launcher_ports({}))
+    return dict(line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
+
+
+def listener_addresses(value: str) -> dict[str, str]:
+    """`NAME://host:port,...` -> {NAME: 'host:port'}."""
+    return dict(item.split("://", 1) for item in value.split(",") if "://" in item)
+
+
+def init_script(compose: Compose) -> str:
+    command = compose["services"]["kafka-init"]["command"]
+    return "\n".join(command) if isinstance(command, list) else str(command)
+
+
 # --- the checks ----------------------------------------------------------------------------
 
 
@@ -478,6 +528,61 @@ def addressing_problems(compose: Compose, service_name: str) -> list[str]:
     )
     if database not in created:
         problems.append(f"{service_name}: database {database!r} is not created by the init script")
+    return problems
+
+
+def kafka_problems(compose: Compose) -> list[str]:
+    """The Kafka nodes are the launcher's default cluster: its node names and ids, every
+    setting it writes (replication, min ISR, timeouts, ...) but addresses and folders, one
+    quorum of them all. kafka-init creates the topics with its replication factor and min ISR;
+    it and the services bootstrap from every node and wait for every node to be healthy."""
+    services = compose["services"]
+    nodes = kafka_nodes(compose)
+    wanted = [kafka_node_name(n) for n in range(1, DEFAULT_KAFKA_BROKERS + 1)]
+    if nodes != wanted:
+        return [f"kafka: the nodes are {nodes}, the launcher's cluster is {wanted}"]
+    settings = {name: kafka_properties(services[name]) for name in nodes}
+    voters, internal, problems = [], [], []
+    for number, name in enumerate(nodes, start=1):
+        own = settings[name]
+        problems += [
+            f"{name}: {key}={own.get(key)}, the launcher's is {value}"
+            for key, value in launcher_properties(number, len(nodes)).items()
+            if not KAFKA_ADDRESSING.fullmatch(key) and own.get(key) != value
+        ]
+        if own.get("node.id") != str(number):
+            problems.append(f"{name}: node.id={own.get('node.id')}, not {number}")
+        controller = listener_addresses(own.get("listeners", "")).get("CONTROLLER", "")
+        voters.append(f"{number}@{name}:{controller.rpartition(':')[2]}")
+        advertised = listener_addresses(own.get("advertised.listeners", ""))
+        internal.append(advertised.get(own.get("inter.broker.listener.name", ""), ""))
+    problems += [
+        f"{name}: controller.quorum.voters={settings[name].get('controller.quorum.voters')},"
+        f" not {','.join(voters)}"
+        for name in nodes
+        if settings[name].get("controller.quorum.voters") != ",".join(voters)
+    ]
+    copies = replication(len(nodes))
+    for option, value in (
+        ("--replication-factor", copies.factor),
+        ("min.insync.replicas=", copies.min_insync),
+        ("--bootstrap-server", ",".join(internal)),
+    ):
+        found = set(re.findall(rf"{re.escape(option)}\s*(\S+)", init_script(compose)))
+        if found != {str(value)}:
+            problems.append(f"kafka-init: {option} {sorted(found)}, the launcher's is {value}")
+    for name in ("kafka-init", *SERVICE_SETTINGS):
+        depends_on = services[name].get("depends_on", {})
+        waits = depends_on if isinstance(depends_on, dict) else {}
+        problems += [
+            f"{name}: does not wait for {node} to be healthy"
+            for node in nodes
+            if waits.get(node) != {"condition": "service_healthy"}
+        ]
+    for name in SERVICE_SETTINGS:
+        servers = interpolate(environment_of(services[name]).get("KAFKA_BOOTSTRAP_SERVERS", ""))
+        if sorted(servers.split(",")) != sorted(internal):
+            problems.append(f"{name}: KAFKA_BOOTSTRAP_SERVERS={servers}, not every node {internal}")
     return problems
 
 
@@ -745,8 +850,7 @@ def test_kafka_init_creates_every_topic_of_the_event_catalog_and_every_dead_lett
     # Compose cannot import the catalog, so its list is kept by hand and checked here against
     # the launcher's, which is derived from shared.contracts.registered().
     compose = load_compose()
-    init = compose["services"]["kafka-init"]
-    script = "\n".join(init["command"]) if isinstance(init["command"], list) else init["command"]
+    script = init_script(compose)
     dead_letter_topics = {
         settings_from_compose(compose, name, cls).dlq_topic
         for name, cls in SERVICE_SETTINGS.items()
@@ -756,39 +860,18 @@ def test_kafka_init_creates_every_topic_of_the_event_catalog_and_every_dead_lett
     assert sorted(CREATED_TOPIC.findall(script)) == sorted(TOPICS + DLQ_TOPICS)
     assert "--if-not-exists" in script
     assert {int(n) for n in re.findall(r"--partitions\s+(\d+)", script)} == partitions
-    assert init["depends_on"] == {"kafka": {"condition": "service_healthy"}}
-    kafka = environment_of(compose["services"]["kafka"])
-    assert {int(kafka["KAFKA_NUM_PARTITIONS"])} == partitions
-    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
-def test_kafka_is_a_single_kraft_node_with_an_internal_listener_for_the_services() -> None:
-    compose = load_compose()
-    kafka = environment_of(compose["services"]["kafka"])
-    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    advertised = dict(
-        listener.split("://", 1) for listener in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
-    )
-    bootstrap = {
-        interpolate(environment_of(compose["services"][name])["KAFKA_BOOTSTRAP_SERVERS"])
-        for name in SERVICE_SETTINGS
-    }
-    assert bootstrap == {advertised[kafka["KAFKA_INTER_BROKER_LISTENER_NAME"]]}
-    assert kafka["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised
-    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{kafka['KAFKA_NODE_ID']}@")
-    for key in (
-        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
-    ):
-        assert kafka[key] == "1", key
+def test_kafka_is_the_launchers_cluster_and_every_topic_and_client_uses_all_of_it() -> None:
+    assert kafka_problems(load_compose()) == []
 
 
 def test_the_images_are_the_official_ones_named_in_the_design() -> None:
     services = load_compose()["services"]
     assert services["postgres"]["image"] == "postgres:17"
     assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", services["kafka"]["image"])
-    assert services["kafka-init"]["image"] == services["kafka"]["image"]
+    for name in [*kafka_nodes(load_compose()), "kafka-init"]:
+        assert services[name]["image"] == services["kafka"]["image"], name
     assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", services["jaeger"]["image"])
 
 
@@ -953,6 +1036,10 @@ def _dashboard_on_another_datasource(demo: Demo) -> None:
     demo.datasources["datasources"][0]["uid"] = "another-prometheus"
 
 
+def _min_insync_replicas_of_one_on_a_node(demo: Demo) -> None:
+    demo.compose["services"]["kafka-2"]["environment"]["KAFKA_MIN_INSYNC_REPLICAS"] = "1"
+
+
 def _dashboards_not_mounted(demo: Demo) -> None:
     volumes = demo.compose["services"]["grafana"]["volumes"]
     volumes[:] = [volume for volume in volumes if "grafana/dashboards:" not in volume]
@@ -965,6 +1052,7 @@ def _all_problems(demo: Demo) -> list[str]:
     problems = schema_problems(compose, load_schema())
     problems += dependency_problems(compose) + healthcheck_problems(compose)
     problems += exposure_problems(compose)
+    problems += kafka_problems(compose)
     for name, settings_cls in SERVICE_SETTINGS.items():
         problems += environment_problems(compose, name, settings_cls)
         problems += port_and_readiness_problems(compose, name)
@@ -1008,6 +1096,11 @@ def _all_problems(demo: Demo) -> list[str]:
             _healthcheck_on_the_wrong_path,
             "inventory: the healthcheck probes /health, not /ready",
             id="a healthcheck on liveness instead of readiness",
+        ),
+        pytest.param(
+            _min_insync_replicas_of_one_on_a_node,
+            "kafka-2: min.insync.replicas=1, the launcher's is 2",
+            id="a node that acknowledges a write on fewer copies than the launcher's",
         ),
         pytest.param(
             _unknown_top_level_key,
