@@ -22,7 +22,6 @@ from infra.console import duration, heartbeat, say, tail
 from infra.settings import CACHE, INFRA, LOGS, REPO, InfraError
 
 
-
 def _pinned(module: Path, name: str) -> Path:
     """Where the binary built from ``module`` goes: named after its go.mod and go.sum, so a
     new pin (another version) builds anew instead of running the old binary."""

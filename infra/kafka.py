@@ -172,22 +172,22 @@ def lane_listener(lane: str) -> str:
     return "LANE_" + lane.upper().replace("-", "_")
 
 
-def controller_quorum(ports: Ports) -> str:
-    nodes = range(1, KAFKA_BROKERS + 1)
+def controller_quorum(ports: Ports, brokers: int = KAFKA_BROKERS) -> str:
+    nodes = range(1, brokers + 1)
     return ",".join(f"{HOST}:{ports.kafka_node(n).controller}" for n in nodes)
 
 
-def server_properties(node: int, ports: Ports) -> str:
-    """Node ``node``'s configuration, written before every start."""
+def server_properties(node: int, ports: Ports, brokers: int = KAFKA_BROKERS) -> str:
+    """Node ``node``'s configuration in a cluster of ``brokers``, written before every start."""
     own = ports.kafka_node(node)
-    copies = replication()
+    copies = replication(brokers)
     lanes = list(zip(PROXY_LANES, own.lanes, own.proxies, strict=True))
     settings = {
         # Broker and controller in one process: a quorum of three controllers without three
         # more JVMs on a small machine (docs/operations.md#the-kafka-cluster has the figures).
         "process.roles": "broker,controller",
         "node.id": str(node),
-        "controller.quorum.bootstrap.servers": controller_quorum(ports),
+        "controller.quorum.bootstrap.servers": controller_quorum(ports, brokers),
         # PLAINTEXT: clients and the other nodes, direct. Each LANE_* listener sits behind
         # one Toxiproxy proxy (one service process's way to this node) and advertises the
         # proxy's address, so a client that bootstraps through its proxies keeps talking

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,7 +23,6 @@ import yaml
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 from prometheus_client.metrics import MetricWrapperBase
 
-import infra.kafka
 from infra.kafka import replication, server_properties
 from infra.settings import DEFAULT_KAFKA_BROKERS, DLQ_TOPICS, TOPICS, kafka_node_name
 from infra.settings import ports as launcher_ports
@@ -366,10 +364,8 @@ def kafka_properties(service: dict[str, Any]) -> dict[str, str]:
 
 def launcher_properties(node: int, brokers: int) -> dict[str, str]:
     """The server.properties the native launcher writes for node `node` of a cluster of
-    `brokers`, at the default ports. Its replication follows KAFKA_BROKERS, read when it is
-    imported: pinned here to the cluster compared, whatever this process was started with."""
-    with mock.patch.object(infra.kafka, "replication", functools.partial(replication, brokers)):
-        text = server_properties(node, launcher_ports({}))
+    `brokers`, at the default ports."""
+    text = server_properties(node, launcher_ports({}), brokers)
     return dict(line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
 
 
