@@ -113,6 +113,10 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
         "b87de67450b8d7a829b6b8029812e68b0d8ed9cd671939a58957155e95000e0c",
         "9a8bf988d71622107ca9ce49c3da9f58ef96df492f4313c56620e5a0e34bb19e",
     ),
+    ("shipping", "0007"): (
+        "79bac018bc5f0f6ef1d04e9ab9aaf721899d67aba790674f27d6a7c6ad05e02e",
+        "badd6c31256725f81f8f6eafaa56f48e7f97040af078209cb9ae6be00a2f8486",
+    ),
 }
 
 FROZEN = (

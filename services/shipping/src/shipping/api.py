@@ -31,6 +31,11 @@ class ShipmentView(BaseModel):
         description="where it goes (where it went, once DISPATCHED); null for a shipment"
         " cancelled before it was scheduled"
     )
+    dispatch_error: str | None = Field(
+        None,
+        description="why the dispatcher set this SCHEDULED shipment aside instead of"
+        " dispatching it (see docs/operations.md); null otherwise",
+    )
 
 
 @router.get("/{order_id}", response_model=ShipmentView)

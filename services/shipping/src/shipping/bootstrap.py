@@ -20,7 +20,9 @@ def bootstrap(settings: Settings | None = None) -> ServiceDefinition[PostgresShi
     handlers.DISPATCH_DELAY = timedelta(seconds=settings.dispatch_delay_seconds)
 
     async def dispatcher(runtime: Runtime[Any]) -> None:
-        await handlers.run_dispatcher(runtime.new_uow, settings.dispatch_poll_interval_seconds)
+        await handlers.run_dispatcher(
+            runtime.new_uow, settings.dispatch_poll_interval_seconds, settings.service_name
+        )
 
     return ServiceDefinition(
         settings=settings,

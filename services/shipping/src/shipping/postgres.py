@@ -12,7 +12,13 @@ from shared.contracts.catalog import Address
 from shared.postgres import PostgresUnitOfWork
 from shared.uow import UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
-from shipping.repository import DueShipment, ShipmentRepository, ShippingUnitOfWork, flow_context
+from shipping.repository import (
+    DueShipment,
+    ShipmentRepository,
+    ShippingUnitOfWork,
+    UnreadableShipmentError,
+    flow_context,
+)
 
 
 def _shipment(row: asyncpg.Record) -> Shipment:
@@ -26,6 +32,7 @@ def _shipment(row: asyncpg.Record) -> Shipment:
         None
         if row["shipping_address"] is None
         else Address.model_validate_json(row["shipping_address"]),
+        row["dispatch_error"],
     )
 
 
@@ -43,17 +50,35 @@ class PostgresShipmentRepository(ShipmentRepository):
         rows = await self._conn.fetch(
             """
             SELECT * FROM shipments
-            WHERE status = 'SCHEDULED' AND dispatch_at <= $1
+            WHERE status = 'SCHEDULED' AND dispatch_at <= $1 AND dispatch_error IS NULL
             ORDER BY dispatch_at LIMIT $2
             FOR UPDATE SKIP LOCKED
             """,
             now,
             limit,
         )
-        return [
-            DueShipment(_shipment(r), r["correlation_id"], json.loads(r["trace_headers"]))
-            for r in rows
-        ]
+        due = []
+        for r in rows:
+            try:
+                shipment = _shipment(r)
+            except ValueError as exc:  # pydantic's ValidationError is one
+                raise UnreadableShipmentError(
+                    r["order_id"], f"{type(exc).__name__}: {exc}"
+                ) from exc
+            due.append(DueShipment(shipment, r["correlation_id"], json.loads(r["trace_headers"])))
+        return due
+
+    async def set_aside(self, order_id: UUID, reason: str) -> str | None:
+        correlation_id: str | None = await self._conn.fetchval(
+            """
+            UPDATE shipments SET dispatch_error = $2, updated_at = now()
+            WHERE order_id = $1 AND status = 'SCHEDULED' AND dispatch_error IS NULL
+            RETURNING correlation_id
+            """,
+            order_id,
+            reason,
+        )
+        return correlation_id
 
     async def _save(self, shipment: Shipment) -> None:
         correlation_id, trace_headers = flow_context()

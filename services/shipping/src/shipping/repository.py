@@ -31,6 +31,14 @@ class DueShipment:
         return self.shipment.order_id
 
 
+class UnreadableShipmentError(Exception):
+    """A stored shipment that does not load (a value the current model refuses)."""
+
+    def __init__(self, order_id: UUID, reason: str) -> None:
+        super().__init__(f"shipment of order {order_id} does not load: {reason}")
+        self.order_id = order_id
+
+
 def flow_context() -> tuple[str, dict[str, str]]:
     headers: dict[str, str] = {}
     propagate.inject(headers)
@@ -50,11 +58,20 @@ class ShipmentRepository(TrackingRepository[Shipment]):
     async def due(self, now: datetime, limit: int) -> list[DueShipment]:
         """Scheduled shipments whose time has come, oldest first, locked until commit; one
         that another transaction holds is skipped (another dispatcher's, or a cancellation
-        in flight: the next pass sees it). Tracked: saved at commit if dispatched."""
+        in flight: the next pass sees it), and so is one set aside. Tracked: saved at commit
+        if dispatched. Raises UnreadableShipmentError for one that does not load."""
         due = await self._due(now, limit)
         for item in due:
             self.track(item.shipment)
         return due
+
+    @abstractmethod
+    async def set_aside(self, order_id: UUID, reason: str) -> str | None:
+        """Record why the dispatcher could not dispatch this shipment (``dispatch_error``),
+        and so take it out of ``due``: it stays SCHEDULED (a cancellation still wins) until
+        an operator clears the reason. Written to storage directly, not through the
+        aggregate, which may be what failed to load. Returns the correlation id of its flow,
+        or None when it is no longer a scheduled shipment that is not set aside."""
 
     @abstractmethod
     async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None: ...

@@ -3,7 +3,7 @@ service itself). The contract tests hold them to the PostgreSQL adapters' behavi
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 from shared.testing.fakes import InMemoryUnitOfWork, stored_copy
@@ -26,11 +26,21 @@ class InMemoryShipmentRepository(ShipmentRepository):
             (
                 s
                 for s in self._rows.values()
-                if s.status is ShipmentStatus.SCHEDULED and s.dispatch_at <= now
+                if s.status is ShipmentStatus.SCHEDULED
+                and s.dispatch_at <= now
+                and s.dispatch_error is None
             ),
             key=lambda s: s.dispatch_at,
         )
         return [DueShipment(stored_copy(s), *self._contexts[s.order_id]) for s in due[:limit]]
+
+    async def set_aside(self, order_id: UUID, reason: str) -> str | None:
+        found = self._rows.get(order_id)
+        if found is None or found.status is not ShipmentStatus.SCHEDULED or found.dispatch_error:
+            return None
+        found.dispatch_error = reason
+        found.updated_at = datetime.now(UTC)
+        return self._contexts[order_id][0]
 
     async def _save(self, shipment: Shipment) -> None:
         self._contexts.setdefault(shipment.order_id, flow_context())

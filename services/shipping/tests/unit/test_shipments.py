@@ -1,6 +1,7 @@
 """Shipments: scheduled on confirmation, dispatched when due, cancel versus dispatch."""
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -16,8 +17,9 @@ from shared.contracts.catalog import (
 from shared.correlation import correlated
 from shared.testing.fakes import InMemoryState
 from shipping import handlers
-from shipping.domain.shipment import ShipmentStatus
+from shipping.domain.shipment import Shipment, ShipmentStatus
 from shipping.handlers import (
+    SHIPMENTS_SET_ASIDE,
     dispatch_due_shipments,
     when_order_cancellation_requested_cancel_shipment,
     when_order_confirmed_schedule_shipment,
@@ -182,3 +184,45 @@ async def test_one_pass_dispatches_each_shipment_within_its_own_flow() -> None:
         if e.event_type == "ShipmentDispatched"
     }
     assert dispatched == {str(order_id): flow for order_id, flow in flows.items()}
+
+
+class Unshippable(Shipment):
+    """A shipment the dispatcher cannot dispatch (why does not matter here)."""
+
+    def dispatch(self, now: datetime) -> None:
+        raise RuntimeError("the carrier refuses this parcel")
+
+
+async def test_a_shipment_that_cannot_be_dispatched_is_set_aside_and_the_ones_behind_it_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = InMemoryState()
+    good = [uuid4(), uuid4()]
+    for order_id in good:
+        await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    make_due(state)
+    bad = uuid4()
+    earliest = datetime.now(UTC) - timedelta(minutes=1)  # first in line
+    state.tables["shipments"][bad] = Unshippable(
+        bad, uuid4(), ShipmentStatus.SCHEDULED, earliest, earliest, earliest, ADDRESS
+    )
+    state.tables["shipment_contexts"][bad] = ("flow-of-the-bad-one", {})
+    set_aside = SHIPMENTS_SET_ASIDE.labels("shipping")._value.get()
+
+    with caplog.at_level(logging.ERROR, logger="shipping.handlers"):
+        assert await dispatch(state) == 2
+
+    shipments = state.tables["shipments"]
+    assert [shipments[order_id].status for order_id in good] == [ShipmentStatus.DISPATCHED] * 2
+    assert shipments[bad].status is ShipmentStatus.SCHEDULED
+    assert shipments[bad].dispatch_error == "RuntimeError: the carrier refuses this parcel"
+    dispatched = {
+        e.aggregate_id for e in state.outbox.envelopes if e.event_type == "ShipmentDispatched"
+    }
+    assert dispatched == {str(order_id) for order_id in good}
+    assert SHIPMENTS_SET_ASIDE.labels("shipping")._value.get() == set_aside + 1
+    (error,) = caplog.records
+    assert f"shipment of order {bad} set aside" in error.getMessage()
+    assert "correlation_id=flow-of-the-bad-one" in error.getMessage()
+    assert await dispatch(state) == 0  # the dispatcher no longer takes it
+    assert state.tables["shipments"][bad].status is ShipmentStatus.SCHEDULED

@@ -46,8 +46,13 @@ class Shipment(Aggregate):
         created_at: datetime,
         updated_at: datetime,
         shipping_address: Address | None = None,
+        dispatch_error: str | None = None,
     ) -> None:
         super().__init__()
+        # Why the dispatcher set this SCHEDULED shipment aside instead of dispatching it; it
+        # takes it again once an operator clears this. Written by the dispatcher alone
+        # (``ShipmentRepository.set_aside``): the shipment may be what failed to load.
+        self.dispatch_error = dispatch_error
         # None only for a shipment that never knew it: cancelled before scheduling, or
         # scheduled before addresses were kept.
         self.shipping_address = shipping_address
