@@ -535,7 +535,33 @@ def judge(
             sequences(info, facts),
             event_counts(info, facts),
             terminal_in_time(info, facts),
+            answers_documented(journal),
         ]
+    )
+
+
+# What the API may answer a write with, whatever fails behind it: success, a client error
+# the customers provoke on purpose (a late cancel, an unknown order), or 503 with Retry-After
+# while its database is away or a transaction lost a race. Never a 500: a broker's death in
+# particular is invisible to a write, which only reaches the service's own database (the
+# outbox); status 0 is no answer at all (the process killed or paused, the client's timeout).
+DOCUMENTED_ANSWERS = frozenset({0, 200, 202, 404, 409, 422, 503})
+
+
+def answers_documented(journal: list[JournalEntry]) -> Check:
+    writes = [e for e in journal if e.op != "read"]
+    odd = [
+        f"{e.op} {e.key or e.order_id or e.sku} answered {e.status} at {e.t:.3f}"
+        for e in writes
+        if e.status not in DOCUMENTED_ANSWERS
+    ]
+    unanswered = sum(1 for e in writes if e.status == 0)
+    return _check(
+        "11 answers documented",
+        odd,
+        f"{len(writes)} writes answered {', '.join(map(str, sorted(DOCUMENTED_ANSWERS - {0})))}"
+        f" or not at all ({unanswered}); no 500",
+        "{n} writes answered with a status the API does not document",
     )
 
 

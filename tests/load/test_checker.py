@@ -299,7 +299,7 @@ def test_a_consistent_run_passes_every_check() -> None:
     result = verdict()
 
     assert result.ok, render(result)
-    assert [c.name.split()[0] for c in result.checks] == [str(n) for n in range(1, 11)]
+    assert [c.name.split()[0] for c in result.checks] == [str(n) for n in range(1, 12)]
 
 
 # --- 1 orders terminal --------------------------------------------------------------------------
@@ -698,6 +698,20 @@ def test_a_run_without_an_end_cannot_bound_its_orders() -> None:
 
 
 # --- output -------------------------------------------------------------------------------------
+
+
+def test_a_write_answered_500_fails_the_answers_check_only() -> None:
+    entries = [*journal(), JournalEntry(STARTED + 20, "cancel", 500, order_id=SHIPPED)]
+    assert_only(verdict(the_journal=entries), {11}, f"cancel {SHIPPED} answered 500")
+
+
+def test_a_503_and_no_answer_are_documented_answers() -> None:
+    entries = [
+        *journal(),
+        JournalEntry(STARTED + 20, "order", 503, key="key-x"),
+        JournalEntry(STARTED + 21, "order", 0, key="key-y"),
+    ]
+    assert by_number(verdict(the_journal=entries))[11].ok
 
 
 def test_render_prints_each_check_and_at_most_ten_offenders() -> None:
