@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from infra import components
+from infra import components, kafka
 from infra.foreground import run
 from infra.install import ensure_browser
 from infra.services import admin_token_path
@@ -50,6 +50,7 @@ def _print_status(names: Sequence[str]) -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[4]]))
+    print(kafka.cluster_summary(components.ports()))
     print(_admin_token_whereabouts())
 
 

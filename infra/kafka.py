@@ -425,6 +425,24 @@ def active_controller() -> int | None:
     return None if best is None else best[1]
 
 
+def cluster_summary(ports: Ports) -> str:
+    """One line for `status`: the nodes, the active controller, the replicas out of sync."""
+    head = f"kafka cluster: {KAFKA_BROKERS} node(s)"
+    controller = active_controller()
+    if controller is None:
+        return f"{head}, no active controller known (not running?)"
+    try:
+        partitions = run_sync(lambda: asyncio.wait_for(partition_states(ports), timeout=5))
+    except Exception as exc:  # status must print whatever the cluster's state
+        return f"{head}, controller {kafka_node_name(controller)}; partitions unknown ({exc!r})"
+    lagging = [p for p in partitions if not _in_sync(p)]
+    return (
+        f"{head}, controller {kafka_node_name(controller)}, {replication().factor} replicas "
+        f"(min.insync.replicas={replication().min_insync}); {len(partitions)} partitions, "
+        f"{len(lagging)} not fully in sync"
+    )
+
+
 async def ensure_cluster(ports: Ports, timeout: float = CLUSTER_TIMEOUT) -> None:
     """Create the suite's topics that are missing, then wait until every node is registered
     and every partition has its full set of in-sync replicas (what "ready" means for a
