@@ -1,14 +1,18 @@
-"""The chaos nemesis: during a load run, at seeded random moments, one fault at a time.
+"""The chaos nemesis: during a load run, at seeded random moments, one fault or two at once.
 
 The actions (``RunInfo.actions`` names which ones a run allows):
 
 - ``kill``: SIGKILL one service process (order, inventory or shipping), 0-3 s down, start it.
-- ``kafka``: restart the Kafka broker (SIGKILL or graceful stop), wait until the services are ready.
+- ``kafka``: restart the whole Kafka cluster, every node (SIGKILL or graceful stop), wait until
+  the services are ready: the full outage.
 - ``postgres``: restart PostgreSQL (SIGKILL or graceful stop), wait until the services are ready.
 - ``pause``: SIGSTOP one service past its consumer session timeout (its group rebalances), SIGCONT.
 - ``scale``: run a second instance of one service for 15-30 s (partitions move there and back).
-- ``latency``: 100-300 ms latency (with jitter) both ways on the PostgreSQL or Kafka proxy, 5-15 s.
-- ``reset``: connections reset (1-3 s) or the proxy disabled (2-5 s), PostgreSQL's or Kafka's.
+- ``latency``: 100-300 ms latency (with jitter) both ways on every service's way to PostgreSQL,
+  or to Kafka, 5-15 s.
+- ``reset``: connections reset (1-3 s) or the proxies disabled (2-5 s), PostgreSQL's or Kafka's.
+- ``isolate``: one service process (a second instance too, when one runs) loses Kafka alone,
+  every Kafka proxy of its lane disabled for 5-15 s (and, drawn, its PostgreSQL proxy).
 - ``duplicates``: re-publish 5-30 records of the run, byte for byte, to their own partitions.
 - ``replay``: re-publish the run's first 10-30 records of every partition, in their order: an
   early stretch of the log delivered again, as after a consumer group's offsets were reset.
@@ -17,14 +21,28 @@ The actions (``RunInfo.actions`` names which ones a run allows):
 - ``failpoint:<service>:<failpoint>[:<delay>]``: restart the service with that failpoint armed,
   wait until it kills the process, start it again without (the pitfall runs use these).
 
+On a cluster of three or more nodes, faults of one Kafka node too (:data:`NODE_ACTIONS`):
+
+- ``leader``: SIGKILL the leader of a random partition of an event topic, 3-10 s down, start it.
+- ``controller``: SIGKILL the active controller (the KRaft quorum's leader), 3-10 s down, start it.
+- ``broker-pause``: SIGSTOP one node for 8-15 s, past its broker session timeout (it is fenced,
+  its partitions get new leaders), SIGCONT, wait until every replica is in sync again.
+- ``broker-cut``: one node cut off from every client (its proxy in every lane disabled), 5-15 s.
+
+A **pair**: now and then (``pair_chance``, 1/3 by default) a second action runs alongside, begun
+0-3 s into the first; never the same action twice, never two broker faults
+(:data:`BROKER_FAULTS`: with a second node down the cluster loses its quorum and
+``min.insync.replicas``, by design). The pair has ``start``/``end`` entries of its own.
+
 Every action is written to ``nemesis.jsonl`` as a ``start`` and an ``end`` (or ``error``)
 entry; what was published goes to ``injected.jsonl``, with where it landed and, for poison,
 the services that must dead-letter it. An action that fails is logged and the nemesis goes
 on; an action in progress when the nemesis is told to stop cuts its wait short and undoes
 itself. :meth:`Nemesis.heal` undoes whatever is left, whatever state the run is in.
 
-The nemesis runs in the runner's event loop; everything it does to the world goes through an
-:class:`Actuator` (:class:`LiveActuator` for real, a recording fake in the tests).
+The nemesis runs in the runner's event loop; everything it does to the world, and every
+question it asks the Kafka cluster, goes through an :class:`Actuator` (:class:`LiveActuator`
+for real, a recording fake in the tests).
 """
 
 from __future__ import annotations
@@ -48,8 +66,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra import components
 from infra.jaeger import http_ok
-from infra.settings import HOST, ports
-from infra.toxiproxy import ToxiproxyApi
+from infra.kafka import active_controller, partition_states
+from infra.settings import (
+    HOST,
+    INFRA,
+    KAFKA_BROKERS,
+    KAFKA_NODES,
+    PROXY_LANES,
+    SECOND_INSTANCES,
+    SERVICE_PROCESSES,
+    SERVICES,
+    kafka_node_name,
+    ports,
+    topic_partitions,
+)
+from infra.toxiproxy import POSTGRES_PROXY, ToxiproxyApi, proxy_name
 from load.runinfo import Injected, NemesisEntry, RunDir, RunInfo, now
 from shared.contracts import current_events
 from shared.envelope import Envelope, MalformedEnvelopeError, parse_envelope
@@ -57,30 +88,50 @@ from shared.routing import Router
 
 log = logging.getLogger(__name__)
 
-ACTIONS: tuple[str, ...] = (
-    "kill",
-    "kafka",
-    "postgres",
-    "pause",
-    "scale",
-    "latency",
-    "reset",
-    "duplicates",
-    "replay",
-    "poison",
-)
-SERVICES: tuple[str, ...] = ("order", "inventory", "shipping")
-# The launcher's default set: what a healed run has running (not toxiproxy, not second
-# instances; toxiproxy is the runner's and stays up).
-DEFAULT_COMPONENTS: tuple[str, ...] = ("postgres", "kafka", "jaeger", *SERVICES)
+# The faults of one Kafka node: offered on a cluster of three or more, where one node down
+# leaves two copies of every partition in sync (on one broker they are the `kafka` action).
+NODE_ACTIONS: tuple[str, ...] = ("leader", "controller", "broker-pause", "broker-cut")
+# At most one of these at a time: a second node down loses the quorum and min.insync.replicas.
+BROKER_FAULTS = frozenset({"kafka", *NODE_ACTIONS})
+
+
+def actions_for(brokers: int) -> tuple[str, ...]:
+    """The actions offered on a Kafka cluster of ``brokers`` nodes (all of them by default)."""
+    return (
+        "kill",
+        "kafka",
+        "postgres",
+        "pause",
+        "scale",
+        "latency",
+        "reset",
+        "isolate",
+        "duplicates",
+        "replay",
+        "poison",
+        *(NODE_ACTIONS if brokers >= 3 else ()),
+    )
+
+
+ACTIONS = actions_for(KAFKA_BROKERS)
+# The launcher's default set: what a healed run has running, every Kafka node included (not
+# toxiproxy, not second instances; toxiproxy is the runner's and stays up).
+DEFAULT_COMPONENTS: tuple[str, ...] = (*INFRA, *SERVICES)
 TOPICS: tuple[str, ...] = ("orders", "inventory", "shipping", "stock")
-PROXIES: tuple[str, ...] = ("postgres", "kafka")
+# What `latency` and `reset` hit: every service process's way to PostgreSQL, or to Kafka.
+PROXY_GROUPS: dict[str, tuple[str, ...]] = {"postgres": (POSTGRES_PROXY,), "kafka": KAFKA_NODES}
 
 # shared.kafka.new_consumer's session_timeout_ms (not a setting; a test keeps them equal): a
 # consumer silent this long is expelled from its group.
 SESSION_TIMEOUT_SECONDS = 10.0
 PAUSE_SECONDS = SESSION_TIMEOUT_SECONDS + 5.0
+# infra.kafka's broker.session.timeout.ms (a test keeps them equal): a node silent this long
+# is fenced and its partitions led elsewhere. `broker-pause` holds a node 8-15 s.
+BROKER_SESSION_TIMEOUT_SECONDS = 4.0
+PAIR_CHANCE = 1 / 3
+PAIR_LAG = 3.0  # the second action of a pair begins up to this long into the first
 READY_TIMEOUT = 120.0  # services back after a broker or database restart
+IN_SYNC_TIMEOUT = 90.0  # every replica in sync again after a Kafka node's fault
 FAILPOINT_TIMEOUT = 30.0  # an armed service must have died by then
 
 PoisonKind = Literal["not_json", "not_envelope", "unknown_version"]
@@ -377,9 +428,17 @@ async def _record_at(
 # --- the actuator ----------------------------------------------------------------------------
 
 
+def proxies(targets: Sequence[str], lanes: Sequence[str] = PROXY_LANES) -> list[str]:
+    """Toxiproxy's proxies from the service processes ``lanes`` to ``targets`` (``postgres``,
+    Kafka nodes): ``proxies(KAFKA_NODES)`` is Kafka for everyone, ``proxies(["kafka-2"])`` one
+    node cut off from every client, ``proxies(KAFKA_NODES, ["order-2"])`` one instance alone."""
+    return [proxy_name(target, lane) for lane in lanes for target in targets]
+
+
 class Actuator(Protocol):
-    """What the nemesis does to the world. Component names are the launcher's ("order",
-    "order-2", "kafka", ...); proxies are Toxiproxy's ("postgres", "kafka")."""
+    """What the nemesis does to the world, and what it asks the Kafka cluster. Component
+    names are the launcher's ("order", "order-2", "kafka", "kafka-2", ...); proxies are
+    Toxiproxy's ("postgres.order", "kafka-2.order-2", ...: :func:`proxies`)."""
 
     async def kill(self, name: str) -> None:
         """SIGKILL the component (and its process group)."""
@@ -419,6 +478,18 @@ class Actuator(Protocol):
 
     async def reset_toxics(self) -> None:
         """Every toxic removed and every proxy enabled."""
+
+    async def partition_leader(self, topic: str, partition: int) -> str:
+        """The Kafka node (its component name) leading ``topic``'s ``partition``; raise when
+        it has none."""
+
+    async def active_controller(self) -> str:
+        """The Kafka node that is the active controller (the KRaft quorum's leader); raise
+        when no running node knows one."""
+
+    async def wait_in_sync(self, timeout: float) -> None:
+        """Return once every partition of the suite's topics has a leader and every replica
+        in sync; raise after ``timeout``."""
 
     async def duplicate(self, info: RunInfo, count: int, rng: random.Random) -> list[Injected]:
         """Re-publish up to ``count`` records of the run (see :func:`publish_duplicates`)."""
@@ -511,6 +582,40 @@ class LiveActuator:
     async def reset_toxics(self) -> None:
         await asyncio.to_thread(_toxiproxy().reset)
 
+    async def partition_leader(self, topic: str, partition: int) -> str:
+        states = await partition_states(ports(), [topic])
+        leader = next((s.leader for s in states if s.partition == partition), -1)
+        if leader < 0:
+            raise NemesisError(f"{topic}[{partition}] has no leader")
+        return kafka_node_name(leader)
+
+    async def active_controller(self) -> str:
+        node = await asyncio.to_thread(active_controller)
+        if node is None:
+            raise NemesisError("no running Kafka node knows the active controller")
+        return kafka_node_name(node)
+
+    async def wait_in_sync(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                states = await partition_states(ports())
+                lagging = [
+                    f"{p.topic}[{p.partition}] isr {list(p.isr)}"
+                    for p in states
+                    if p.leader < 0 or len(p.isr) < len(p.replicas)
+                ]
+            except Exception as exc:  # the cluster not answering (yet)
+                lagging = [f"{type(exc).__name__}: {exc}"]
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise NemesisError(
+                    f"not in sync after {timeout:.0f} s: {len(lagging)} partitions, "
+                    + ", ".join(lagging[:5])
+                )
+            await asyncio.sleep(0.5)
+
     async def duplicate(self, info: RunInfo, count: int, rng: random.Random) -> list[Injected]:
         return await publish_duplicates(_kafka(), info, count, rng)
 
@@ -522,7 +627,7 @@ class LiveActuator:
 
 
 def _kafka() -> str:
-    return f"{HOST}:{ports().kafka}"
+    return ports().bootstrap_servers()
 
 
 def _ready(service: str) -> bool:
@@ -534,6 +639,11 @@ def _toxiproxy() -> ToxiproxyApi:
 
 
 # --- the nemesis -----------------------------------------------------------------------------
+
+
+# A change to the world and its undoing (a toxic added and removed, a proxy disabled and
+# enabled, a process stopped and continued).
+Change = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
 
 
 @dataclass(frozen=True)
@@ -570,6 +680,7 @@ class Nemesis:
 
     ``time_scale`` multiplies every wait (the moments between actions and the durations
     within them), so tests run a schedule in milliseconds; the log shows the planned ones.
+    ``pair_chance``: how often a step runs a second action alongside the first (a pair).
     """
 
     def __init__(
@@ -581,8 +692,14 @@ class Nemesis:
         mean_interval: float = 10.0,
         first_after: float = 5.0,
         time_scale: float = 1.0,
+        pair_chance: float = PAIR_CHANCE,
     ) -> None:
         for action in info.actions:
+            if action in NODE_ACTIONS and action not in ACTIONS:
+                raise ValueError(
+                    f"nemesis action {action!r} needs a Kafka cluster of 3 or more nodes "
+                    f"(KAFKA_BROKERS={KAFKA_BROKERS})"
+                )
             if action not in ACTIONS:
                 Failpoint.parse(action)  # raises ValueError for an unknown action
         if "poison" in info.actions:
@@ -593,9 +710,11 @@ class Nemesis:
         self._mean_interval = mean_interval
         self._first_after = first_after
         self._scale = time_scale
+        self._pair_chance = pair_chance
         self._rng = random.Random(info.seed)
         self._stop = asyncio.Event()
         self._poisoned = 0  # poison keys are numbered over the run
+        self._second_instances: set[str] = set()  # the second instances `scale` has running
 
     async def run(self, stop: asyncio.Event) -> None:
         """Act at random moments until ``stop`` is set; an action in progress then cuts its
@@ -605,16 +724,23 @@ class Nemesis:
         while self._info.actions:
             if await self._wait(delay):
                 return
-            step = self._plan(self._rng.choice(self._info.actions))
-            await self._perform(step)
+            action = self._rng.choice(self._info.actions)
+            partner = self._partner(action)
+            if partner is None:
+                await self._perform(self._plan(action))
+            else:
+                await self._pair(action, *partner)
             delay = self._rng.expovariate(1.0 / self._mean_interval)
         await stop.wait()
 
     async def heal(self) -> None:
-        """Undo everything: toxics removed and proxies enabled, stopped processes continued,
-        second instances stopped, every default component started; returns once the services
-        answer ``/ready``. Tries every step; raises NemesisError if any failed."""
-        self._log("heal", "all", "start", "toxics, paused processes, second instances, down")
+        """Undo everything: toxics removed and proxies enabled, stopped processes (Kafka
+        nodes too) continued, second instances stopped, every default component started (every
+        Kafka node), every replica in sync; returns once the services answer ``/ready``. Tries
+        every step; raises NemesisError if any failed."""
+        self._log(
+            "heal", "all", "start", "toxics and proxies, paused processes, second instances, down"
+        )
         failures: list[str] = []
 
         async def attempt(what: str, operation: Awaitable[None]) -> None:
@@ -624,11 +750,13 @@ class Nemesis:
                 failures.append(f"{what}: {type(exc).__name__}: {exc}")
 
         await attempt("toxiproxy reset", self._actuator.reset_toxics())
-        for name in (*SERVICES, *(f"{s}-2" for s in SERVICES)):
+        for name in (*KAFKA_NODES, *SERVICE_PROCESSES):
             await attempt(f"SIGCONT {name}", self._continue(name))
-        for service in SERVICES:
-            await attempt(f"stop {service}-2", self._actuator.stop(f"{service}-2"))
+        for second in SECOND_INSTANCES:
+            await attempt(f"stop {second}", self._actuator.stop(second))
+        self._second_instances.clear()
         await attempt("start", self._actuator.start(*DEFAULT_COMPONENTS))
+        await attempt("in sync", self._actuator.wait_in_sync(IN_SYNC_TIMEOUT))
         await attempt("ready", self._actuator.wait_ready(SERVICES, READY_TIMEOUT))
         if failures:
             self._log("heal", "all", "error", "; ".join(failures))
@@ -652,6 +780,32 @@ class Nemesis:
             return False
         return True
 
+    def _partner(self, first: str) -> tuple[str, float] | None:
+        """Now and then (``pair_chance``) a second action to run alongside ``first``, and how
+        long into it: another action of the run, never a second broker fault."""
+        if self._rng.random() >= self._pair_chance:
+            return None
+        others = [a for a in self._info.actions if a != first and not {a, first} <= BROKER_FAULTS]
+        if not others:
+            return None
+        return self._rng.choice(others), self._rng.uniform(0.0, PAIR_LAG)
+
+    async def _pair(self, first: str, second: str, lag: float) -> None:
+        """``first`` and ``second`` at once, each logged as usual, within a ``pair`` entry of
+        their own. The second is planned ``lag`` s into the first, so it may find what the
+        first started (a second instance to isolate)."""
+        target = f"{first}+{second}"
+        self._log("pair", target, "start", f"{second} begins {lag:.1f} s into {first}")
+
+        async def then() -> str:
+            if await self._wait(lag):
+                return f"stopped before {second} began"
+            await self._perform(self._plan(second))
+            return "both ended"
+
+        _, outcome = await asyncio.gather(self._perform(self._plan(first)), then())
+        self._log("pair", target, "end", outcome)
+
     async def _perform(self, step: Step) -> None:
         self._log(step.action, step.target, "start", step.plan)
         log.info("nemesis: %s %s (%s)", step.action, step.target, step.plan)
@@ -668,20 +822,74 @@ class Nemesis:
     ) -> None:
         self._run.append("nemesis.jsonl", NemesisEntry(now(), action, target, phase, detail))
 
+    async def _holding(self, changes: Sequence[Change], seconds: float) -> None:
+        """Make each change in turn, hold them ``seconds`` (or until told to stop), then undo
+        every change made, even when a later one failed."""
+        undo: list[Callable[[], Awaitable[None]]] = []
+        try:
+            for make, unmake in changes:
+                await make()
+                undo.append(unmake)
+            await self._wait(seconds)
+        finally:
+            await _all([unmake() for unmake in undo])
+
+    def _held(
+        self, action: str, target: str, plan: str, changes: Sequence[Change], seconds: float
+    ) -> Step:
+        """The step that makes ``changes``, holds them ``seconds`` and undoes them."""
+
+        async def perform() -> str:
+            await self._holding(changes, seconds)
+            return f"{len(changes)} changes undone"
+
+        return Step(action, target, plan, perform)
+
+    def _toxic(
+        self, proxy: str, name: str, kind: str, attributes: dict[str, int | float], stream: str
+    ) -> Change:
+        return (
+            lambda: self._actuator.add_toxic(proxy, name, kind, attributes, stream=stream),
+            lambda: self._actuator.remove_toxic(proxy, name),
+        )
+
+    def _disabled(self, proxy: str) -> Change:
+        return (
+            lambda: self._actuator.set_enabled(proxy, False),
+            lambda: self._actuator.set_enabled(proxy, True),
+        )
+
+    def _stopped(self, pid: int) -> Change:
+        return (
+            lambda: self._actuator.signal(pid, signal.SIGSTOP),
+            lambda: self._actuator.signal(pid, signal.SIGCONT),
+        )
+
+    async def _pid(self, name: str) -> int:
+        pid = await self._actuator.pid(name)
+        if pid is None:
+            raise NemesisError(f"{name} is not running")
+        return pid
+
     # -- the actions: each draws its choices now, then returns what performs them --
 
     def _plan(self, action: str) -> Step:
         planners: dict[str, Callable[[], Step]] = {
             "kill": self._kill,
-            "kafka": lambda: self._restart("kafka"),
-            "postgres": lambda: self._restart("postgres"),
+            "kafka": lambda: self._restart("kafka", KAFKA_NODES),
+            "postgres": lambda: self._restart("postgres", ("postgres",)),
             "pause": self._pause,
             "scale": self._scale_out,
             "latency": self._latency,
             "reset": self._reset,
+            "isolate": self._isolate,
             "duplicates": self._duplicates,
             "replay": self._replay,
             "poison": self._poison,
+            "leader": self._leader,
+            "controller": self._controller,
+            "broker-pause": self._broker_pause,
+            "broker-cut": self._broker_cut,
         }
         planner = planners.get(action)
         return planner() if planner is not None else self._failpoint(Failpoint.parse(action))
@@ -698,33 +906,29 @@ class Nemesis:
 
         return Step("kill", service, f"SIGKILL, down {down:.1f} s", perform)
 
-    def _restart(self, name: str) -> Step:
+    def _restart(self, action: str, names: Sequence[str]) -> Step:
+        """Every one of ``names`` SIGKILLed or stopped, one after the other, then all started;
+        the services ready again."""
         how = self._rng.choice(("SIGKILL", "stop"))
+        down = self._actuator.kill if how == "SIGKILL" else self._actuator.stop
 
         async def perform() -> str:
             began = time.monotonic()
-            if how == "SIGKILL":
-                await self._actuator.kill(name)
-            else:
-                await self._actuator.stop(name)
-            await self._actuator.start(name)
+            for name in names:
+                await down(name)
+            await self._actuator.start(*names)
             await self._actuator.wait_ready(SERVICES, READY_TIMEOUT)
             return f"started again; services ready after {time.monotonic() - began:.1f} s"
 
-        return Step(name, name, f"{how}, then start", perform)
+        every = f" every node ({', '.join(names)})" if len(names) > 1 else ""
+        return Step(action, action, f"{how}{every}, then start", perform)
 
     def _pause(self) -> Step:
         service = self._rng.choice(SERVICES)
 
         async def perform() -> str:
-            pid = await self._actuator.pid(service)
-            if pid is None:
-                raise NemesisError(f"{service} is not running")
-            await self._actuator.signal(pid, signal.SIGSTOP)
-            try:
-                await self._wait(PAUSE_SECONDS)
-            finally:
-                await self._actuator.signal(pid, signal.SIGCONT)
+            pid = await self._pid(service)
+            await self._holding([self._stopped(pid)], PAUSE_SECONDS)
             await self._actuator.wait_ready([service], READY_TIMEOUT)
             return f"SIGCONT pid {pid}, ready"
 
@@ -740,62 +944,116 @@ class Nemesis:
         async def perform() -> str:
             try:  # a start that failed half-way may have left a process: stopped too
                 await self._actuator.start(second)
+                self._second_instances.add(second)
                 await self._wait(hold)
             finally:
+                self._second_instances.discard(second)
                 await self._actuator.stop(second)
             return "stopped again"
 
         return Step("scale", second, f"second instance for {hold:.1f} s", perform)
 
     def _latency(self) -> Step:
-        proxy = self._rng.choice(PROXIES)
+        group = self._rng.choice(list(PROXY_GROUPS))
         latency = self._rng.randint(100, 300)
         jitter = latency // 4
         hold = self._rng.uniform(5.0, 15.0)
-        toxics = {f"nemesis-latency-{stream}": stream for stream in ("downstream", "upstream")}
-
-        async def perform() -> str:
-            added = []
-            try:
-                for name, stream in toxics.items():
-                    attributes: dict[str, int | float] = {"latency": latency, "jitter": jitter}
-                    await self._actuator.add_toxic(
-                        proxy, name, "latency", attributes, stream=stream
-                    )
-                    added.append(name)
-                await self._wait(hold)
-            finally:
-                await _all([self._actuator.remove_toxic(proxy, name) for name in added])
-            return "toxics removed"
-
-        plan = f"latency {latency}±{jitter} ms both ways for {hold:.1f} s"
-        return Step("latency", proxy, plan, perform)
+        attributes: dict[str, int | float] = {"latency": latency, "jitter": jitter}
+        toxics = [
+            self._toxic(proxy, f"nemesis-latency-{stream}", "latency", attributes, stream)
+            for proxy in proxies(PROXY_GROUPS[group])
+            for stream in ("downstream", "upstream")
+        ]
+        plan = f"latency {latency}±{jitter} ms both ways for {hold:.1f} s, every lane"
+        return self._held("latency", group, plan, toxics, hold)
 
     def _reset(self) -> Step:
-        proxy = self._rng.choice(PROXIES)
+        group = self._rng.choice(list(PROXY_GROUPS))
+        names = proxies(PROXY_GROUPS[group])
         if self._rng.random() < 0.5:
             hold = self._rng.uniform(1.0, 3.0)
+            changes = [
+                self._toxic(proxy, "nemesis-reset", "reset_peer", {"timeout": 0}, "downstream")
+                for proxy in names
+            ]
+            plan = f"reset_peer for {hold:.1f} s, every lane"
+        else:
+            hold = self._rng.uniform(2.0, 5.0)
+            changes = [self._disabled(proxy) for proxy in names]
+            plan = f"proxies disabled for {hold:.1f} s, every lane"
+        return self._held("reset", group, plan, changes, hold)
 
-            async def reset_peer() -> str:
-                await self._actuator.add_toxic(proxy, "nemesis-reset", "reset_peer", {"timeout": 0})
-                try:
-                    await self._wait(hold)
-                finally:
-                    await self._actuator.remove_toxic(proxy, "nemesis-reset")
-                return "toxic removed"
+    def _isolate(self) -> Step:
+        running = [*SERVICES, *sorted(self._second_instances)]
+        # One draw whatever the count: a second instance running must not shift the schedule.
+        lane = running[int(self._rng.random() * len(running))]
+        targets = (*KAFKA_NODES, POSTGRES_PROXY) if self._rng.random() < 0.5 else KAFKA_NODES
+        hold = self._rng.uniform(5.0, 15.0)
+        changes = [self._disabled(proxy) for proxy in proxies(targets, [lane])]
+        what = "Kafka and PostgreSQL" if POSTGRES_PROXY in targets else "Kafka"
+        plan = f"its {what} proxies disabled for {hold:.1f} s"
+        return self._held("isolate", lane, plan, changes, hold)
 
-            return Step("reset", proxy, f"reset_peer for {hold:.1f} s", reset_peer)
-        hold = self._rng.uniform(2.0, 5.0)
+    # -- one Kafka node at a time (BROKER_FAULTS) --
 
-        async def disable() -> str:
-            await self._actuator.set_enabled(proxy, False)
-            try:
-                await self._wait(hold)
-            finally:
-                await self._actuator.set_enabled(proxy, True)
-            return "enabled again"
+    def _leader(self) -> Step:
+        topic = self._rng.choice(TOPICS)
+        partition = self._rng.randrange(topic_partitions())
+        down = self._rng.uniform(3.0, 10.0)
 
-        return Step("reset", proxy, f"proxy disabled for {hold:.1f} s", disable)
+        async def perform() -> str:
+            node = await self._actuator.partition_leader(topic, partition)
+            return await self._node_down(node, down)
+
+        plan = f"SIGKILL its leader, down {down:.1f} s"
+        return Step("leader", f"{topic}[{partition}]", plan, perform)
+
+    def _controller(self) -> Step:
+        down = self._rng.uniform(3.0, 10.0)
+
+        async def perform() -> str:
+            return await self._node_down(await self._actuator.active_controller(), down)
+
+        return Step(
+            "controller", "quorum", f"SIGKILL the active controller, down {down:.1f} s", perform
+        )
+
+    async def _node_down(self, node: str, down: float) -> str:
+        """SIGKILL Kafka node ``node``, wait ``down`` s, start it (back when in sync)."""
+        began = time.monotonic()
+        try:
+            await self._actuator.kill(node)
+            await self._wait(down)
+            await self._actuator.start(node)
+            await self._actuator.wait_ready(SERVICES, READY_TIMEOUT)
+        except Exception as exc:  # the entry names the node the fault hit
+            raise NemesisError(f"{node}: {type(exc).__name__}: {exc}") from exc
+        return (
+            f"{node} SIGKILLed, back in sync; services ready after {time.monotonic() - began:.1f} s"
+        )
+
+    def _broker_pause(self) -> Step:
+        node = self._rng.choice(KAFKA_NODES)
+        hold = self._rng.uniform(8.0, 15.0)
+
+        async def perform() -> str:
+            pid = await self._pid(node)
+            await self._holding([self._stopped(pid)], hold)
+            await self._actuator.wait_in_sync(IN_SYNC_TIMEOUT)
+            return f"SIGCONT pid {pid}, every replica in sync"
+
+        plan = (
+            f"SIGSTOP for {hold:.1f} s "
+            f"(broker session timeout {BROKER_SESSION_TIMEOUT_SECONDS:.0f} s)"
+        )
+        return Step("broker-pause", node, plan, perform)
+
+    def _broker_cut(self) -> Step:
+        node = self._rng.choice(KAFKA_NODES)
+        hold = self._rng.uniform(5.0, 15.0)
+        changes = [self._disabled(proxy) for proxy in proxies([node])]
+        plan = f"its proxies disabled for {hold:.1f} s, every lane"
+        return self._held("broker-cut", node, plan, changes, hold)
 
     def _duplicates(self) -> Step:
         count = self._rng.randint(5, 30)
