@@ -6,7 +6,8 @@ each partition's in order. One such transaction runs at a time; the runs handed 
 is in flight go in the next one, so nothing waits to be grouped when the consumer keeps up,
 and under load each transaction carries more. When one fails, each partition's run is applied
 in a transaction of its own and, when that fails too, one record at a time, so the record at
-fault is retried and dead-lettered alone while the others go through. Correlation, spans,
+fault is retried and dead-lettered alone while the others go through (its failed attempts
+are counted in the database, so a rebalance does not start them again). Correlation, spans,
 metrics and logs are middleware (:mod:`shared.middleware`), the same for every path.
 
 Each partition's records are worked on in a task of their own, in order, and the loop keeps
@@ -57,7 +58,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
+from shared.db import DATABASE_ERRORS, LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.deadletter import DeadLetter, DeadLetterSink
 from shared.envelope import MalformedEnvelopeError, parse_envelope
 from shared.kafka import decode_headers, new_consumer, stop_consumer_within
@@ -443,34 +444,68 @@ class ConsumerRunner(Generic[U]):
     async def _process_with_retries(
         self, delivery: Delivery, observation: EventObservation
     ) -> Outcome | None:
-        """The outcome, or None when the event was dead-lettered (and observed as such)."""
-        attempt = 0
+        """The outcome, or None when the event was dead-lettered (and observed as such).
+
+        Failed attempts are counted in the database, per record (``count_failure``), not in
+        this loop: a rebalance or a restart hands the record to a member that begins this
+        loop afresh, and under frequent rebalances a record that always fails would never
+        reach ``consumer_max_attempts``. A database outage and a lost deadlock are not the
+        event's fault, and are not counted."""
+        counted = False  # this loop put failures on record: forget them when it is done
         infra_backoff = 0.5
         while True:
-            attempt += 1
             try:
                 async with self._turns:
-                    return await self._processor.process(delivery)
+                    outcome = await self._processor.process(delivery)
             except PermanentError as exc:
-                await self._dead_letter_delivery(delivery, observation, str(exc), attempt)
-                return None
+                error, permanent = str(exc), True
             except TRANSIENT_DATABASE_ERRORS as exc:
-                attempt -= 1  # not the event's fault: wait for the database, forever
-                log.warning("database unavailable (%s); retrying in %.1fs", exc, infra_backoff)
-                await self._wait(infra_backoff)
-                infra_backoff = min(infra_backoff * 2, 10.0)
-            except LOST_RACE_ERRORS as exc:
-                attempt -= 1  # another partition's transaction won a deadlock: run it again
+                infra_backoff = await self._wait_for_the_database(exc, infra_backoff)
+                continue
+            except LOST_RACE_ERRORS as exc:  # another partition's transaction won a deadlock
                 log.info("transaction lost a race (%s); running it again", exc)
                 await self._wait(random.uniform(0.0, 0.05))
+                continue
             except Exception as exc:
-                if attempt >= self._settings.consumer_max_attempts:
-                    error = f"{type(exc).__name__}: {exc}"
-                    await self._dead_letter_delivery(delivery, observation, error, attempt)
-                    return None
-                delay = self._settings.consumer_retry_backoff_seconds * 2 ** (attempt - 1)
-                log.warning("attempt %d failed (%r); retrying in %.2fs", attempt, exc, delay)
-                await self._wait(delay)
+                error, permanent = f"{type(exc).__name__}: {exc}", False
+            else:
+                if counted:
+                    await self._forget_failures(delivery)
+                return outcome
+            try:
+                attempts = await self._processor.count_failure(delivery, error)
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                infra_backoff = await self._wait_for_the_database(exc, infra_backoff)
+                continue
+            counted = True
+            if permanent or attempts >= self._settings.consumer_max_attempts:
+                await self._dead_letter_delivery(delivery, observation, error, attempts)
+                await self._forget_failures(delivery)
+                return None
+            delay = self._settings.consumer_retry_backoff_seconds * 2 ** (attempts - 1)
+            log.warning("attempt %d failed (%s); retrying in %.2fs", attempts, error, delay)
+            await self._wait(delay)
+
+    async def _wait_for_the_database(self, exc: Exception, backoff: float) -> float:
+        """Not the event's fault: wait for the database, forever. Returns the next backoff."""
+        log.warning("database unavailable (%s); retrying in %.1fs", exc, backoff)
+        await self._wait(backoff)
+        return min(backoff * 2, 10.0)
+
+    async def _forget_failures(self, delivery: Delivery) -> None:
+        """Best effort: a count left behind is purged with the dedup rows, and meanwhile
+        harmless (the record is done: a redelivery of it is a duplicate, or fails again and
+        goes back to its dead letter)."""
+        try:
+            await self._processor.forget_failures(delivery)
+        except DATABASE_ERRORS as exc:
+            log.warning(
+                "failed attempts at %s[%d]@%d left on record (%s)",
+                delivery.topic,
+                delivery.partition,
+                delivery.offset,
+                exc,
+            )
 
     async def _wait(self, delay: float) -> None:
         """Sleep before a retry, unless a rebalance hands the partition over first: then

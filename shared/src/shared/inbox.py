@@ -55,6 +55,12 @@ class Inbox(ABC):
       the stream's row) and return True; otherwise change nothing and return False.
     - ``park(event)``: keep an event that arrived ahead of a gap; parking twice is harmless.
     - ``unpark(stream, sequence)``: remove and return the parked event with that sequence.
+    - ``count_failure(topic, partition, offset, error)``: one more failed attempt at that
+      record; returns how many there have been in all, whichever member of the group made
+      them, so a rebalance or a restart does not start the count again. Called in a unit of
+      work of its own (the one that failed rolled back).
+    - ``forget_failures(topic, partition, offset)``: the record was applied or dead-lettered:
+      its count goes.
 
     For a batch of events, three of them have a set-based form, one round trip each however
     many events the batch holds (this base class loops over the single forms, which is what
@@ -86,6 +92,12 @@ class Inbox(ABC):
 
     @abstractmethod
     async def unpark(self, stream: Stream, sequence: int) -> ParkedEvent | None: ...
+
+    @abstractmethod
+    async def count_failure(self, topic: str, partition: int, offset: int, error: str) -> int: ...
+
+    @abstractmethod
+    async def forget_failures(self, topic: str, partition: int, offset: int) -> None: ...
 
     async def lock_streams(self, streams: Iterable[Stream]) -> dict[Stream, StreamPosition]:
         return {stream: await self.lock_stream(stream) for stream in sorted(set(streams))}

@@ -176,6 +176,27 @@ async def purge_processed_events(
     )
 
 
+async def purge_consumer_attempts(
+    pool: asyncpg.Pool, consumer: str, retention_hours: float, *, batch_size: int = 1000
+) -> int:
+    """Delete the failed-attempt counts of records not retried for the topics' retention:
+    left behind when a member applied a record another one had failed (only the member that
+    counted a failure forgets it). Kafka can no longer redeliver those records. Returns how
+    many rows went."""
+    return await _delete_in_batches(
+        pool,
+        """
+        DELETE FROM consumer_attempts WHERE (consumer, topic, partition, "offset") IN (
+            SELECT consumer, topic, partition, "offset" FROM consumer_attempts
+            WHERE consumer = $1 AND updated_at < now() - make_interval(secs => $2)
+            LIMIT $3 FOR UPDATE SKIP LOCKED)
+        """,
+        consumer,
+        retention_hours * 3600.0,
+        batch_size=batch_size,
+    )
+
+
 async def purge_consumer_sequences(
     pool: asyncpg.Pool, consumer: str, idle_days: float, *, batch_size: int = 1000
 ) -> int:
@@ -253,7 +274,10 @@ async def apply_retention(pool: asyncpg.Pool, settings: ServiceSettings) -> dict
     purged = {
         "processed_events": await purge_processed_events(
             pool, consumer, settings.dedup_retention_hours, batch_size=batch
-        )
+        ),
+        "consumer_attempts": await purge_consumer_attempts(
+            pool, consumer, settings.dedup_retention_hours, batch_size=batch
+        ),
     }
     if settings.consumer_sequence_retention_days:
         purged["consumer_sequences"] = await purge_consumer_sequences(

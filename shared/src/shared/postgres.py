@@ -300,6 +300,36 @@ class PostgresInbox(Inbox):
             json.loads(row["headers"]),
         )
 
+    async def count_failure(self, topic: str, partition: int, offset: int, error: str) -> int:
+        attempts: int = await self._conn.fetchval(
+            """
+            INSERT INTO consumer_attempts AS a (consumer, topic, partition, "offset", attempts,
+                                                last_error)
+            VALUES ($1, $2, $3, $4, 1, $5)
+            ON CONFLICT (consumer, topic, partition, "offset") DO UPDATE
+            SET attempts = a.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now()
+            RETURNING a.attempts
+            """,
+            self._consumer,
+            topic,
+            partition,
+            offset,
+            error,
+        )
+        return attempts
+
+    async def forget_failures(self, topic: str, partition: int, offset: int) -> None:
+        await self._conn.execute(
+            """
+            DELETE FROM consumer_attempts
+            WHERE consumer = $1 AND topic = $2 AND partition = $3 AND "offset" = $4
+            """,
+            self._consumer,
+            topic,
+            partition,
+            offset,
+        )
+
 
 class PostgresPendingEvents(PendingEvents):
     def __init__(self, conn: asyncpg.Connection, source: str) -> None:

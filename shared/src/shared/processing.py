@@ -211,6 +211,23 @@ class EventProcessor(Generic[U]):
             await _handle(subscription, uow, delivery.envelope, payload)
         return Outcome.APPLIED
 
+    async def count_failure(self, delivery: Delivery, error: str) -> int:
+        """One more failed attempt at ``delivery``'s record, recorded in a transaction of its
+        own (the attempt's rolled back); how many there have been in all, by whichever
+        member of the consumer group made them (see ``Inbox.count_failure``)."""
+        async with self._new_uow() as uow:
+            attempts = await uow.inbox.count_failure(
+                delivery.topic, delivery.partition, delivery.offset, error
+            )
+            await uow.commit()
+        return attempts
+
+    async def forget_failures(self, delivery: Delivery) -> None:
+        """``delivery``'s record was applied or dead-lettered: forget its failed attempts."""
+        async with self._new_uow() as uow:
+            await uow.inbox.forget_failures(delivery.topic, delivery.partition, delivery.offset)
+            await uow.commit()
+
     async def process(self, delivery: Delivery) -> Outcome:
         payload = self.decode(delivery.envelope)  # poison fails here, before any write
         try:

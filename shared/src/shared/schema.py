@@ -12,4 +12,6 @@ step, never by editing one; see that package for how.
   ``letter_id`` and its stream, for ``/admin/dlq`` and replay.
 - ``debounced_events``: the latest integration event per aggregate waiting for a quiet
   period (:mod:`shared.debounce`); the emitter moves it to the outbox.
+- ``consumer_attempts``: the failed attempts at each record the consumer is retrying, per
+  ``(consumer, topic, partition, offset)``, so a rebalance does not start the count again.
 """

@@ -116,7 +116,9 @@ class ServiceSettings(BaseSettings):
         " backlog stays in Kafka. 0: no limit",
     )
     consumer_max_attempts: int = Field(
-        5, description="attempts before an event is dead-lettered (ordinary errors)"
+        5,
+        description="attempts before an event is dead-lettered (ordinary errors), counted per"
+        " record in the database: a rebalance or a restart does not start the count again",
     )
     consumer_retry_backoff_seconds: float = Field(
         0.2, description="the first retry delay, doubled for each attempt"

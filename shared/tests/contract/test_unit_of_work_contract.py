@@ -203,6 +203,26 @@ async def test_passing_over_an_ignored_event_advances_only_the_next_one_of_a_cle
         assert (await uow.inbox.lock_stream(other)).last_sequence == 0
 
 
+async def test_failed_attempts_at_a_record_add_up_across_units_of_work_until_forgotten(
+    backend: Backend,
+) -> None:
+    new_uow, _ = backend
+    for expected in (1, 2):
+        async with new_uow() as uow:
+            assert await uow.inbox.count_failure("orders", 0, 7, f"failure {expected}") == expected
+            await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.inbox.count_failure("orders", 1, 7, "another record") == 1
+        # rolled back: not counted
+    async with new_uow() as uow:
+        await uow.inbox.forget_failures("orders", 0, 7)
+        await uow.inbox.forget_failures("orders", 2, 7)  # nothing to forget: harmless
+        await uow.commit()
+    async with new_uow() as uow:
+        assert await uow.inbox.count_failure("orders", 0, 7, "failure again") == 1
+        assert await uow.inbox.count_failure("orders", 1, 7, "another record") == 1
+
+
 async def test_the_set_based_inbox_methods_do_what_their_single_forms_do(backend: Backend) -> None:
     new_uow, _ = backend
     a, b, c = (("other", "order", x) for x in "abc")

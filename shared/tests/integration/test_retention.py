@@ -12,6 +12,7 @@ import pytest
 
 from shared.maintenance import (
     apply_retention,
+    purge_consumer_attempts,
     purge_consumer_sequences,
     purge_dead_letters,
     purge_outbox_sequences,
@@ -172,6 +173,23 @@ async def test_only_dead_letters_replayed_past_the_horizon_are_purged(pool: asyn
     ]
 
 
+async def test_only_attempt_counts_left_unretried_past_the_topics_retention_are_purged(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute(
+        """
+        INSERT INTO consumer_attempts (consumer, topic, partition, "offset", attempts, last_error,
+                                       updated_at)
+        VALUES ('me', 'orders', 0, 1, 2, 'e', now() - interval '8 days'),
+               ('me', 'orders', 0, 2, 1, 'e', now()),
+               ('other', 'orders', 0, 1, 2, 'e', now() - interval '8 days')
+        """
+    )
+    assert await purge_consumer_attempts(pool, "me", 24 * 7) == 1
+    left = await pool.fetch('SELECT consumer, "offset" FROM consumer_attempts ORDER BY 1, 2')
+    assert [(r["consumer"], r["offset"]) for r in left] == [("me", 2), ("other", 1)]
+
+
 async def test_the_settings_turn_each_purge_on(
     pool: asyncpg.Pool, settings: ServiceSettings
 ) -> None:
@@ -181,9 +199,14 @@ async def test_the_settings_turn_each_purge_on(
     off = settings.model_copy(
         update={"outbox_sequence_retention_days": 0, "dead_letter_retention_days": 0}
     )
-    assert await apply_retention(pool, off) == {"processed_events": 0, "consumer_sequences": 1}
+    assert await apply_retention(pool, off) == {
+        "processed_events": 0,
+        "consumer_attempts": 0,
+        "consumer_sequences": 1,
+    }
     assert await apply_retention(pool, settings) == {
         "processed_events": 0,
+        "consumer_attempts": 0,
         "consumer_sequences": 0,
         "outbox_sequences": 0,
         "dead_letters": 1,

@@ -45,6 +45,10 @@ SHIPPED_STEPS: dict[str, tuple[str, str]] = {
         "09ecc88aa4445ed15a28abaccac735ea356af67017ab85ebe0236d42adaa9887",
         "668a00d94d6b0a2030e9c6eacee3601e8477febed4146948f2e4fd3f75d24895",
     ),
+    "0005_consumer_attempts": (
+        "9e12bd55ac72c16ef42d8a2aaea3798d9a78a44d748823898400fd5e5157a6f3",
+        "6d14aab805b9f33d8a7c86d42d9270736caab3139e761cd358aaeefa1bd777c8",
+    ),
 }
 
 # (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
@@ -116,6 +120,18 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("shipping", "0007"): (
         "79bac018bc5f0f6ef1d04e9ab9aaf721899d67aba790674f27d6a7c6ad05e02e",
         "badd6c31256725f81f8f6eafaa56f48e7f97040af078209cb9ae6be00a2f8486",
+    ),
+    ("order", "0006"): (
+        "a4cfb4923986eec943e81ebbdb88731dec4652eeea204e59f290036171e78893",
+        "5564e88dcffaaafeb1a263bbded1cb2ae4809a1e30e30df9838f0d595f02d1bb",
+    ),
+    ("inventory", "0006"): (
+        "a4cfb4923986eec943e81ebbdb88731dec4652eeea204e59f290036171e78893",
+        "5564e88dcffaaafeb1a263bbded1cb2ae4809a1e30e30df9838f0d595f02d1bb",
+    ),
+    ("shipping", "0008"): (
+        "a4cfb4923986eec943e81ebbdb88731dec4652eeea204e59f290036171e78893",
+        "5564e88dcffaaafeb1a263bbded1cb2ae4809a1e30e30df9838f0d595f02d1bb",
     ),
 }
 

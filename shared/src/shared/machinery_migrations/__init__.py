@@ -28,16 +28,24 @@ from shared.machinery_migrations.step_0001_initial import MACHINERY_0001
 from shared.machinery_migrations.step_0002_dead_letter_identity import MACHINERY_0002
 from shared.machinery_migrations.step_0003_sequence_retention import MACHINERY_0003
 from shared.machinery_migrations.step_0004_debounced_events import MACHINERY_0004
+from shared.machinery_migrations.step_0005_consumer_attempts import MACHINERY_0005
 
 # Every step, oldest first: a new database (see ``shared.testing.infra.create_database``)
 # applies them in this order, as each service's revision chain does.
-STEPS: tuple[Step, ...] = (MACHINERY_0001, MACHINERY_0002, MACHINERY_0003, MACHINERY_0004)
+STEPS: tuple[Step, ...] = (
+    MACHINERY_0001,
+    MACHINERY_0002,
+    MACHINERY_0003,
+    MACHINERY_0004,
+    MACHINERY_0005,
+)
 
 __all__ = [
     "MACHINERY_0001",
     "MACHINERY_0002",
     "MACHINERY_0003",
     "MACHINERY_0004",
+    "MACHINERY_0005",
     "STEPS",
     "Step",
 ]

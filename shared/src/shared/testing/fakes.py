@@ -57,6 +57,7 @@ class InMemoryInboxState:
     processed: set[UUID] = field(default_factory=set)
     sequences: dict[Stream, int] = field(default_factory=dict)
     parked: dict[tuple[Stream, int], ParkedEvent] = field(default_factory=dict)
+    failures: dict[tuple[str, int, int], int] = field(default_factory=dict)
 
 
 class InMemoryInbox(Inbox):
@@ -96,6 +97,14 @@ class InMemoryInbox(Inbox):
 
     async def unpark(self, stream: Stream, sequence: int) -> ParkedEvent | None:
         return self.state.parked.pop((stream, sequence), None)
+
+    async def count_failure(self, topic: str, partition: int, offset: int, error: str) -> int:
+        record = (topic, partition, offset)
+        self.state.failures[record] = self.state.failures.get(record, 0) + 1
+        return self.state.failures[record]
+
+    async def forget_failures(self, topic: str, partition: int, offset: int) -> None:
+        self.state.failures.pop((topic, partition, offset), None)
 
 
 # (aggregate_type, aggregate_id, event_type) -> the event held and the changes it stands for
