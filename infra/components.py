@@ -219,11 +219,18 @@ def stop(*names: str) -> None:
     infra = [_component(name) for name in reversed(targets) if name not in SERVICE_PROCESSES]
     with process.state_lock():
         # Services are independent of each other: stop them together. Then the
-        # infrastructure one by one (Toxiproxy first), PostgreSQL last, after its clients.
+        # infrastructure one by one (Toxiproxy first), PostgreSQL last, after its clients;
+        # the Kafka nodes together, since one stopped alone hands its partitions to the
+        # others, and the last would wait in vain for a quorum to approve its shutdown.
         with ThreadPoolExecutor(max_workers=len(SERVICE_PROCESSES)) as pool:
             list(pool.map(_stop_one, services))
+        kafka = [component for component in infra if component.name in KAFKA_NODES]
         for component in infra:
-            _stop_one(component)
+            if component not in kafka:
+                _stop_one(component)
+            elif component is kafka[0]:
+                with ThreadPoolExecutor(max_workers=len(kafka)) as pool:
+                    list(pool.map(_stop_one, kafka))
 
 
 def _in_order(names: Iterable[str]) -> list[str]:
