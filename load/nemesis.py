@@ -443,8 +443,9 @@ class Actuator(Protocol):
     async def kill(self, name: str) -> None:
         """SIGKILL the component (and its process group)."""
 
-    async def stop(self, name: str) -> None:
-        """Stop the component gracefully (SIGKILL after its timeout); idempotent."""
+    async def stop(self, *names: str) -> None:
+        """Stop the components gracefully and together (SIGKILL after their timeout);
+        idempotent."""
 
     async def start(self, *names: str, env: Mapping[str, str] | None = None) -> None:
         """Start the components not running, with ``env`` added to the environment of this
@@ -520,8 +521,8 @@ class LiveActuator:
     async def kill(self, name: str) -> None:
         await self._call(lambda: components.kill(name))
 
-    async def stop(self, name: str) -> None:
-        await self._call(lambda: components.stop(name))
+    async def stop(self, *names: str) -> None:
+        await self._call(lambda: components.stop(*names))
 
     async def start(self, *names: str, env: Mapping[str, str] | None = None) -> None:
         def start() -> None:
@@ -907,15 +908,17 @@ class Nemesis:
         return Step("kill", service, f"SIGKILL, down {down:.1f} s", perform)
 
     def _restart(self, action: str, names: Sequence[str]) -> Step:
-        """Every one of ``names`` SIGKILLed or stopped, one after the other, then all started;
-        the services ready again."""
+        """Every one of ``names`` SIGKILLed one after the other, or stopped together (a
+        Kafka node stopped alone hands its partitions over to the others, and the last one
+        waits for a quorum that has gone), then all started; the services ready again."""
         how = self._rng.choice(("SIGKILL", "stop"))
-        down = self._actuator.kill if how == "SIGKILL" else self._actuator.stop
 
         async def perform() -> str:
             began = time.monotonic()
-            for name in names:
-                await down(name)
+            if how == "stop":
+                await self._actuator.stop(*names)
+            for name in names if how == "SIGKILL" else ():
+                await self._actuator.kill(name)
             await self._actuator.start(*names)
             await self._actuator.wait_ready(SERVICES, READY_TIMEOUT)
             return f"started again; services ready after {time.monotonic() - began:.1f} s"
