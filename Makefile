@@ -68,7 +68,7 @@ typecheck: deps ## mypy --strict
 	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools bench load
 	@$(PY) -m mypy shared/tests services/order/tests services/inventory/tests services/shipping/tests tests
 
-schema-check: deps ## the schema gate: the event models against the committed JSON Schemas
+schema-check: deps ## the schema gate: the event models against their first committed JSON Schemas (git history)
 	@$(PY) -m tools.schemas --check
 
 schemas: deps ## write the JSON Schema of every event version into shared/schemas

@@ -2,10 +2,14 @@
 
 ``python -m tools.schemas`` (``make schemas``) writes ``shared/schemas/<Event>/v<N>.json``
 for every registered event version. ``--check`` (``make schema-check``, run by ``make
-test``) writes nothing: it compares the models with the committed files under each topic's
-compatibility rule and exits 1 naming the event, the version, the field and the rule of
-every breaking change. A compatible change not committed yet (a new optional field, a new
-version, a new description) passes, and asks for the files to be regenerated.
+test``) writes nothing: it compares the models with each version's *published* schema, its
+first committed form in git history (the commit that added the file: rewriting a file later,
+``make schemas`` included, moves nothing), under each topic's compatibility rule, never
+lower than the strongest rule any committed schema of the topic recorded. It exits 1 naming
+the event, the version, the field and the rule of every breaking change, and 2 when git or
+the full history is not there (it does not pass blind). A compatible change not committed
+yet (a new optional field, a new version, a new description) passes, and asks for the files
+to be regenerated.
 """
 
 from __future__ import annotations
@@ -13,11 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from shared.contracts.compatibility import Key, Schema, check, current_schemas
+from shared.contracts import Compatibility
+from shared.contracts.compatibility import (
+    RULE_FIELD,
+    Key,
+    Schema,
+    check,
+    current_schemas,
+    strongest,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO / "shared" / "schemas"
@@ -53,20 +68,103 @@ def write(folder: Path, schemas: Mapping[Key, Schema]) -> list[Path]:
     return written
 
 
+class HistoryUnavailableError(Exception):
+    """git, or the history of the schemas folder, is not there to compare with."""
+
+
+@dataclass(frozen=True)
+class Published:
+    schemas: dict[Key, Schema]  # each version as the commit that added its file wrote it
+    commits: dict[Key, str]  # that commit
+    rules: dict[str, Compatibility]  # per topic, the strongest rule any committed file recorded
+
+
+_FILE = re.compile(r"([^/]+)/v([0-9]+)\.json")
+_RULE = re.compile(rf'^\+.*"{RULE_FIELD}": *"([A-Z_]+)"')
+
+
+def published(folder: Path) -> Published:
+    """What readers out there were built with, read from the git history of ``folder``.
+
+    The first commit that added a ``v<N>.json`` (renames count as additions) is the one its
+    readers may have been built from, so its form is the baseline; a later commit cannot move
+    it. The merge base with a main branch would not do: on main itself it is HEAD, the very
+    commit that rewrote the file. Rules are read from every committed form of every file, so
+    raising a rule and lowering it back later is seen too."""
+    if git(folder, "rev-parse", "--is-shallow-repository").strip() == "true":
+        raise HistoryUnavailableError(
+            "this clone is shallow, its history stops short (`git fetch --unshallow`)"
+        )
+    commits: dict[Key, str] = {}
+    log = ["log", "--no-renames", "--relative"]
+    added = git(
+        folder, *log, "--diff-filter=A", "--reverse", "--format=@%H", "--name-only", "--", "."
+    )
+    for line in added.splitlines():
+        if line.startswith("@"):
+            commit = line[1:]
+        elif file := _FILE.fullmatch(line):
+            commits.setdefault((file[1], int(file[2])), commit)
+    schemas = {
+        key: json.loads(git(folder, "show", f"{commit}:./{key[0]}/v{key[1]}.json"))
+        for key, commit in commits.items()
+    }
+    recorded: dict[str, list[Compatibility]] = {}
+    topic: str | None = None
+    changes = git(folder, *log, "-p", "-G", RULE_FIELD, "--format=", "--", ".")
+    for line in changes.splitlines():
+        if line.startswith("+++ "):
+            file = _FILE.fullmatch(line.removeprefix("+++ b/"))
+            key = (file[1], int(file[2])) if file else None
+            topic = schemas[key]["x-topic"] if key in schemas else None
+        elif topic and (rule := _RULE.match(line)) and rule[1] in Compatibility.__members__:
+            recorded.setdefault(topic, []).append(Compatibility(rule[1]))
+    rules = {topic: strongest(*found) for topic, found in recorded.items()}
+    return Published(schemas, commits, rules)
+
+
+def git(folder: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise HistoryUnavailableError("git is not installed") from None
+    if done.returncode != 0:
+        raise HistoryUnavailableError(f"`git {args[0]}` in {folder}: {done.stderr.strip()}")
+    return done.stdout
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.schemas", description=__doc__)
     parser.add_argument("--check", action="store_true", help="the gate: compare, write nothing")
-    parser.add_argument("--dir", type=Path, default=SCHEMAS, help="the committed schemas")
+    parser.add_argument(
+        "--dir", type=Path, default=SCHEMAS, help="the schemas folder, in a full git clone"
+    )
     args = parser.parse_args(argv)
     current = current_schemas()
     if not args.check:
         for path in write(args.dir, current):
             print(f"written: {os.path.relpath(path)}")
         return 0
-    report = check(current, load(args.dir))
+    try:
+        history = published(args.dir)
+    except HistoryUnavailableError as error:
+        print(
+            f"schema check cannot run: {error}. The gate holds every event version to its "
+            "first committed form in git history, so it needs git and the whole history "
+            "(a full clone); it does not pass blind.",
+            file=sys.stderr,
+        )
+        return 2
+    report = check(current, history.schemas, recorded=history.rules, written=load(args.dir))
     for breach in report.breaches:
         print(f"BREAKING: {breach}")
     if not report.ok:
+        against = {(b.event_type, b.against) for b in report.breaches if b.field != RULE_FIELD}
+        for key in sorted(against & history.commits.keys()):
+            where = os.path.relpath(path_of(args.dir, key))
+            print(f"published {key[0]} v{key[1]}: git show {history.commits[key][:12]}:./{where}")
         print(
             f"schema check failed: {len(report.breaches)} breaking change(s). Make the change "
             "compatible, or publish it as a new event type (docs/events.md#schema-evolution)."
@@ -79,7 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{os.path.relpath(args.dir)}."
         )
     else:
-        print(f"schema check passed: {len(current)} event versions, all committed.")
+        print(
+            f"schema check passed: {len(current)} event versions, {len(history.schemas)} "
+            "published (held to their first committed form), all committed."
+        )
     return 0
 
 

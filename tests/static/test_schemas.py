@@ -1,18 +1,27 @@
 """The schema gate: each kind of breaking change fails it, naming event, version, field and
-rule; an optional addition passes and asks for the committed files to be regenerated. Each
-case changes a copy of a committed schema; the committed folder is copied to a temp dir."""
+rule; an optional addition passes and asks for the committed files to be regenerated. The
+comparison cases change a copy of a committed schema; the gate's own cases run the command
+in a temporary git repository, whose history is the baseline."""
 
 from __future__ import annotations
 
 import copy
-import json
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from shared.contracts.compatibility import Key, Report, Schema, check, current_schemas
+from shared.contracts import Compatibility, compatibility_of, topic_compatibility
+from shared.contracts.compatibility import (
+    Key,
+    Report,
+    Schema,
+    check,
+    current_schemas,
+    strongest,
+)
 from tools import schemas
 
 PLACED: Key = ("OrderPlaced", 1)
@@ -25,13 +34,29 @@ def committed(tmp_path: Path) -> Path:
     return folder
 
 
-def gate(folder: Path, key: Key, change: Callable[[Schema], None]) -> Report:
-    """The gate, as if the model of ``key`` had been changed by ``change``."""
-    current = current_schemas()
+def gate(
+    folder: Path, key: Key, change: Callable[[Schema], None], orders: Compatibility | None = None
+) -> Report:
+    """The gate, as if the model of ``key`` had been changed by ``change`` (and the orders
+    topic had been ``orders``, when published and now)."""
+    published, current = schemas.load(folder), current_schemas()
+    if orders is not None:
+        published, current = (
+            on_topic(published, "orders", orders),
+            on_topic(current, "orders", orders),
+        )
     changed = copy.deepcopy(current[key])
     change(changed)
     current[key] = changed
-    return check(current, schemas.load(folder))
+    return check(current, published)
+
+
+def on_topic(found: Mapping[Key, Schema], topic: str, rule: Compatibility) -> dict[Key, Schema]:
+    """``found``, with ``rule`` as the rule of ``topic``."""
+    return {
+        key: {**schema, "x-compatibility": str(rule)} if schema["x-topic"] == topic else schema
+        for key, schema in found.items()
+    }
 
 
 def broken(report: Report) -> list[tuple[str, int, int, str, str]]:
@@ -111,20 +136,14 @@ def test_a_new_version_is_held_to_every_earlier_one_under_full_transitive(
 
 
 def test_a_backward_topic_lets_a_field_go_but_not_a_new_required_one(committed: Path) -> None:
-    def backward(change: Callable[[Schema], None]) -> Callable[[Schema], None]:
-        def changed(schema: Schema) -> None:
-            schema["x-compatibility"] = "BACKWARD"
-            change(schema)
-
-        return changed
-
-    assert gate(committed, PLACED, backward(remove_customer_id)).ok
-    assert broken(gate(committed, PLACED, backward(require_priority))) == [
+    backward = Compatibility.BACKWARD
+    assert gate(committed, PLACED, remove_customer_id, orders=backward).ok
+    assert broken(gate(committed, PLACED, require_priority, orders=backward)) == [
         ("OrderPlaced", 1, 1, "priority", "new required field")
     ]
 
 
-def test_a_committed_version_whose_model_is_gone_fails_the_gate(committed: Path) -> None:
+def test_a_published_version_whose_model_is_gone_fails_the_gate(committed: Path) -> None:
     current = current_schemas()
     del current[("InventoryRejected", 1)]
     assert broken(check(current, schemas.load(committed))) == [
@@ -132,28 +151,188 @@ def test_a_committed_version_whose_model_is_gone_fails_the_gate(committed: Path)
     ]
 
 
-def test_the_command_exits_1_naming_the_breach_of_a_model_against_a_modified_copy(
-    committed: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The committed copy had a required field the model does not have: the model removed it.
-    path = schemas.path_of(committed, PLACED)
-    schema = json.loads(path.read_text())
-    schema["properties"]["customer_email"] = {"type": "string"}
-    schema["required"].append("customer_email")
-    path.write_text(schemas.text_of(schema))
+def test_a_lowered_rule_is_a_breach_and_the_recorded_rule_still_applies(committed: Path) -> None:
+    current = on_topic(current_schemas(), "orders", Compatibility.NONE)
+    current[PLACED] = copy.deepcopy(current[PLACED])
+    quantity_as_text(current[PLACED])
+    report = check(current, schemas.load(committed))
+    lowered = [b for b in report.breaches if b.rule == "lowered compatibility"]
+    assert {b.event_type for b in lowered} == {
+        event for (event, _), schema in current.items() if schema["x-topic"] == "orders"
+    }
+    assert ("OrderPlaced", 1, 1, "items[].quantity", "changed type") in broken(report)
+    assert all(b.compatibility is Compatibility.FULL_TRANSITIVE for b in report.breaches)
 
-    assert schemas.main(["--check", "--dir", str(committed)]) == 1
-    out = capsys.readouterr().out
-    assert "BREAKING: OrderPlaced v1 against committed v1 (FULL_TRANSITIVE)" in out
-    assert "field `customer_email`: removed field" in out
+
+@pytest.mark.parametrize(
+    ("recorded", "now", "lowered"),
+    [
+        ("FULL_TRANSITIVE", "FULL", True),
+        ("FULL_TRANSITIVE", "BACKWARD_TRANSITIVE", True),
+        ("FULL", "FORWARD", True),
+        ("BACKWARD", "NONE", True),
+        ("FULL", "FULL_TRANSITIVE", False),
+        ("BACKWARD", "FULL", False),
+        ("NONE", "FORWARD", False),
+    ],
+)
+def test_a_rule_is_lowered_when_it_checks_less_than_the_recorded_one(
+    recorded: str, now: str, lowered: bool
+) -> None:
+    rule = Compatibility(now)
+    assert (strongest(rule, Compatibility(recorded)) is not rule) == lowered
+
+
+# --- the command, in a git repository whose history is the baseline --------------------------
+
+
+def git(repo: Path, *args: str) -> None:
+    identity = ["-c", "user.name=gate", "-c", "user.email=gate@example.com"]
+    command = ["git", "-C", str(repo), *identity, "-c", "commit.gpgsign=false", *args]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh git repository; its schemas are in ``repo / "schemas"``."""
+    (tmp_path / "repo").mkdir()
+    git(tmp_path / "repo", "init", "--quiet")
+    return tmp_path / "repo"
+
+
+@pytest.fixture
+def orders_rule() -> Iterator[Callable[[Compatibility], None]]:
+    """Gives the orders topic a rule, as ``topic_compatibility`` in the catalog would."""
+    before = compatibility_of("orders")
+    yield lambda rule: topic_compatibility("orders", rule)
+    topic_compatibility("orders", before)
+
+
+def commit(repo: Path, message: str, files: Mapping[Key, Schema] | None = None) -> None:
+    """Commit ``files`` as the whole schemas folder; without them, what ``make schemas``
+    writes from the models."""
+    folder = repo / "schemas"
+    if files is None:
+        assert schemas.main(["--dir", str(folder)]) == 0
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        schemas.write(folder, files)
+    git(repo, "add", "--all")
+    git(repo, "commit", "--quiet", "--allow-empty", "-m", message)
+
+
+def run_gate(folder: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = schemas.main(["--check", "--dir", str(folder)])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def published_with_quantity_as_text() -> dict[Key, Schema]:
+    """The schemas as published, when an order line's quantity was still text."""
+    baseline = current_schemas()
+    quantity_as_text(baseline[PLACED])
+    return baseline
+
+
+def test_a_retyped_field_fails_even_after_make_schemas_rewrote_and_committed_its_schema(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit(repo, "OrderPlaced v1 published", published_with_quantity_as_text())
+    commit(repo, "quantity is an integer now; make schemas")
+
+    # The files as they are now agree with the models: they alone would let this through.
+    assert check(current_schemas(), schemas.load(repo / "schemas")).ok
+    code, out = run_gate(repo / "schemas", capsys)
+    assert code == 1
+    assert (
+        "BREAKING: OrderPlaced v1 against published v1 (FULL_TRANSITIVE): "
+        "field `items[].quantity`: changed type: string -> integer. "
+        "Rule: a field's type never changes: add a field with the new type."
+    ) in out
+    assert "published OrderPlaced v1: git show " in out
     assert "schema check failed: 1 breaking change(s)" in out
 
 
-def test_the_command_writes_the_files_it_then_passes(tmp_path: Path) -> None:
-    folder = tmp_path / "fresh"
-    assert schemas.main(["--dir", str(folder)]) == 0
-    assert schemas.load(folder) == current_schemas()
-    assert schemas.main(["--check", "--dir", str(folder)]) == 0
+def test_setting_a_topic_to_none_in_the_same_change_does_not_switch_the_gate_off(
+    repo: Path,
+    capsys: pytest.CaptureFixture[str],
+    orders_rule: Callable[[Compatibility], None],
+) -> None:
+    commit(repo, "OrderPlaced v1 published", published_with_quantity_as_text())
+    orders_rule(Compatibility.NONE)
+    commit(repo, "orders is NONE, quantity an integer; make schemas")
+
+    code, out = run_gate(repo / "schemas", capsys)
+    assert code == 1
+    assert (
+        "BREAKING: OrderPlaced v1 against published v1 (FULL_TRANSITIVE): "
+        "field `x-compatibility`: lowered compatibility: "
+        "topic `orders` is now NONE, git history recorded FULL_TRANSITIVE. "
+        "Rule: a topic's rule is never lowered"
+    ) in out
+    assert "field `items[].quantity`: changed type: string -> integer" in out
+
+
+def test_a_rule_raised_in_history_cannot_be_lowered_back_later(
+    repo: Path,
+    capsys: pytest.CaptureFixture[str],
+    orders_rule: Callable[[Compatibility], None],
+) -> None:
+    orders_rule(Compatibility.BACKWARD)
+    commit(repo, "orders is BACKWARD")
+    orders_rule(Compatibility.FULL_TRANSITIVE)
+    commit(repo, "orders is FULL_TRANSITIVE")
+    assert run_gate(repo / "schemas", capsys)[0] == 0
+
+    orders_rule(Compatibility.BACKWARD)
+    commit(repo, "orders is BACKWARD again")
+    code, out = run_gate(repo / "schemas", capsys)
+    assert code == 1
+    assert "topic `orders` is now BACKWARD, git history recorded FULL_TRANSITIVE" in out
+
+
+def test_a_new_version_with_an_optional_field_passes_and_is_published_once_committed(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before_v2 = current_schemas()
+    del before_v2[("InventoryRejected", 2)]
+    commit(repo, "InventoryRejected v1 published", before_v2)
+    code, out = run_gate(repo / "schemas", capsys)
+    assert code == 0
+    assert "compatible changes not committed yet: InventoryRejected v2 (new)" in out
+
+    commit(repo, "InventoryRejected v2: optional shortfalls; make schemas")
+    assert schemas.load(repo / "schemas") == current_schemas()
+    code, out = run_gate(repo / "schemas", capsys)
+    assert code == 0
+    count = len(current_schemas())
+    assert f"schema check passed: {count} event versions, {count} published" in out
+
+
+def test_the_gate_refuses_to_pass_outside_a_git_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    folder = tmp_path / "copy"
+    shutil.copytree(schemas.SCHEMAS, folder)
+    code, out = run_gate(folder, capsys)
+    assert code == 2
+    assert "schema check cannot run: `git rev-parse`" in out
+    assert "not a git repository" in out
+
+
+def test_the_gate_refuses_to_pass_in_a_shallow_clone(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit(repo, "published", published_with_quantity_as_text())
+    commit(repo, "quantity is an integer now; make schemas")
+    clone = tmp_path / "shallow"
+    command = ["git", "clone", "--quiet", "--depth", "1", repo.as_uri(), str(clone)]
+    subprocess.run(command, check=True, capture_output=True)
+    code, out = run_gate(clone / "schemas", capsys)
+    assert code == 2
+    assert "schema check cannot run: this clone is shallow" in out
 
 
 def test_the_committed_schemas_are_those_of_the_models() -> None:

@@ -13,8 +13,8 @@ was written:
   transitive or not); on any other topic it is refused (:class:`UnknownEventError`);
 - a payload that does not validate raises :class:`InvalidPayloadError`.
 
-``tools/schemas.py`` (``make schema-check``) keeps the models compatible with the committed
-JSON Schemas of every earlier version under each topic's rule.
+``tools/schemas.py`` (``make schema-check``) keeps the models compatible with the JSON
+Schemas of every earlier version as first committed, under each topic's rule.
 """
 
 from __future__ import annotations

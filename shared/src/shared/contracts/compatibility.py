@@ -1,23 +1,25 @@
 """The schema gate: is a model still readable by, and able to read, its earlier versions?
 
-Every event version is exported as a JSON Schema (:func:`schema_of`); the committed files
-(``shared/schemas``) are what producers and consumers out there were built with.
-:func:`check` compares the current models with them under each topic's
-:class:`~shared.contracts.Compatibility` and names every breach: the event, the version, the
-field and the rule broken. Fields a reader does not know are ignored (tolerant reader), so
-adding an optional field is the one change that is compatible both ways.
+Every event version is exported as a JSON Schema (:func:`schema_of`). What producers and
+consumers out there were built with is each version's *published* schema: its first
+committed form (``tools/schemas.py`` reads it from git history). :func:`check` compares the
+current models with them under each topic's :class:`~shared.contracts.Compatibility` and names
+every breach: the event, the version, the field and the rule broken. Fields a reader does not
+know are ignored (tolerant reader), so adding an optional field is the one change that is
+compatible both ways.
 
 Each finding breaks one direction. *Backward* (a reader of the new version reads old data):
 a new required field, a narrowed constraint. *Forward* (a reader of an old version reads new
 data): a removed or renamed field, a widened constraint or an added enum value. A changed
 type breaks both. A topic's rule says which directions it checks, and whether against every
-earlier version (transitive) or only the last.
+earlier version (transitive) or only the last. A rule is never lowered below the strongest
+one history recorded for its topic: that is a breach too, and the recorded rule still applies.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ Schema = dict[str, Any]
 Key = tuple[str, int]  # (event_type, schema_version)
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+RULE_FIELD = "x-compatibility"  # where each schema records its topic's rule
 
 RULES: dict[str, str] = {
     "removed field": "fields are never removed, only deprecated (earlier readers use them)",
@@ -38,7 +41,11 @@ RULES: dict[str, str] = {
     "narrowed constraint": "constraints are never narrowed (old events may not meet them)",
     "widened constraint": "constraints are never widened (earlier readers refuse the new values)",
     "added enum value": "enum values are added only where every reader tolerates them",
-    "removed version": "a committed version stays readable: keep its model and its upcaster",
+    "removed version": "a published version stays readable: keep its model and its upcaster",
+    "lowered compatibility": (
+        "a topic's rule is never lowered (readers rely on every promise it made); "
+        "an event that needs a weaker one is a new event type on a topic of its own"
+    ),
 }
 BACKWARD, FORWARD, BOTH = "backward", "forward", "both"
 _NOISE = {"title", "description", "examples", "deprecated"}
@@ -58,7 +65,7 @@ class Breach:
 
     def __str__(self) -> str:
         return (
-            f"{self.event_type} v{self.version} against committed v{self.against} "
+            f"{self.event_type} v{self.version} against published v{self.against} "
             f"({self.compatibility}): field `{self.field}`: {self.rule}: {self.detail}. "
             f"Rule: {RULES[self.rule]}."
         )
@@ -67,7 +74,7 @@ class Breach:
 @dataclass(frozen=True)
 class Report:
     breaches: list[Breach]
-    uncommitted: list[str]  # compatible, but the committed file differs or is missing
+    uncommitted: list[str]  # compatible, but the written file differs or is missing
 
     @property
     def ok(self) -> bool:
@@ -85,7 +92,7 @@ def schema_of(spec: EventSpec) -> Schema:
         "x-schema-version": spec.schema_version,
         "x-topic": spec.topic,
         "x-aggregate-type": spec.aggregate_type,
-        "x-compatibility": str(compatibility_of(spec.topic)),
+        RULE_FIELD: str(compatibility_of(spec.topic)),
         **body,
     }
 
@@ -94,11 +101,26 @@ def current_schemas() -> dict[Key, Schema]:
     return {(s.event_type, s.schema_version): schema_of(s) for s in registered()}
 
 
-def check(current: Mapping[Key, Schema], committed: Mapping[Key, Schema]) -> Report:
-    """Every current schema against the committed ones of its event, up to its version."""
+def check(
+    current: Mapping[Key, Schema],
+    published: Mapping[Key, Schema],
+    *,
+    recorded: Mapping[str, Compatibility] | None = None,
+    written: Mapping[Key, Schema] | None = None,
+) -> Report:
+    """Every current schema against the published ones of its event, up to its version.
+
+    ``recorded`` is the strongest rule per topic that history recorded (by default, that of
+    the published schemas). A current rule that checks less is a breach, and the recorded one
+    is applied anyway, so lowering a rule cannot switch the gate off in the same change.
+    ``written`` are the files as they are now (by default ``published``): a compatible model
+    that differs from its file is reported ``uncommitted``."""
+    if recorded is None:
+        recorded = _recorded(published.values())
+    written = published if written is None else written
     breaches: list[Breach] = []
-    for event_type, version in sorted(set(committed) - set(current)):
-        old = committed[(event_type, version)]
+    for event_type, version in sorted(set(published) - set(current)):
+        old = published[(event_type, version)]
         breaches.append(
             Breach(
                 event_type,
@@ -106,40 +128,72 @@ def check(current: Mapping[Key, Schema], committed: Mapping[Key, Schema]) -> Rep
                 version,
                 "(all)",
                 "removed version",
-                "committed, but no model is registered for it",
-                Compatibility(old.get("x-compatibility", Compatibility.FULL_TRANSITIVE)),
+                "published, but no model is registered for it",
+                Compatibility(old.get(RULE_FIELD, Compatibility.FULL_TRANSITIVE)),
             )
         )
     uncommitted = []
     for (event_type, version), new in sorted(current.items()):
-        rule = Compatibility(new["x-compatibility"])
-        for against, old in _earlier(event_type, version, current, committed, rule):
+        declared = Compatibility(new[RULE_FIELD])
+        before = recorded.get(new["x-topic"], Compatibility.NONE)
+        rule = strongest(declared, before)
+        if rule is not declared:
+            breaches.append(
+                Breach(
+                    event_type,
+                    version,
+                    version,
+                    RULE_FIELD,
+                    "lowered compatibility",
+                    f"topic `{new['x-topic']}` is now {declared}, git history recorded {before}",
+                    rule,
+                )
+            )
+        for against, old in _earlier(event_type, version, current, published, rule):
             breaches.extend(
                 Breach(event_type, version, against, field, name, detail, rule)
                 for field, name, detail, breaks in compare(old, new)
                 if (breaks in (BACKWARD, BOTH) and rule.backward)
                 or (breaks in (FORWARD, BOTH) and rule.forward)
             )
-        if committed.get((event_type, version)) != new:
-            state = "changed" if (event_type, version) in committed else "new"
+        if written.get((event_type, version)) != new:
+            state = "changed" if (event_type, version) in written else "new"
             uncommitted.append(f"{event_type} v{version} ({state})")
     return Report(breaches, uncommitted)
+
+
+def strongest(*rules: Compatibility) -> Compatibility:
+    """The weakest rule that checks everything each of ``rules`` checks: FULL for BACKWARD
+    and FORWARD; a rule is *lowered* when this is not the rule itself."""
+    backward = any(rule.backward for rule in rules)
+    forward = any(rule.forward for rule in rules)
+    transitive = any(rule.transitive for rule in rules)
+    name = {(True, True): "FULL", (True, False): "BACKWARD", (False, True): "FORWARD"}
+    base = name.get((backward, forward), "NONE")
+    return Compatibility(f"{base}_TRANSITIVE" if transitive and base != "NONE" else base)
+
+
+def _recorded(schemas: Iterable[Schema]) -> dict[str, Compatibility]:
+    by_topic: dict[str, list[Compatibility]] = {}
+    for schema in schemas:
+        by_topic.setdefault(schema["x-topic"], []).append(Compatibility(schema[RULE_FIELD]))
+    return {topic: strongest(*rules) for topic, rules in by_topic.items()}
 
 
 def _earlier(
     event_type: str,
     version: int,
     current: Mapping[Key, Schema],
-    committed: Mapping[Key, Schema],
+    published: Mapping[Key, Schema],
     rule: Compatibility,
 ) -> list[tuple[int, Schema]]:
-    """What ``version`` must stay compatible with: the committed schema of each version up
-    to its own (a model not committed yet stands in for an earlier version)."""
+    """What ``version`` must stay compatible with: the published schema of each version up
+    to its own (a model not published yet stands in for an earlier version)."""
     if rule is Compatibility.NONE:
         return []
     found = []
     for v in range(1, version + 1):
-        schema = committed.get((event_type, v))
+        schema = published.get((event_type, v))
         if schema is None and v < version:
             schema = current.get((event_type, v))
         if schema is not None:
@@ -210,7 +264,7 @@ def _object(old: _Node, new: _Node, path: str) -> Iterator[Finding]:
             if twin in new_required:
                 yield path + twin, "new required field", "old events do not have it", BACKWARD
         else:
-            yield path + name, "removed field", "in the committed schema, not in the model", FORWARD
+            yield path + name, "removed field", "in the published schema, not in the model", FORWARD
     for name in added:
         if name in new_required:
             yield path + name, "new required field", "old events do not have it", BACKWARD
