@@ -133,6 +133,10 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
         "a4cfb4923986eec943e81ebbdb88731dec4652eeea204e59f290036171e78893",
         "5564e88dcffaaafeb1a263bbded1cb2ae4809a1e30e30df9838f0d595f02d1bb",
     ),
+    ("inventory", "0007"): (
+        "5b82890be5a25ee245626bb97475df9524a8150135282b021ef1bd4f5fe8d681",
+        "c712eebbbf341eb2e7956df8813a3725207835e47d78c612db3dd3483411726e",
+    ),
 }
 
 FROZEN = (

@@ -7,8 +7,15 @@ from uuid import UUID
 
 import asyncpg
 
-from inventory.domain.stock import Reservation, ReservationStatus, Stock
-from inventory.repository import InventoryUnitOfWork, ReservationRepository, StockRepository
+from inventory.domain.stock import Reservation, ReservationStatus, Stock, StockLevels
+from inventory.repository import (
+    DuplicateIdempotencyKeyError,
+    InventoryUnitOfWork,
+    RecordedRestock,
+    ReservationRepository,
+    RestockLog,
+    StockRepository,
+)
 from shared.contracts.catalog import OrderLine
 from shared.postgres import PostgresUnitOfWork
 from shared.uow import UnitOfWork
@@ -99,8 +106,43 @@ class PostgresReservationRepository(ReservationRepository):
         )
 
 
+class PostgresRestockLog(RestockLog):
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def get(self, sku: str, idempotency_key: str) -> RecordedRestock | None:
+        row = await self._conn.fetchrow(
+            "SELECT * FROM restocks WHERE sku = $1 AND idempotency_key = $2", sku, idempotency_key
+        )
+        if row is None:
+            return None
+        levels = StockLevels(row["sku"], row["available"], row["reserved"], row["shipped"])
+        return RecordedRestock(row["idempotency_key"], row["quantity"], levels)
+
+    async def add(self, restock: RecordedRestock) -> None:
+        try:
+            await self._conn.execute(
+                """
+                INSERT INTO restocks (sku, idempotency_key, quantity, available, reserved,
+                                      shipped)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                """,
+                restock.sku,
+                restock.idempotency_key,
+                restock.quantity,
+                restock.levels.available,
+                restock.levels.reserved,
+                restock.levels.shipped,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateIdempotencyKeyError(
+                f"{restock.sku}: Idempotency-Key {restock.idempotency_key!r}"
+            ) from exc
+
+
 class PostgresInventoryUnitOfWork(PostgresUnitOfWork, InventoryUnitOfWork):
     async def _begin(self) -> None:
         await super()._begin()
         self.stock = PostgresStockRepository(self, self.conn)
         self.reservations = PostgresReservationRepository(self, self.conn)
+        self.restocks = PostgresRestockLog(self.conn)

@@ -1,4 +1,5 @@
-"""The inventory service's persistence ports: stock and reservations, and its unit of work.
+"""The inventory service's persistence ports: stock, reservations and the restocks made with
+an Idempotency-Key, and its unit of work.
 The PostgreSQL adapters are in :mod:`inventory.postgres`, the in-memory fakes for unit tests
 in :mod:`inventory.testing`; the contract tests run the same cases against both.
 
@@ -6,11 +7,12 @@ An aggregate that recorded events changed; the unit of work saves exactly those.
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from uuid import UUID
 
-from inventory.domain.stock import Reservation, Stock
+from inventory.domain.stock import Reservation, Stock, StockLevels
 from shared.repository import TrackingRepository
 from shared.uow import UnitOfWork
 
@@ -62,9 +64,45 @@ class ReservationRepository(TrackingRepository[Reservation]):
         locked)."""
 
 
+@dataclass(frozen=True)
+class RecordedRestock:
+    """A restock made with an Idempotency-Key: what it asked for and the SKU's levels right
+    after it, which is what a retry with the same key answers."""
+
+    idempotency_key: str
+    quantity: int
+    levels: StockLevels
+
+    @property
+    def sku(self) -> str:
+        return self.levels.sku
+
+
+class DuplicateIdempotencyKeyError(Exception):
+    """Another transaction recorded a restock of this SKU with this Idempotency-Key first
+    (two requests raced with one key): retry, and the retry finds that restock."""
+
+
+class RestockLog(ABC):
+    """The restocks made with an Idempotency-Key, at most one per (SKU, key): a key is
+    scoped by its SKU. A restock is recorded in the transaction of its stock change, so the
+    two commit together or not at all. Records are kept (no purge)."""
+
+    @abstractmethod
+    async def get(self, sku: str, idempotency_key: str) -> RecordedRestock | None:
+        """The restock of ``sku`` recorded with this key, if any (read only, not locked:
+        callers hold the SKU's stock row, which serialises restocks of one SKU)."""
+
+    @abstractmethod
+    async def add(self, restock: RecordedRestock) -> None:
+        """Record ``restock`` in the current transaction; raises
+        :class:`DuplicateIdempotencyKeyError` when its SKU already has one with its key."""
+
+
 class InventoryUnitOfWork(UnitOfWork):
     stock: StockRepository
     reservations: ReservationRepository
+    restocks: RestockLog
 
     async def _persist(self) -> None:
         await self.stock.persist()

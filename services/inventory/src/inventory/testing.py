@@ -6,7 +6,14 @@ from __future__ import annotations
 from uuid import UUID
 
 from inventory.domain.stock import Reservation, Stock
-from inventory.repository import InventoryUnitOfWork, ReservationRepository, StockRepository
+from inventory.repository import (
+    DuplicateIdempotencyKeyError,
+    InventoryUnitOfWork,
+    RecordedRestock,
+    ReservationRepository,
+    RestockLog,
+    StockRepository,
+)
 from shared.testing.fakes import InMemoryUnitOfWork, stored_copy
 
 
@@ -51,8 +58,30 @@ class InMemoryReservationRepository(ReservationRepository):
         self._rows[reservation.order_id] = stored_copy(reservation)
 
 
+class InMemoryRestockLog(RestockLog):
+    def __init__(self, uow: InMemoryUnitOfWork) -> None:
+        self._rows: dict[tuple[str, str], RecordedRestock] = uow.table("restocks")
+        self._stock: dict[str, Stock] = uow.table("stock")
+
+    async def get(self, sku: str, idempotency_key: str) -> RecordedRestock | None:
+        return self._rows.get((sku, idempotency_key))
+
+    async def add(self, restock: RecordedRestock) -> None:
+        if restock.sku not in self._stock:  # the foreign key
+            raise ValueError(f"restock of unknown SKU {restock.sku}")
+        if restock.quantity <= 0:  # the CHECK constraint
+            raise ValueError(f"restock of {restock.quantity} units")
+        key = (restock.sku, restock.idempotency_key)
+        if key in self._rows:
+            raise DuplicateIdempotencyKeyError(
+                f"{restock.sku}: Idempotency-Key {restock.idempotency_key!r}"
+            )
+        self._rows[key] = restock  # frozen: no copy needed
+
+
 class FakeInventoryUnitOfWork(InMemoryUnitOfWork, InventoryUnitOfWork):
     async def _begin(self) -> None:
         await super()._begin()
         self.stock = InMemoryStockRepository(self)
         self.reservations = InMemoryReservationRepository(self)
+        self.restocks = InMemoryRestockLog(self)

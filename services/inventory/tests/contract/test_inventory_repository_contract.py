@@ -1,16 +1,19 @@
-"""Stock and reservation repositories: one set of cases, fake and real Postgres."""
+"""Stock and reservation repositories and the restock log: one set of cases, fake and real
+Postgres."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from uuid import uuid4
 
+import asyncpg
 import pytest
 
 from inventory.bootstrap import MIGRATIONS
-from inventory.domain.stock import Reservation
+from inventory.commands import AddStock, IdempotencyConflictError, add_stock
+from inventory.domain.stock import Reservation, StockLevels
 from inventory.postgres import PostgresInventoryUnitOfWork
-from inventory.repository import InventoryUnitOfWork
+from inventory.repository import DuplicateIdempotencyKeyError, InventoryUnitOfWork, RecordedRestock
 from inventory.testing import FakeInventoryUnitOfWork
 from shared.contracts.catalog import OrderLine
 from shared.testing.backends import units
@@ -112,3 +115,88 @@ async def test_stock_counters_hold_values_past_2_to_the_31(new_uow: NewUow) -> N
         stored = await uow.stock.get("A")
     assert stored is not None
     assert (stored.available, stored.reserved, stored.shipped) == (5, 0, past)
+
+
+# ---- the restock log (Idempotency-Key of POST /inventory/{sku}/restock) ------------------
+
+
+def a_restock(sku: str, key: str, quantity: int = 3) -> RecordedRestock:
+    return RecordedRestock(key, quantity, StockLevels(sku, quantity, 2**31 + 1, 0))
+
+
+async def record(new_uow: NewUow, *restocks: RecordedRestock) -> None:
+    async with new_uow() as uow:
+        for restock in restocks:
+            await uow.stock.get_or_create(restock.sku)
+            await uow.restocks.add(restock)
+        await uow.commit()
+
+
+async def test_a_recorded_restock_is_found_by_its_sku_and_key(new_uow: NewUow) -> None:
+    recorded = a_restock("A", "delivery-1")
+    await record(new_uow, recorded)
+    async with new_uow() as uow:
+        assert await uow.restocks.get("A", "delivery-1") == recorded
+        assert await uow.restocks.get("A", "delivery-2") is None
+        assert await uow.restocks.get("B", "delivery-1") is None
+
+
+async def test_a_key_may_be_recorded_once_per_sku(new_uow: NewUow) -> None:
+    await record(new_uow, a_restock("A", "delivery-1"), a_restock("B", "delivery-1", 4))
+    async with new_uow() as uow:
+        b = await uow.restocks.get("B", "delivery-1")
+        await uow.stock.get_or_create("A")
+        with pytest.raises(DuplicateIdempotencyKeyError):
+            await uow.restocks.add(a_restock("A", "delivery-1", 5))
+    assert b is not None
+    assert b.quantity == 4
+    async with new_uow() as uow:
+        assert await uow.restocks.get("A", "delivery-1") == a_restock("A", "delivery-1")
+
+
+async def test_a_restock_is_recorded_only_for_a_sku_that_exists(new_uow: NewUow) -> None:
+    async with new_uow() as uow:
+        with pytest.raises((ValueError, asyncpg.ForeignKeyViolationError)):
+            await uow.restocks.add(a_restock("Z", "delivery-1"))
+
+
+async def test_a_restock_record_and_its_stock_change_are_kept_together_or_not_at_all(
+    new_uow: NewUow,
+) -> None:
+    async with new_uow() as uow:
+        await add_stock(AddStock("A", 5, "delivery-1"), uow)  # commits
+    async with new_uow() as uow:
+        stock = await uow.stock.get_or_create("A")
+        stock.add(7)
+        await uow.restocks.add(RecordedRestock("delivery-2", 7, StockLevels.of(stock)))
+        # no commit: the request died before its transaction ended
+    async with new_uow() as uow:
+        a = await uow.stock.get("A")
+        kept = await uow.restocks.get("A", "delivery-1")
+        lost = await uow.restocks.get("A", "delivery-2")
+    assert a is not None
+    assert (a.available, a.reserved, a.shipped) == (5, 0, 0)
+    assert kept == RecordedRestock("delivery-1", 5, StockLevels("A", 5, 0, 0))
+    assert lost is None
+
+
+async def test_a_retried_restock_adds_once_and_another_quantity_conflicts(
+    new_uow: NewUow,
+) -> None:
+    await restock(new_uow, A=2)
+    answers = []
+    for _ in range(2):
+        async with new_uow() as uow:
+            answers.append(await add_stock(AddStock("A", 5, "delivery-1"), uow))
+    async with new_uow() as uow:
+        with pytest.raises(IdempotencyConflictError):
+            await add_stock(AddStock("A", 6, "delivery-1"), uow)
+    async with new_uow() as uow:
+        other_sku = await add_stock(AddStock("B", 6, "delivery-1"), uow)
+    async with new_uow() as uow:
+        a = await uow.stock.get("A")
+    assert [r.replayed for r in answers] == [False, True]
+    assert answers[0].levels == answers[1].levels == StockLevels("A", 7, 0, 0)
+    assert other_sku.levels == StockLevels("B", 6, 0, 0)
+    assert a is not None
+    assert a.available == 7

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from dataclasses import dataclass
 from uuid import UUID
 
 from shared.contracts.catalog import (
@@ -50,6 +51,20 @@ class StockMoved(DomainEvent):
         )
 
 
+@dataclass(frozen=True)
+class StockLevels:
+    """The three counters of one SKU at one moment."""
+
+    sku: str
+    available: int
+    reserved: int
+    shipped: int
+
+    @classmethod
+    def of(cls, stock: Stock) -> StockLevels:
+        return cls(stock.sku, stock.available, stock.reserved, stock.shipped)
+
+
 class Stock(Aggregate):
     def __init__(self, sku: str, available: int = 0, reserved: int = 0, shipped: int = 0) -> None:
         super().__init__()
@@ -59,7 +74,8 @@ class Stock(Aggregate):
         self.shipped = shipped
 
     def restock(self, available: int) -> None:
-        """Set the quantity on hand that is free to reserve (reservations are untouched)."""
+        """Set the quantity on hand that is free to reserve (reservations are untouched): an
+        operator's absolute set. Deliveries use :meth:`add`."""
         if available < 0:
             raise DomainError("available stock cannot be negative")
         if available + self.reserved + self.shipped > MAX_STOCK_UNITS:
@@ -69,6 +85,19 @@ class Stock(Aggregate):
             )
         self.available = available
         self._changed()
+
+    def add(self, quantity: int) -> None:
+        """Put ``quantity`` more units on hand, free to reserve (a delivery): the same change,
+        and the same events, as setting ``available`` to its current value plus ``quantity``."""
+        if quantity <= 0:
+            raise DomainError(f"a restock adds at least one unit, not {quantity}")
+        if self.available + quantity + self.reserved + self.shipped > MAX_STOCK_UNITS:
+            raise StockOverflowError(
+                f"{self.sku}: adding {quantity} to available {self.available} + reserved"
+                f" {self.reserved} + shipped {self.shipped} would exceed the most a SKU can"
+                f" hold, {MAX_STOCK_UNITS}"
+            )
+        self.restock(self.available + quantity)
 
     def reserve(self, quantity: int) -> None:
         if quantity > self.available:
