@@ -95,3 +95,21 @@ FANOUT_WARNINGS = Counter(
     "Requests or events whose fan-out passed STORM_FANOUT_WARN_THRESHOLD",
     ["service", "cause"],
 )
+CHANGES_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+AGGREGATE_CHANGES_IN_WINDOW = Histogram(
+    "aggregate_changes_in_window",
+    "Change requests of one aggregate in the storm guard's sliding window, observed at each"
+    " request (itself included)",
+    ["service", "aggregate_type", "change"],
+    buckets=CHANGES_BUCKETS,
+)
+AGGREGATE_CHANGE_STORMS = Counter(
+    "aggregate_change_storms_total",
+    "Aggregates whose change rate passed the storm guard's threshold (one per storm)",
+    ["service", "aggregate_type", "change"],
+)
+AGGREGATE_CHANGES_REFUSED = Counter(
+    "aggregate_changes_refused_total",
+    "Change requests refused (HTTP 429) by the per-aggregate rate limit",
+    ["service", "aggregate_type", "change"],
+)

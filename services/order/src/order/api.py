@@ -7,6 +7,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from order.commands import (
@@ -19,13 +20,23 @@ from order.commands import (
 from order.domain.order import OrderStatus
 from order.repository import DuplicateIdempotencyKeyError, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
-from shared.http import unit_of_work
+from shared.http import error_body, unit_of_work
+from shared.storm import ChangeRateGuard
 from shared.text import Text
 
 MAX_LINES = 50
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
+
+
+def address_change_guard(request: Request) -> ChangeRateGuard:
+    """The storm guard of address changes that bootstrap built for this process."""
+    guard: ChangeRateGuard = request.app.state.runtime.definition.address_changes
+    return guard
+
+
+AddressGuardDep = Annotated[ChangeRateGuard, Depends(address_change_guard)]
 
 
 class PlaceOrderRequest(BaseModel):
@@ -120,13 +131,41 @@ async def post_cancel(order_id: UUID, uow: UowDep) -> OrderView:
     return OrderView.model_validate(order)
 
 
-@router.put("/{order_id}/shipping-address", status_code=202, response_model=OrderView)
-async def put_shipping_address(order_id: UUID, body: Address, request: Request) -> OrderView:
+@router.put(
+    "/{order_id}/shipping-address",
+    status_code=202,
+    response_model=OrderView,
+    responses={
+        429: {
+            "description": "only with ADDRESS_CHANGE_RATE_LIMIT set: this order's address"
+            " changed faster than the limit; send it again after `Retry-After` seconds",
+        }
+    },
+)
+async def put_shipping_address(
+    order_id: UUID, body: Address, request: Request, guard: AddressGuardDep
+) -> OrderView | JSONResponse:
     """Ship somewhere else. 202 with the order as changed; shipping hears of it once the
     edits stop (one `OrderShippingAddressChanged` per burst, after `DEBOUNCE_QUIET_SECONDS`).
     409 once the order ended (shipped, rejected or cancelled); a change that reaches
     shipping after dispatch is not applied, and the order then shows the address the parcel
-    went to."""
+    went to. With `ADDRESS_CHANGE_RATE_LIMIT` set, 429 past it (with `Retry-After`)."""
+    # Counted and refused before a database connection is taken: a storm of edits costs
+    # the database nothing past the limit.
+    retry_after = guard.admit(str(order_id))
+    if retry_after is not None:
+        return JSONResponse(
+            error_body(
+                "rate_limited",
+                f"the address of order {order_id} is changing faster than"
+                f" ADDRESS_CHANGE_RATE_LIMIT ({guard.limit_per_second:g} a second over"
+                f" {guard.window_seconds:g} s); send the latest address again in"
+                f" {retry_after} s",
+                retry_after=retry_after,
+            ),
+            status_code=429,
+            headers={"Retry-After": str(retry_after)},
+        )
     # The unit of work is opened here, not as a dependency: a bad body is refused (422)
     # before a database connection is taken, as for POST /orders.
     async with request.app.state.runtime.new_http_uow() as uow:
