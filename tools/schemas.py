@@ -7,9 +7,9 @@ first committed form in git history (the commit that added the file: rewriting a
 ``make schemas`` included, moves nothing), under each topic's compatibility rule, never
 lower than the strongest rule any committed schema of the topic recorded. It exits 1 naming
 the event, the version, the field and the rule of every breaking change. Without git or the
-full history (a shallow clone) it warns and falls back to the schemas in the working tree. A compatible change not committed
-yet (a new optional field, a new version, a new description) passes, and asks for the files
-to be regenerated.
+full history (a shallow clone) it warns and falls back to the schemas in the working tree.
+A compatible change not committed yet (a new optional field, a new version, a new
+description) passes, and asks for the files to be regenerated.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ from shipping.bootstrap import MIGRATIONS as SHIPPING
 SERVICES: dict[str, Path] = {"order": ORDER, "inventory": INVENTORY, "shipping": SHIPPING}
 OWN_TABLES: dict[str, set[str]] = {
     "order": {"orders", "known_skus"},
-    "inventory": {"stock", "reservations"},
+    "inventory": {"stock", "reservations", "restocks"},
     "shipping": {"shipments"},
 }
 MACHINERY = {"outbox", "outbox_sequences", "processed_events", "consumer_sequences",
-             "parked_events", "dead_letters", "debounced_events"}  # fmt: skip
+             "parked_events", "dead_letters", "debounced_events", "consumer_attempts"}  # fmt: skip
 
 Seed = Callable[[asyncpg.Connection], Awaitable[None]]
 

@@ -238,6 +238,8 @@ def _error_name(status: int) -> str:
         405: "method_not_allowed",
         409: "conflict",
         413: "payload_too_large",
+        422: "validation_error",
+        429: "rate_limited",
     }.get(status, "error")
 
 
