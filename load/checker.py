@@ -8,9 +8,10 @@ invariants"), with the ids that break each one.
 offsets); :func:`judge` is pure, one small function per check, so each can be shown to fail
 on synthetic :class:`Facts`. Everything is scoped to the run: its orders (customer ids
 ``load-<tag>-``, and every order id the journal or an ``OrderPlaced`` of a run customer
-names), its SKUs, the records keyed by them. Where the invariant is global it is read
-globally: outboxes, pending debounced events, consumer lag, and the events parked and dead
-letters written since the run started (what an earlier test left parked is not the run's).
+names), its SKUs, the records keyed by them, the producers' and consumers' positions in
+their streams. Where the invariant is global it is read globally: consumer lag, and the
+events parked and dead letters written since the run started (what an earlier test left
+parked is not the run's).
 
 Check 9, the event counts, counts DISTINCT event ids per order and type (copies of one
 event, from relay retries or injected duplicates, are one event). The rules, from the state
@@ -83,6 +84,7 @@ from shared.contracts.catalog import (
     StockLevelChanged,
 )
 from shared.envelope import MalformedEnvelopeError, parse_envelope
+from shared.inbox import Stream
 from shipping.domain.shipment import ShipmentStatus
 from shipping.handlers import router as shipping_router
 
@@ -110,6 +112,20 @@ REPEATABLE = frozenset({ADDRESS_CHANGED})  # debounced: one per burst, any numbe
 
 LIVE_SHIPMENT = frozenset({ShipmentStatus.SCHEDULED.value, ShipmentStatus.DISPATCHED.value})
 
+AddressKey = tuple[str, str, str, str]  # line1, city, postal_code, country
+Position = tuple[str, str, str, str]  # consumer, and the stream: source, type, aggregate id
+
+
+def address_key(value: Mapping[str, object] | str | None) -> AddressKey | None:
+    """An address as the API's JSON or a database's jsonb text holds it, comparable."""
+    raw = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(raw, Mapping):
+        return None
+    line1, city, postal_code, country = (
+        str(raw.get(f, "")) for f in ("line1", "city", "postal_code", "country")
+    )
+    return line1, city, postal_code, country
+
 
 # --- what was read ---------------------------------------------------------------------------
 
@@ -123,6 +139,7 @@ class OrderRow:
     version: int
     idempotency_key: str | None
     updated_at: float  # epoch seconds
+    address: AddressKey | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,8 @@ class ReservationRow:
 class ShipmentRow:
     order_id: str
     status: str
+    address: AddressKey | None = None  # where it goes; for a DISPATCHED one, where it went
+    updated_at: float = 0.0  # epoch seconds; for a DISPATCHED one, its dispatch
 
 
 @dataclass(frozen=True)
@@ -196,9 +215,12 @@ class Facts:
     stock: list[StockRow] = field(default_factory=list)
     reservations: list[ReservationRow] = field(default_factory=list)
     shipments: list[ShipmentRow] = field(default_factory=list)
-    outbox: dict[str, int] = field(default_factory=dict)  # service -> rows waiting
+    outbox: dict[str, int] = field(default_factory=dict)  # service -> the run's rows waiting
     parked: dict[str, int] = field(default_factory=dict)  # service -> parked events
-    pending: dict[str, int] = field(default_factory=dict)  # service -> debounced rows waiting
+    pending: dict[str, int] = field(default_factory=dict)  # service -> the run's held events
+    produced: dict[Stream, int] = field(default_factory=dict)  # the producer's last sequence
+    applied: dict[Position, int] = field(default_factory=dict)  # a consumer's last applied
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # consumer -> its topics
     letters: list[Letter] = field(default_factory=list)  # written since the run started
     records: list[Record] = field(default_factory=list)  # the run's, from its start offsets
     undecodable: list[Undecodable] = field(default_factory=list)  # the run's keys, poison too
@@ -210,25 +232,32 @@ class Facts:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _consumed_topics() -> dict[str, tuple[str, ...]]:
-    """Consumer group -> the topics it reads, from each service's routing."""
+def _routed_topics() -> dict[str, tuple[str, ...]]:
+    """Consuming service -> the topics it reads, from each service's routing."""
     return {
-        "order-service": tuple(order_router.topics),
-        "inventory-service": tuple(inventory_router.topics),
-        "shipping-service": tuple(shipping_router.topics),
+        "order": tuple(order_router.topics),
+        "inventory": tuple(inventory_router.topics),
+        "shipping": tuple(shipping_router.topics),
     }
+
+
+def _consumed_topics() -> dict[str, tuple[str, ...]]:
+    """Consumer group -> the topics it reads."""
+    return {f"{service}-service": topics for service, topics in _routed_topics().items()}
 
 
 @dataclass(frozen=True)
 class Topics:
-    """Where gather reads: the event topics, each service's dead-letter topic, and the topics
-    of each consumer group whose lag it measures."""
+    """Where gather reads: the event topics, each service's dead-letter topic, the topics
+    of each consumer group whose lag it measures, and the topics each service's consumer
+    reads (whose streams its stored positions follow)."""
 
     events: tuple[str, ...] = TOPICS
     dead_letters: Mapping[str, str] = field(
         default_factory=lambda: dict(zip(SERVICES, DLQ_TOPICS, strict=True))
     )
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=_consumed_topics)
+    consumers: Mapping[str, tuple[str, ...]] = field(default_factory=_routed_topics)
 
 
 def database_urls() -> dict[str, str]:
@@ -263,7 +292,9 @@ async def gather(
     records = [r for r, _ in raw if r.key in keys]
     run_keys = [u for u in undecodable if u.key in keys or _poison(info, u.key)]
 
-    facts = Facts(orders=orders, records=records, undecodable=run_keys, dlq=dlq)
+    facts = Facts(
+        orders=orders, records=records, undecodable=run_keys, dlq=dlq, reads=dict(topics.consumers)
+    )
     ids = sorted(run_orders)
     for service, url in urls.items():
         await _read_service(facts, service, url, info, ids)
@@ -297,7 +328,7 @@ async def _read_orders(url: str, prefix: str, ids: list[str]) -> list[OrderRow]:
         rows = await conn.fetch(
             """
             SELECT order_id::text, customer_id, status, items, version, idempotency_key,
-                   extract(epoch FROM updated_at)::float8 AS updated_at
+                   extract(epoch FROM updated_at)::float8 AS updated_at, shipping_address
             FROM orders
             WHERE starts_with(customer_id, $1) OR order_id = ANY($2::uuid[])
             """,
@@ -315,6 +346,7 @@ async def _read_orders(url: str, prefix: str, ids: list[str]) -> list[OrderRow]:
             r["version"],
             r["idempotency_key"],
             r["updated_at"],
+            address_key(r["shipping_address"]),
         )
         for r in rows
     ]
@@ -323,14 +355,31 @@ async def _read_orders(url: str, prefix: str, ids: list[str]) -> list[OrderRow]:
 async def _read_service(
     facts: Facts, service: str, url: str, info: RunInfo, order_ids: list[str]
 ) -> None:
+    keys = [*order_ids, *info.all_skus]  # the run's aggregate ids, its message keys
     conn = await asyncpg.connect(url)
     try:
-        facts.outbox[service] = await conn.fetchval("SELECT count(*) FROM outbox")
+        facts.outbox[service] = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE message_key = ANY($1)", keys
+        )
         facts.parked[service] = await conn.fetchval(
             "SELECT count(*) FROM parked_events WHERE parked_at >= to_timestamp($1)",
             info.started_at,
         )
-        facts.pending[service] = await conn.fetchval("SELECT count(*) FROM debounced_events")
+        facts.pending[service] = await conn.fetchval(
+            "SELECT count(*) FROM debounced_events WHERE aggregate_id = ANY($1)", keys
+        )
+        produced = await conn.fetch(
+            "SELECT aggregate_type, aggregate_id, last_sequence FROM outbox_sequences"
+            " WHERE aggregate_id = ANY($1)",
+            keys,
+        )
+        facts.produced.update(((service, r[0], r[1]), r[2]) for r in produced)
+        applied = await conn.fetch(
+            "SELECT consumer, source, aggregate_type, aggregate_id, last_sequence"
+            " FROM consumer_sequences WHERE aggregate_id = ANY($1)",
+            keys,
+        )
+        facts.applied.update(((r[0], r[1], r[2], r[3]), r[4]) for r in applied)
         letters = await conn.fetch(
             "SELECT message_key, error, topic FROM dead_letters"
             " WHERE created_at >= to_timestamp($1)",
@@ -364,10 +413,12 @@ async def _read_service(
             facts.reservations.extend(ReservationRow(r[0], r[1]) for r in rows)
         if "shipments" in tables:
             rows = await conn.fetch(
-                "SELECT order_id::text, status FROM shipments WHERE order_id = ANY($1::uuid[])",
+                "SELECT order_id::text, status, shipping_address,"
+                " extract(epoch FROM updated_at)::float8 FROM shipments"
+                " WHERE order_id = ANY($1::uuid[])",
                 order_ids,
             )
-            facts.shipments.extend(ShipmentRow(r[0], r[1]) for r in rows)
+            facts.shipments.extend(ShipmentRow(r[0], r[1], address_key(r[2]), r[3]) for r in rows)
     finally:
         await conn.close()
 

@@ -25,8 +25,10 @@ ADDRESS_BURST = (3, 6)  # changes in one burst
 ADDRESS_GAP = (0.05, 0.3)  # seconds between two changes of a burst
 REPLAY_SHARE = 0.05  # accepted orders sent again with the same key and body
 READ_SHARE = 0.30
-READ_WITHIN = 5.0
-RESTOCK_UNITS = (1, 6)  # a hot SKU is set to this many free units
+READ_WITHIN = 5.0  # seconds after placing: the first read
+READS = (1, 3)  # reads of one order, one after the other (the checker compares them)
+READ_GAP = (0.2, 2.0)  # seconds between two reads of one order
+RESTOCK_UNITS = (1, 6)  # units added to a hot SKU by one restock
 RESTOCK_EVERY = (2.0, 5.0)  # seconds between two restocks
 RESTOCK_QUIET_END = 10.0  # no restock starts in a headless run's last seconds
 CITIES = (
@@ -104,7 +106,7 @@ class FollowUp:
     replay: bool = False
     cancel_after: float | None = None
     address_burst: tuple[tuple[float, dict[str, str]], ...] = ()  # (pause before, address)
-    read_after: float | None = None
+    reads: tuple[float, ...] = ()  # the pause before each read, the first from the placing
 
     @property
     def idle(self) -> bool:
@@ -112,7 +114,7 @@ class FollowUp:
             not self.replay
             and self.cancel_after is None
             and not self.address_burst
-            and self.read_after is None
+            and not self.reads
         )
 
 
@@ -126,12 +128,13 @@ def follow_up(rng: random.Random) -> FollowUp:
     size = rng.randint(*ADDRESS_BURST)
     changes = tuple((rng.uniform(*ADDRESS_GAP), address(rng)) for _ in range(size))
     read = rng.random() < READ_SHARE
-    read_after = rng.uniform(0, READ_WITHIN)
+    reads = (rng.uniform(0, READ_WITHIN), *(rng.uniform(*READ_GAP) for _ in range(READS[1] - 1)))
+    count = rng.randint(*READS)
     return FollowUp(
         replay=replay,
         cancel_after=cancel_after if cancel else None,
         address_burst=changes if burst else (),
-        read_after=read_after if read else None,
+        reads=reads[:count] if read else (),
     )
 
 
@@ -145,9 +148,9 @@ def per_user_rate(rate: float, users: int, fixed: int = 1) -> float:
 def restocks_closed(now: float, started_at: float, duration: float, headless: bool) -> bool:
     """True in the last ``RESTOCK_QUIET_END`` seconds of a headless run (measured from the
     run's start, which precedes Locust's by the stocking up: on the early side). A restock
-    cut off by the end of the load gets no answer, and a SKU whose last restock went
-    unanswered holds an unknown amount of stock put in: the checker could not judge it. With
-    the web UI the user ends the run, and restocks go on."""
+    cut off by the end of the load gets no answer, and a SKU with a restock never answered
+    holds an unknown amount of stock put in: the checker could not judge it. With the web UI
+    the user ends the run, and restocks go on."""
     return headless and now >= started_at + duration - RESTOCK_QUIET_END
 
 
@@ -212,6 +215,10 @@ def stock_total(body: dict[str, Any]) -> int | None:
         return None
 
 
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def journal_entry(
     op: Op,
     status: int,
@@ -223,11 +230,15 @@ def journal_entry(
     order_id: str | None = None,
     sku: str | None = None,
     attempt: int = 1,
+    sent: dict[str, Any] | None = None,
 ) -> JournalEntry:
-    """One request and its answer; the order id and the stock total come from the answer
-    when it has them (``order_id`` is the one asked about otherwise)."""
+    """One request and its answer. From the body ``sent``: a restock's quantity, an address
+    change's address. From a 2xx answer: the order id (``order_id`` is the one asked about
+    otherwise), the order's status and version, a restock's stock total."""
     body = answer(text) if 200 <= status < 300 else {}
+    sent = sent or {}
     found = body.get("order_id")
+    state = body.get("status") if op != "restock" else None
     return JournalEntry(
         t=sent_at,
         op=op,
@@ -238,4 +249,8 @@ def journal_entry(
         total=stock_total(body) if op == "restock" else None,
         attempt=attempt,
         seconds=round(seconds, 4),
+        quantity=_int(sent.get("quantity")) if op == "restock" else None,
+        address={k: str(v) for k, v in sent.items()} if op == "address" else None,
+        state=state if isinstance(state, str) else None,
+        version=_int(body.get("version")) if op != "restock" else None,
     )

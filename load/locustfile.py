@@ -10,9 +10,10 @@ inventory service by absolute URL.
   hot ones often, so that all customers together offer ``rate`` orders/s; retries a write
   that got no answer or a 5xx with the same ``Idempotency-Key`` and body for up to a minute;
   replays a few accepted orders on purpose (same key, must be the same order); cancels some
-  at a random moment, re-addresses some in bursts, reads some.
-- ``Restocker`` (exactly one): sets a hot SKU's free units every few seconds, retrying until
-  answered, so the checker knows the stock put in.
+  at a random moment, re-addresses some in bursts, reads some (one to three times).
+- ``Restocker`` (exactly one): adds a few units to a hot SKU every few seconds
+  (``POST /inventory/{sku}/restock`` with an ``Idempotency-Key``, so a retry adds once),
+  retrying until answered, so the checker knows every unit put in.
 
 Every request is one line of ``journal.jsonl`` (:class:`load.runinfo.JournalEntry`). The
 choices live in :mod:`load.customers`, which imports no Locust (and so no gevent patching).
@@ -143,6 +144,7 @@ class Writer(FastHttpUser):
                     order_id=order_id,
                     sku=sku,
                     attempt=attempt,
+                    sent=body,
                 ),
             )
         return status, text
@@ -238,8 +240,8 @@ class Customer(Writer):
             self.followups.spawn(self.after, plan.cancel_after, self.cancel, order_id)
         if plan.address_burst:
             self.followups.spawn(self.readdress, order_id, plan.address_burst)
-        if plan.read_after is not None:
-            self.followups.spawn(self.after, plan.read_after, self.read, order_id)
+        if plan.reads:
+            self.followups.spawn(self.read, order_id, plan.reads)
 
     @staticmethod
     def after(delay: float, step: Callable[[str], None], order_id: str) -> None:
@@ -271,23 +273,25 @@ class Customer(Writer):
             if status == 409:  # the order ended: the rest of the burst would be refused too
                 return
 
-    def read(self, order_id: str) -> None:
-        self.write(
-            "read",
-            "GET",
-            f"/orders/{order_id}",
-            "/orders/{id}",
-            NO_RETRY,
-            order_id=order_id,
-            headers=self.correlated(),
-        )
+    def read(self, order_id: str, pauses: tuple[float, ...]) -> None:
+        for pause in pauses:
+            gevent.sleep(pause)
+            self.write(
+                "read",
+                "GET",
+                f"/orders/{order_id}",
+                "/orders/{id}",
+                NO_RETRY,
+                order_id=order_id,
+                headers=self.correlated(),
+            )
 
     def correlated(self) -> dict[str, str]:
         return {"X-Correlation-ID": correlation_id(self.info.tag)}
 
 
 class Restocker(Writer):
-    """Sets the free units of the hot SKUs in turn, every few seconds."""
+    """Adds a few units to the hot SKUs in turn, every few seconds."""
 
     fixed_count = FIXED_USERS
 
@@ -310,12 +314,15 @@ class Restocker(Writer):
             return
         sku = self.info.hot_skus[self.turn % len(self.info.hot_skus)]
         self.turn += 1
+        key = idempotency_key()
         self.write(
             "restock",
-            "PUT",
-            f"{self.inventory}/inventory/{sku}",
-            "/inventory/{sku}",
+            "POST",
+            f"{self.inventory}/inventory/{sku}/restock",
+            "/inventory/{sku}/restock",
             UNTIL_ANSWERED,
-            body={"available": self.rng.randint(*RESTOCK_UNITS)},
+            body={"quantity": self.rng.randint(*RESTOCK_UNITS)},
+            headers={"Idempotency-Key": key, "X-Correlation-ID": correlation_id(self.info.tag)},
+            key=key,
             sku=sku,
         )

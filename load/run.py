@@ -3,7 +3,7 @@ customers for a while with the nemesis loose, everything healed, the backlog dra
 checker's verdict and the report.
 
     prepare  infra + toxiproxy up; services restarted with SUITE_VIA_PROXY (+ pitfall modes);
-             the run folder, its SKUs stocked, the Kafka end offsets noted (run.json)
+             the run folder, the Kafka end offsets noted (run.json), its SKUs stocked
     load     Locust (a subprocess) | nemesis | timeline sampler, side by side
     heal     the nemesis undoes what it did and starts whatever is down
     drain    until every order of the run is terminal and nothing is in flight (or stuck)
@@ -31,8 +31,9 @@ from bench.probe import Samples, gauge_sum, known_skus, scrape
 from infra import components
 from infra.settings import DLQ_TOPICS, HOST, INFRA, REPO, SERVICES, TOPICS
 from load import checker, report
+from load.customers import RetryPolicy, idempotency_key, journal_entry
 from load.nemesis import ACTIONS, LiveActuator, Nemesis
-from load.runinfo import REPORTS, JournalEntry, RunDir, RunInfo, Sample, Verdict, now
+from load.runinfo import REPORTS, RunDir, RunInfo, Sample, Verdict, now
 
 TERMINAL = ("SHIPPED", "REJECTED", "CANCELLED")
 # What every load run runs with: shipments leave a second after they are scheduled, so the
@@ -40,6 +41,8 @@ TERMINAL = ("SHIPPED", "REJECTED", "CANCELLED")
 RUN_ENV = {"SUITE_VIA_PROXY": "true", "DISPATCH_DELAY_SECONDS": "1"}
 HOT_UNITS = 20  # a hot SKU starts with this many units: it runs out, orders are rejected
 PLENTY_UNITS = 1_000_000
+STOCKING = RetryPolicy()  # a stocking restock is sent again (same key) for up to a minute
+STOCKING_TIMEOUT = 10.0  # seconds: one attempt
 # Drained: this many samples in a row (a second apart) with nothing in flight, so offsets the
 # consumers commit every half second and the lag they report have caught up.
 SETTLED = 3
@@ -125,25 +128,55 @@ class Runner:
         return run, info
 
     async def stock_up(self, run: RunDir, info: RunInfo) -> None:
-        """Stock every SKU of the run (journaled like the customers' restocks), then wait
-        until the order service's catalog replica knows them all."""
+        """Stock every SKU of the run with a restock of its first units, then wait until the
+        order service's catalog replica knows them all. Restocks add (the SKUs are new), so
+        the checker counts these like the restocker's: every unit put in is in the journal."""
         for sku in info.all_skus:
-            units = HOT_UNITS if sku in info.hot_skus else PLENTY_UNITS
-            started = time.monotonic()
-            body = json.dumps({"available": units}).encode()
-            response = await self.clients["inventory"].request("PUT", f"/inventory/{sku}", body)
-            if response.status != 200:
-                raise RuntimeError(f"stocking {sku}: {response.status} {response.body!r}")
-            view = json.loads(response.body)
-            total = view["available"] + view["reserved"] + view["shipped"]
-            seconds = time.monotonic() - started
-            entry = JournalEntry(now(), "restock", 200, sku=sku, total=total, seconds=seconds)
-            run.append("journal.jsonl", entry)
+            await self.restock(run, sku, HOT_UNITS if sku in info.hot_skus else PLENTY_UNITS)
         deadline = time.monotonic() + 60
         while await known_skus(self.urls["order"], info.all_skus) < len(info.all_skus):
             if time.monotonic() > deadline:
                 raise RuntimeError("the order service did not learn the run's SKUs within 60 s")
             await asyncio.sleep(0.5)
+
+    async def restock(self, run: RunDir, sku: str, quantity: int) -> None:
+        """``POST /inventory/{sku}/restock`` with an Idempotency-Key, sent again with the same
+        key until answered, every attempt journaled as the customers journal theirs."""
+        key, body = idempotency_key(), {"quantity": quantity}
+        started, attempt = time.monotonic(), 1
+        while True:
+            sent_at, sending = now(), time.monotonic()
+            status, text = 0, ""
+            with contextlib.suppress(OSError, HttpError, TimeoutError):
+                response = await asyncio.wait_for(
+                    self.clients["inventory"].request(
+                        "POST",
+                        f"/inventory/{sku}/restock",
+                        json.dumps(body).encode(),
+                        {"Idempotency-Key": key},
+                    ),
+                    STOCKING_TIMEOUT,
+                )
+                status, text = response.status, response.body.decode(errors="replace")
+            seconds = time.monotonic() - sending
+            entry = journal_entry(
+                "restock",
+                status,
+                sent_at,
+                seconds,
+                text,
+                key=key,
+                sku=sku,
+                attempt=attempt,
+                sent=body,
+            )
+            run.append("journal.jsonl", entry)
+            if 200 <= status < 300:
+                return
+            if not STOCKING.again(status, text, attempt, time.monotonic() - started):
+                raise RuntimeError(f"stocking {sku}: {status} {text[:200]!r}")
+            await asyncio.sleep(STOCKING.backoff(attempt))
+            attempt += 1
 
     # --- load ----------------------------------------------------------------------------
 

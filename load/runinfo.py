@@ -4,8 +4,9 @@ A run lives in ``reports/load/<run_id>/``. The parts never call each other; they
 
 - ``run.json`` (:class:`RunInfo`): what was run, the run's SKUs and the Kafka end offsets
   when it started, so the checker reads only this run's records;
-- ``journal.jsonl`` (:class:`JournalEntry`): every write the Locust customers made and its
-  answer (the checker's record of what was accepted and of the stock put in);
+- ``journal.jsonl`` (:class:`JournalEntry`): every request the Locust customers (and the
+  runner's stocking up) made and its answer: the checker's history of what was sent, what
+  was acknowledged and what each answer showed;
 - ``nemesis.jsonl`` (:class:`NemesisEntry`): every chaos action, with its moments;
 - ``injected.jsonl`` (:class:`Injected`): the duplicates and poison records the nemesis
   published (the checker expects exactly the poison in the dead letters);
@@ -68,7 +69,8 @@ class RunInfo:
 @dataclass(frozen=True)
 class JournalEntry:
     """One HTTP write (or read) and what came back. ``status`` 0: no answer (timeout,
-    connection reset); the same ``key`` may then be retried (``attempt`` 2, 3, ...)."""
+    connection reset); the same ``key`` may then be retried (``attempt`` 2, 3, ...).
+    Sent at ``t``, answered at ``t + seconds`` (the same clock as the services' rows)."""
 
     t: float
     op: Op
@@ -79,6 +81,14 @@ class JournalEntry:
     total: int | None = None  # restock: available + reserved + shipped in the answer
     attempt: int = 1
     seconds: float = 0.0  # how long the answer took
+    quantity: int | None = None  # restock: the units sent to add
+    address: dict[str, str] | None = None  # address change: the address sent
+    state: str | None = None  # order, cancel, address, read: the order's status in the answer
+    version: int | None = None  # cancel, address, read: the order's version in the answer
+
+    @property
+    def answered_at(self) -> float:
+        return self.t + self.seconds
 
 
 @dataclass(frozen=True)

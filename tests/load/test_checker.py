@@ -42,6 +42,7 @@ from load.checker import (
     StockRow,
     Topics,
     Undecodable,
+    address_key,
     gather,
     judge,
     order_event_breaks,
@@ -725,11 +726,16 @@ def test_render_prints_each_check_and_at_most_ten_offenders() -> None:
     assert text.endswith("FAILED ['7 dead letters = poison']")
 
 
-def test_each_group_reads_the_topics_its_service_handles() -> None:
+def test_each_group_and_consumer_reads_the_topics_its_service_handles() -> None:
     assert dict(Topics().groups) == {
         "order-service": ("inventory", "shipping", "stock"),
         "inventory-service": ("orders", "shipping"),
         "shipping-service": ("orders",),
+    }
+    assert dict(Topics().consumers) == {
+        "order": ("inventory", "shipping", "stock"),
+        "inventory": ("orders", "shipping"),
+        "shipping": ("orders",),
     }
 
 
@@ -775,12 +781,22 @@ async def seed_databases(urls: dict[str, str], run_order: UUID, other: UUID, sku
                 key,
                 now,
             )
+        # The run's: an outbox row of its order and its order's stream position; not the
+        # run's: another aggregate's.
         await conn.execute(
             """
             INSERT INTO outbox (event_id, topic, message_key, value, headers)
-            VALUES ($1, 'orders', 'k', 'v', '{}')
+            VALUES ($1, 'orders', $2, 'v', '{}'), ($3, 'orders', 'k', 'v', '{}')
             """,
             uuid4(),
+            str(run_order),
+            uuid4(),
+        )
+        await conn.execute(
+            "INSERT INTO outbox_sequences (aggregate_type, aggregate_id, last_sequence)"
+            " VALUES ('order', $1, 1), ('order', $2, 7)",
+            str(run_order),
+            str(other),
         )
     finally:
         await conn.close()
@@ -808,6 +824,13 @@ async def seed_databases(urls: dict[str, str], run_order: UUID, other: UUID, sku
             POISON.encode(),
         )
         await conn.execute(
+            "INSERT INTO consumer_sequences (consumer, source, aggregate_type, aggregate_id,"
+            " last_sequence) VALUES ('inventory', 'order', 'order', $1, 1),"
+            " ('inventory', 'order', 'order', $2, 7)",
+            str(run_order),
+            str(other),
+        )
+        await conn.execute(
             """
             INSERT INTO debounced_events (aggregate_type, aggregate_id, event_type,
                                           schema_version, payload, correlation_id,
@@ -823,11 +846,12 @@ async def seed_databases(urls: dict[str, str], run_order: UUID, other: UUID, sku
         await conn.execute(
             """
             INSERT INTO shipments (order_id, shipment_id, status, dispatch_at, created_at,
-                                   updated_at)
-            VALUES ($1, $2, 'DISPATCHED', now(), now(), now())
+                                   updated_at, shipping_address)
+            VALUES ($1, $2, 'DISPATCHED', now(), now(), to_timestamp(1700000000), $3)
             """,
             run_order,
             uuid4(),
+            ADDRESS.model_dump_json(),
         )
         await conn.execute(
             """
@@ -946,16 +970,26 @@ async def test_gather_reads_the_runs_facts_back(databases: dict[str, str], tmp_p
 
     found = await gather(run, urls=databases, bootstrap=kafka_bootstrap(), topics=topics)
 
+    where = address_key(ADDRESS.model_dump())
     assert [
-        (o.order_id, o.customer_id, o.status, o.items, o.version, o.idempotency_key)
+        (o.order_id, o.customer_id, o.status, o.items, o.version, o.idempotency_key, o.address)
         for o in found.orders
-    ] == [(str(run_order), f"load-{TAG}-1", "SHIPPED", {sku: 2}, 4, "k-1")]
+    ] == [(str(run_order), f"load-{TAG}-1", "SHIPPED", {sku: 2}, 4, "k-1", where)]
     assert found.stock == [StockRow(sku, 8, 0, 2)]
     assert found.reservations == [ReservationRow(str(run_order), "SHIPPED")]
-    assert found.shipments == [ShipmentRow(str(run_order), "DISPATCHED")]
-    assert found.outbox == {"order": 1, "inventory": 0, "shipping": 0}
-    assert found.parked == {"order": 0, "inventory": 0, "shipping": 1}
-    assert found.pending == {"order": 0, "inventory": 1, "shipping": 0}
+    assert found.shipments == [ShipmentRow(str(run_order), "DISPATCHED", where, 1700000000.0)]
+    # Held back: the run's outbox row and held event, and anything parked since it began.
+    assert (found.outbox, found.pending, found.parked) == (
+        {"order": 1, "inventory": 0, "shipping": 0},
+        {"order": 0, "inventory": 1, "shipping": 0},
+        {"order": 0, "inventory": 0, "shipping": 1},
+    )
+    # Where the producers and the consumers stand in the run's streams.
+    assert (found.produced, found.applied, found.reads) == (
+        {("order", "order", str(run_order)): 1},
+        {("inventory", "order", "order", str(run_order)): 1},
+        dict(Topics().consumers),
+    )
     assert found.letters == [Letter("inventory", POISON, "not a valid envelope", "orders")]
     assert sorted(
         (r.topic, r.event_type, r.aggregate_id, r.sequence) for r in found.records

@@ -14,6 +14,9 @@ from load.customers import (
     CANCEL_SHARE,
     CANCEL_WITHIN,
     MAX_LINES,
+    READ_GAP,
+    READ_WITHIN,
+    READS,
     RetryPolicy,
     answer,
     correlation_id,
@@ -94,7 +97,15 @@ def test_follow_ups_come_in_the_planned_shares() -> None:
     assert {len(b) for b in bursts} == set(range(ADDRESS_BURST[0], ADDRESS_BURST[1] + 1))
     assert 0 < sum(p.replay for p in plans) < 0.1 * len(plans)
     assert any(p.idle for p in plans)
-    assert not any(p.idle for p in plans if p.replay or p.read_after is not None)
+    assert not any(p.idle for p in plans if p.replay or p.reads)
+
+
+def test_a_read_order_is_read_one_to_three_times_one_read_after_the_other() -> None:
+    rng = random.Random(5)
+    reads = [p.reads for p in (follow_up(rng) for _ in range(2000)) if p.reads]
+    assert {len(r) for r in reads} == set(range(READS[0], READS[1] + 1))
+    assert all(0 <= r[0] <= READ_WITHIN for r in reads)
+    assert all(READ_GAP[0] <= gap <= READ_GAP[1] for r in reads for gap in r[1:])
 
 
 def test_names_carry_the_runs_tag_and_keys_never_repeat() -> None:
@@ -166,6 +177,7 @@ def test_a_journal_line_takes_the_order_id_and_stock_total_from_the_answer() -> 
     )
     assert (placed.op, placed.status, placed.key, placed.order_id) == ("order", 202, "k", "o-1")
     assert (placed.t, placed.seconds, placed.attempt, placed.total) == (1.5, 0.0123, 3, None)
+    assert (placed.state, placed.version, placed.answered_at) == ("PENDING", None, 1.5123)
 
     lost = journal_entry("order", 0, 2.0, 10.0, key="k", attempt=2)
     assert (lost.status, lost.order_id, lost.attempt) == (0, None, 2)
@@ -180,10 +192,38 @@ def test_a_journal_line_takes_the_order_id_and_stock_total_from_the_answer() -> 
         0.1,
         '{"sku": "S", "available": 4, "reserved": 2, "shipped": 9}',
         sku="S",
+        key="r",
+        sent={"quantity": 3},
     )
-    assert (restock.sku, restock.total) == ("S", 15)
-    failed = journal_entry("restock", 503, 4.0, 0.1, '{"available": 1}', sku="S")
-    assert failed.total is None
+    assert (restock.sku, restock.key, restock.quantity, restock.total) == ("S", "r", 3, 15)
+    assert (restock.state, restock.version) == (None, None)
+    failed = journal_entry(
+        "restock", 503, 4.0, 0.1, '{"available": 1}', sku="S", sent={"quantity": 3}
+    )
+    assert (failed.total, failed.quantity) == (None, 3)
+
+
+def test_a_journal_line_keeps_the_address_sent_and_the_orders_status_and_version() -> None:
+    where = {"line1": "2 Rue B", "city": "Lyon", "postal_code": "69001", "country": "FR"}
+    moved = journal_entry(
+        "address",
+        202,
+        5.0,
+        0.02,
+        '{"order_id": "o-1", "status": "CONFIRMED", "version": 4, "shipping_address": {}}',
+        order_id="o-1",
+        sent=where,
+    )
+    assert (moved.address, moved.state, moved.version) == (where, "CONFIRMED", 4)
+    assert moved.quantity is None
+
+    read = journal_entry(
+        "read", 200, 6.0, 0.01, '{"status": "SHIPPED", "version": 5}', order_id="o-1"
+    )
+    assert (read.order_id, read.state, read.version, read.address) == ("o-1", "SHIPPED", 5, None)
+
+    refused = journal_entry("cancel", 409, 7.0, 0.01, '{"status": "x", "version": 9}', order_id="o")
+    assert (refused.state, refused.version) == (None, None)  # only a 2xx answer shows the order
 
 
 def test_restocks_stop_in_the_last_seconds_of_a_headless_run_only() -> None:
