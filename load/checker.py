@@ -644,33 +644,76 @@ def orders_terminal(facts: Facts, journal: list[JournalEntry]) -> Check:
     )
 
 
+def _unclear(status: int) -> bool:
+    """No answer, or a server error: the write may or may not have happened."""
+    return status == 0 or status >= 500
+
+
+@dataclass
+class Restock:
+    """One restock of a SKU, over its attempts (one Idempotency-Key: a retry adds once)."""
+
+    key: str
+    sku: str
+    quantity: int | None
+    sent_at: float  # its first attempt
+    acked_at: float | None = None  # when its first 2xx came back
+    unclear: JournalEntry | None = None  # an attempt that got no clear answer
+    answers: list[JournalEntry] = field(default_factory=list)  # its 2xx answers
+
+
+def restocks(journal: list[JournalEntry]) -> dict[str, list[Restock]]:
+    """SKU -> its restocks, in the order they were first sent. Keys are scoped by SKU, as
+    the API scopes them; an entry without a key is a restock of its own."""
+    found: dict[tuple[str, str], Restock] = {}
+    entries = sorted((e for e in journal if e.op == "restock" and e.sku), key=lambda e: e.t)
+    for n, e in enumerate(entries):
+        sku, key = e.sku or "", e.key or f"unkeyed-{n}"
+        restock = found.setdefault((sku, key), Restock(key, sku, e.quantity, e.t))
+        if 200 <= e.status < 300:
+            first = restock.acked_at
+            restock.acked_at = e.answered_at if first is None else min(first, e.answered_at)
+            restock.answers.append(e)
+        elif _unclear(e.status):
+            restock.unclear = e
+    by_sku: defaultdict[str, list[Restock]] = defaultdict(list)
+    for restock in found.values():
+        by_sku[restock.sku].append(restock)
+    return by_sku
+
+
+def _doubt(mine: list[Restock]) -> str | None:
+    """Why a SKU's stock put in is unknown: a restock never acknowledged (no answer, or a
+    server error, after every retry), or acknowledged with no quantity journaled."""
+    for r in mine:
+        if r.acked_at is None and r.unclear is not None:
+            return (
+                f"restock {r.key} ({r.quantity} units) sent at {r.sent_at:.3f} was never"
+                f" acknowledged (last status {r.unclear.status})"
+            )
+        if r.acked_at is not None and r.quantity is None:
+            return f"restock {r.key} acknowledged, its quantity not journaled"
+    return None
+
+
 def stock_conserved(info: RunInfo, facts: Facts, journal: list[JournalEntry]) -> Check:
     rows = {s.sku: s for s in facts.stock}
+    by_sku = restocks(journal)
     offending: list[str] = []
+    counted = 0
     for sku in info.all_skus:
-        restocks = [e for e in journal if e.op == "restock" and e.sku == sku]
-        answered = [e for e in restocks if e.status == 200 and e.total is not None]
-        last = max(answered, key=lambda e: e.t) if answered else None
-        # No answer, or a server error, may or may not have set the level.
-        unanswered = [
-            e
-            for e in restocks
-            if (e.status == 0 or e.status >= 500) and (last is None or e.t > last.t)
-        ]
-        row = rows.get(sku)
-        if unanswered:
-            e = unanswered[-1]
-            offending.append(
-                f"{sku} inconclusive: a restock at {e.t:.3f} got no clear answer"
-                f" (status {e.status})"
-            )
+        mine = by_sku.get(sku, [])
+        if (doubt := _doubt(mine)) is not None:
+            offending.append(f"{sku} inconclusive: {doubt}")
             continue
+        acked = [r.quantity or 0 for r in mine if r.acked_at is not None]
+        counted += len(acked)
+        put_in, row = sum(acked), rows.get(sku)
         if row is None:
-            if last is not None and last.total:
-                offending.append(f"{sku} no stock row (put in {last.total})")
+            if put_in:
+                offending.append(f"{sku} no stock row (put in {put_in})")
             continue
         total = row.available + row.reserved + row.shipped
-        put_in = 0 if last is None else last.total
         if min(row.available, row.reserved, row.shipped) < 0:
             offending.append(f"{sku} negative {_levels(row)}")
         if row.reserved != 0:
@@ -680,8 +723,9 @@ def stock_conserved(info: RunInfo, facts: Facts, journal: list[JournalEntry]) ->
     return _check(
         "2 stock conserved",
         offending,
-        f"{len(info.all_skus)} SKUs: available + reserved + shipped = stock put in, none reserved",
-        "{n} SKUs break stock conservation",
+        f"{len(info.all_skus)} SKUs: available + reserved + shipped = the units of their"
+        f" {counted} acknowledged restocks (each key once), none reserved",
+        "{n} SKUs break stock conservation or cannot be judged",
     )
 
 

@@ -221,8 +221,8 @@ def facts() -> Facts:
 
 def journal() -> list[JournalEntry]:
     entries = [
-        JournalEntry(STARTED - 1, "restock", 200, key="r1", sku=PLENTY, total=100),
-        JournalEntry(STARTED - 1, "restock", 200, key="r2", sku=HOT, total=3),
+        JournalEntry(STARTED - 1, "restock", 200, key="r1", sku=PLENTY, total=100, quantity=100),
+        JournalEntry(STARTED - 1, "restock", 200, key="r2", sku=HOT, total=3, quantity=3),
     ]
     for n, row in enumerate(ORDERS, start=1):
         entries.append(
@@ -357,28 +357,40 @@ def test_a_unit_left_reserved_fails_conservation() -> None:
     assert any(HOT in o and "reserved 1" in o for o in checks[2].offending)
 
 
-def test_the_last_answered_restock_sets_the_expected_total() -> None:
-    later = JournalEntry(STARTED + 50, "restock", 200, key="r3", sku=PLENTY, total=150)
+def test_every_acknowledged_restock_adds_to_the_stock_put_in() -> None:
+    later = JournalEntry(STARTED + 50, "restock", 200, key="r3", sku=PLENTY, quantity=50, total=150)
 
-    checks = by_number(verdict(the_journal=[*journal(), later]))
+    result = verdict(the_journal=[*journal(), later])
 
-    assert not checks[2].ok
-    assert any("put in 150, holds 100" in o for o in checks[2].offending)
+    assert_only(result, {2}, f"{PLENTY} put in 150, holds 100")
 
 
-def test_an_unanswered_last_restock_makes_the_sku_inconclusive() -> None:
-    lost = JournalEntry(STARTED + 50, "restock", 0, key="r3", sku=HOT)
+def test_a_restock_retried_with_its_key_counts_once() -> None:
+    retried = [
+        JournalEntry(STARTED - 3, "restock", 0, key="r1", sku=PLENTY, quantity=100),
+        *(dataclasses.replace(e, attempt=2) if e.key == "r1" else e for e in journal()),
+    ]
 
-    checks = by_number(verdict(the_journal=[*journal(), lost]))
+    assert verdict(the_journal=retried).ok
 
-    assert not checks[2].ok
-    assert checks[2].offending == [
-        f"{HOT} inconclusive: a restock at 1050.000 got no clear answer (status 0)"
+
+def test_a_restock_never_acknowledged_makes_its_sku_inconclusive() -> None:
+    lost = [
+        JournalEntry(STARTED + 50, "restock", 0, key="r3", sku=HOT, quantity=2),
+        JournalEntry(STARTED + 52, "restock", 503, key="r3", sku=HOT, quantity=2, attempt=2),
+    ]
+
+    result = verdict(the_journal=[*journal(), *lost])
+
+    assert_only(result, {2}, HOT)
+    assert by_number(result)[2].offending == [
+        f"{HOT} inconclusive: restock r3 (2 units) sent at 1050.000 was never acknowledged"
+        " (last status 503)"
     ]
 
 
 def test_a_restock_refused_as_invalid_does_not_count() -> None:
-    refused = JournalEntry(STARTED + 50, "restock", 422, key="r3", sku=HOT)
+    refused = JournalEntry(STARTED + 50, "restock", 422, key="r3", sku=HOT, quantity=0)
 
     assert verdict(the_journal=[*journal(), refused]).ok
 
