@@ -4,8 +4,9 @@ checker's verdict and the report.
 
     prepare  infra + toxiproxy up; services restarted with SUITE_VIA_PROXY (+ pitfall modes);
              the run folder, the Kafka end offsets noted (run.json), its SKUs stocked
-    load     Locust (a subprocess) | nemesis | timeline sampler, side by side
-    heal     the nemesis undoes what it did and starts whatever is down
+    load     Locust (a subprocess) | nemesis | timeline sampler, side by side; ended_at when
+             Locust exits
+    heal     the nemesis undoes what it did and starts whatever is down; healed_at
     drain    until every order of the run is terminal and nothing is in flight (or stuck)
     check    the invariants (load.checker), then report.html (load.report)
 """
@@ -197,8 +198,9 @@ class Runner:
             return [*argv, "--headless", "--run-time", f"{int(self.options.duration)}s"]
         return [*argv, "--web-host", HOST]
 
-    async def load(self, run: RunDir, info: RunInfo) -> int:
-        """Locust, the nemesis and the sampler side by side; Locust's exit status."""
+    async def load(self, run: RunDir, info: RunInfo) -> tuple[int, float]:
+        """Locust, the nemesis and the sampler side by side, then the nemesis heals; Locust's
+        exit status and when it exited (the end of the load, before any healing)."""
         stop = asyncio.Event()
         nemesis = Nemesis(run, info, LiveActuator(), mean_interval=self.options.mean_interval)
         tasks = [asyncio.create_task(self.sample(run, info, stop))]
@@ -219,12 +221,13 @@ class Runner:
             process.terminate()
             status = await process.wait()
         finally:
+            stopped = now()
             log.close()
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
         say(f"load over (Locust exit status {status}); healing what the nemesis broke")
         await nemesis.heal()
-        return status
+        return status, stopped
 
     async def sample(self, run: RunDir, info: RunInfo, stop: asyncio.Event) -> None:
         """One Sample a second into timeline.jsonl, and a progress line every 10 s."""
@@ -340,8 +343,8 @@ async def run(options: Options) -> tuple[RunDir, Verdict]:
         run_dir, info = await runner.prepare()
         say(f"run {info.run_id}: {run_dir.path}")
         try:
-            await runner.load(run_dir, info)
-            info = replace(info, ended_at=now())
+            _, stopped = await runner.load(run_dir, info)
+            info = replace(info, ended_at=stopped, healed_at=now())
             run_dir.write_info(info)
             if await runner.drain(info):
                 info = replace(info, drained_at=now())

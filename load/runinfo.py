@@ -50,7 +50,8 @@ class RunInfo:
     skus: list[str]  # plenty of units
     start_offsets: dict[str, dict[int, int]]  # topic -> partition -> end offset at the start
     started_at: float  # epoch seconds: load started
-    ended_at: float | None = None  # epoch seconds: load stopped
+    ended_at: float | None = None  # epoch seconds: load stopped (Locust exited, before healing)
+    healed_at: float | None = None  # epoch seconds: the nemesis's faults undone, services ready
     drained_at: float | None = None  # epoch seconds: every order of the run was terminal
 
     @property
