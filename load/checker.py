@@ -13,6 +13,11 @@ their streams. Where the invariant is global it is read globally: consumer lag, 
 events parked and dead letters written since the run started (what an earlier test left
 parked is not the run's).
 
+Checks 1-11 judge where the run ended; checks 12-16 judge its history, the journal (every
+request, when it was sent and answered, and what each answer showed) against the final
+state: what the API acknowledged must have happened, and no answer may show an order older
+than one its customer was shown before asking.
+
 Check 9, the event counts, counts DISTINCT event ids per order and type (copies of one
 event, from relay retries or injected duplicates, are one event). The rules, from the state
 machines (``order.domain.order``, ``inventory.domain.stock``, ``shipping.domain.shipment``)
@@ -50,9 +55,10 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from uuid import UUID
 
 import asyncpg
@@ -85,6 +91,7 @@ from shared.contracts.catalog import (
 )
 from shared.envelope import MalformedEnvelopeError, parse_envelope
 from shared.inbox import Stream
+from shared.settings import ServiceSettings
 from shipping.domain.shipment import ShipmentStatus
 from shipping.handlers import router as shipping_router
 
@@ -93,6 +100,13 @@ from shipping.handlers import router as shipping_router
 # its partitions back in sync, a consumer group's rebalance after a pause: up to about a
 # minute) and the drain of the backlog.
 TERMINAL_WITHIN = 90.0
+# An address change acknowledged this long before its shipment's dispatch is where the
+# parcel goes: the debounce holds it at most DEBOUNCE_MAX_WAIT_SECONDS (its default, which
+# load runs keep), and the margin covers the rest of its way (the emitter's poll, the relay,
+# Kafka, shipping's consumer) held up by one nemesis fault: a 15 s pause and the rebalance
+# after it (10 s session timeout), or a Kafka restart.
+ADDRESS_MARGIN = 30.0
+ADDRESS_SETTLED = ServiceSettings.model_fields["debounce_max_wait_seconds"].default + ADDRESS_MARGIN
 SAMPLE = 20  # offending ids kept per check
 READ_TIMEOUT = 300.0  # seconds to read the topics to their ends
 
@@ -115,6 +129,29 @@ ADDRESS_CHANGED, STOCK_LEVEL = _type(OrderShippingAddressChanged), _type(StockLe
 REPEATABLE = frozenset({ADDRESS_CHANGED})  # debounced: one per burst, any number per order
 
 LIVE_SHIPMENT = frozenset({ShipmentStatus.SCHEDULED.value, ShipmentStatus.DISPATCHED.value})
+HELD = frozenset({ReservationStatus.RESERVED.value, ReservationStatus.SHIPPED.value})
+
+# What an order's status may become, from the state machine (``order.domain.order``):
+# PENDING -> CONFIRMED | REJECTED | CANCELLED; CONFIRMED -> CANCELLING | SHIPPED;
+# CANCELLING -> CANCELLED | SHIPPED (the dispatch won the race); the terminal ones never
+# change. An answer showing a status not reachable from one shown before went backwards.
+_NEXT: dict[str, set[str]] = {
+    OrderStatus.PENDING: {OrderStatus.CONFIRMED, OrderStatus.REJECTED, OrderStatus.CANCELLED},
+    OrderStatus.CONFIRMED: {OrderStatus.CANCELLING, OrderStatus.SHIPPED},
+    OrderStatus.CANCELLING: {OrderStatus.CANCELLED, OrderStatus.SHIPPED},
+}
+
+
+def _reachable(status: str) -> frozenset[str]:
+    found, todo = {status}, [status]
+    while todo:
+        for after in _NEXT.get(todo.pop(), set()) - found:
+            found.add(after)
+            todo.append(after)
+    return frozenset(found)
+
+
+REACHABLE = {s.value: _reachable(s.value) for s in OrderStatus}
 
 AddressKey = tuple[str, str, str, str]  # line1, city, postal_code, country
 Position = tuple[str, str, str, str]  # consumer, and the stream: source, type, aggregate id
@@ -591,6 +628,11 @@ def judge(
             event_counts(info, facts),
             terminal_in_time(info, facts),
             answers_documented(journal),
+            cancels_honoured(facts, journal),
+            addresses_honoured(facts, journal),
+            reads_your_writes(facts, journal),
+            status_never_backwards(facts, journal),
+            restock_answers(journal),
         ]
     )
 
@@ -1068,6 +1110,291 @@ def terminal_in_time(info: RunInfo, facts: Facts) -> Check:
         )
         return Check(name, False, figure, [o.order_id for o in late][:SAMPLE])
     return Check(name, True, figure)
+
+
+# --- history: the journal against the end --------------------------------------------------
+
+
+def _journal_of(journal: list[JournalEntry], op: str) -> defaultdict[str, list[JournalEntry]]:
+    """Order id -> its entries of ``op``, in the order sent."""
+    found: defaultdict[str, list[JournalEntry]] = defaultdict(list)
+    for e in sorted(journal, key=lambda e: e.t):
+        if e.op == op and (o := _order_id(e.order_id)):
+            found[o].append(e)
+    return found
+
+
+def cancels_honoured(facts: Facts, journal: list[JournalEntry]) -> Check:
+    """A cancel answered ``CANCELLED`` ends cancelled with its stock released; answered
+    ``CANCELLING``, it ends ``CANCELLED`` (shipping cancelled the shipment) or ``SHIPPED`` (the
+    dispatch won: the shipment left, the reservation shipped); refused with 409 (too late),
+    it ends ``SHIPPED`` or ``REJECTED``. A 202 with any other status is no answer the API
+    documents for a cancel."""
+    orders = {o.order_id: o for o in facts.orders}
+    shipments, reservations = _statuses(facts.shipments), _statuses(facts.reservations)
+    answered: Counter[str] = Counter()
+    offending: list[str] = []
+    lost = 0  # answered CANCELLING, then the dispatch won
+    for order_id, sent in _journal_of(journal, "cancel").items():
+        if (order := orders.get(order_id)) is None:
+            continue  # check 1 reports an accepted order missing
+        for e in sent:
+            if _acked(e):
+                said = e.state or "no status"
+            elif e.status == 409:
+                said = "409"
+            else:
+                continue  # no answer, or one that changed nothing (404: check 14)
+            answered[said] += 1
+            if said == OrderStatus.CANCELLING and order.status == OrderStatus.SHIPPED:
+                lost += 1
+            breaks = _cancel_breaks(said, order.status, shipments[order_id], reservations[order_id])
+            offending += [f"{order_id} cancel answered {said} at {e.t:.3f}: {b}" for b in breaks]
+    return _check(
+        "12 cancels honoured",
+        offending,
+        f"{sum(answered.values())} cancels answered ({_tally(answered)}), each ended as"
+        f" answered ({lost} CANCELLING lost the race to dispatch and ended SHIPPED)",
+        "{n} cancels that did not end as answered",
+    )
+
+
+def _statuses(rows: Iterable[ShipmentRow | ReservationRow]) -> defaultdict[str, list[str]]:
+    found: defaultdict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        found[row.order_id].append(row.status)
+    return found
+
+
+def _tally(counts: Counter[str]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
+
+
+def _cancel_breaks(
+    answer: str, status: str, shipments: list[str], reservations: list[str]
+) -> list[str]:
+    """How an order's end breaks what its cancel was answered."""
+    ends = {
+        OrderStatus.CANCELLED: {OrderStatus.CANCELLED},
+        OrderStatus.CANCELLING: {OrderStatus.CANCELLED, OrderStatus.SHIPPED},
+        "409": {OrderStatus.SHIPPED, OrderStatus.REJECTED},
+    }.get(answer)
+    if ends is None:
+        return ["not an answer a cancel has (CANCELLED or CANCELLING)"]
+    if status not in ends:
+        return [f"ended {status}"]
+    breaks: list[str] = []
+    if status == OrderStatus.CANCELLED:
+        if any(r in HELD for r in reservations):
+            breaks.append(f"its stock not released (reservation {reservations})")
+        if any(s in LIVE_SHIPMENT for s in shipments):
+            breaks.append(f"with a live shipment {shipments}")
+        if answer == OrderStatus.CANCELLING and ShipmentStatus.CANCELLED not in shipments:
+            breaks.append(f"shipping did not cancel its shipment ({shipments or 'none'})")
+    elif status == OrderStatus.SHIPPED and answer == OrderStatus.CANCELLING:
+        if ShipmentStatus.DISPATCHED not in shipments:
+            breaks.append(f"ended SHIPPED, its shipment {shipments or 'none'}")
+        if reservations != [ReservationStatus.SHIPPED]:
+            breaks.append(f"ended SHIPPED, its reservation {reservations or 'none'}")
+    return breaks
+
+
+def addresses_honoured(facts: Facts, journal: list[JournalEntry]) -> Check:
+    """A ``SHIPPED`` order shows the address its parcel went to (its DISPATCHED shipment's).
+    An address change that must have reached the parcel did: one acknowledged while the order
+    was ``PENDING`` (the confirmation, committed after it, carries it to shipping) or more
+    than ``ADDRESS_SETTLED`` s before the dispatch. An order that ended otherwise shows its
+    last acknowledged change. Where several changes qualify, the last one acknowledged; the
+    parcel may also go to a change not yet acknowledged when that one was sent (concurrent,
+    or never answered: it may have landed later)."""
+    changes = _journal_of(journal, "address")
+    parcels = {s.order_id: s for s in facts.shipments if s.status == ShipmentStatus.DISPATCHED}
+    offending: list[str] = []
+    judged = 0
+    for order in facts.orders:
+        mine, parcel = changes[order.order_id], parcels.get(order.order_id)
+        if order.status == OrderStatus.SHIPPED and parcel is not None:
+            if order.address != parcel.address:
+                offending.append(
+                    f"{order.order_id} SHIPPED showing {_place(order.address)}, its parcel"
+                    f" went to {_place(parcel.address)}"
+                )
+            binding = [e for e in mine if _acked(e) and _settled(e, parcel.updated_at)]
+            where, what = parcel.address, "its parcel went to"
+        elif order.status in (OrderStatus.CANCELLED, OrderStatus.REJECTED):
+            binding = [e for e in mine if _acked(e)]
+            where, what = order.address, f"{order.status}, it shows"
+        else:
+            continue  # check 1 reports it
+        if not binding:
+            continue
+        judged += 1
+        last = max(binding, key=lambda e: e.answered_at)
+        if where not in {address_key(e.address) for e in mine if _may_follow(e, last)}:
+            offending.append(
+                f"{order.order_id} {what} {_place(where)}, not {_place(address_key(last.address))}"
+                f" acknowledged at {last.answered_at:.3f} ({last.state}) nor a later change"
+            )
+    return _check(
+        "13 addresses honoured",
+        offending,
+        f"every SHIPPED order shows its parcel's address; {judged} orders kept their binding"
+        f" address change (acknowledged while PENDING or over {ADDRESS_SETTLED:.0f} s before"
+        " dispatch; of an order that did not ship, the last acknowledged)",
+        "{n} orders showing or shipped to an address other than the one acknowledged",
+    )
+
+
+def _acked(e: JournalEntry) -> bool:
+    return 200 <= e.status < 300
+
+
+def _settled(change: JournalEntry, dispatched_at: float) -> bool:
+    """Whether an acknowledged change must have reached the parcel."""
+    return (
+        change.state == OrderStatus.PENDING or change.answered_at + ADDRESS_SETTLED < dispatched_at
+    )
+
+
+def _may_follow(change: JournalEntry, last: JournalEntry) -> bool:
+    """Whether ``change`` may have been applied after ``last``: not refused, and not
+    acknowledged before ``last`` was sent."""
+    if change is last:
+        return True
+    if _acked(change):
+        return change.answered_at >= last.t
+    return _unclear(change.status)
+
+
+def _place(address: AddressKey | None) -> str:
+    return "no address" if address is None else f"'{address[0]}, {address[1]}'"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An order as one answer (or, sent and answered at infinity, its final row) showed it."""
+
+    what: str
+    sent: float
+    answered: float
+    state: str | None
+    version: int | None
+
+
+def observations(facts: Facts, journal: list[JournalEntry]) -> defaultdict[str, list[Seen]]:
+    """Order id -> every state of it its customer was shown, and its final row last."""
+    seen: defaultdict[str, list[Seen]] = defaultdict(list)
+    for e in sorted(journal, key=lambda e: e.t):
+        if e.op != "restock" and _acked(e) and (o := _order_id(e.order_id)):
+            seen[o].append(Seen(f"{e.op} at {e.t:.3f}", e.t, e.answered_at, e.state, e.version))
+    inf = float("inf")
+    for row in facts.orders:
+        seen[row.order_id].append(Seen("the final row", inf, inf, row.status, row.version))
+    return seen
+
+
+def _shown_before(
+    facts: Facts, journal: list[JournalEntry], part: Literal["state", "version"]
+) -> Iterator[tuple[str, Seen, list[Seen]]]:
+    """Each answer (and final row) showing ``part`` of an order, with every answer showing it
+    that its customer had before sending the request (none for the first)."""
+    for order_id, seen in observations(facts, journal).items():
+        for b in seen:
+            shown = [
+                a
+                for a in seen
+                if a is not b and a.answered <= b.sent and getattr(a, part) is not None
+            ]
+            if shown and getattr(b, part) is not None:
+                yield order_id, b, shown
+
+
+def reads_your_writes(facts: Facts, journal: list[JournalEntry]) -> Check:
+    """No answer about an order shows a version older than one its customer was shown
+    before asking (by a write's answer or a read), and the final row is not older than any
+    answer; no order acknowledged before a request is answered 404 by it."""
+    offending: list[str] = []
+    judged = 0
+    for order_id, b, shown in _shown_before(facts, journal, "version"):
+        judged += 1
+        newest = max(shown, key=lambda a: a.version or 0)
+        if (b.version or 0) < (newest.version or 0):
+            offending.append(
+                f"{order_id} {b.what} showed version {b.version} after {newest.what} had shown"
+                f" {newest.version}"
+            )
+    placed: dict[str, float] = {}
+    for e in _accepted(journal):
+        if o := _order_id(e.order_id):
+            placed[o] = min(placed.get(o, e.answered_at), e.answered_at)
+    offending += [
+        f"{o} {e.op} at {e.t:.3f} answered 404, the order acknowledged at {placed[o]:.3f}"
+        for e in journal
+        if e.status == 404 and (o := _order_id(e.order_id)) in placed and e.t >= placed[o]
+    ]
+    return _check(
+        "14 read your writes",
+        offending,
+        f"{judged} answers and final rows, none older than what their customer was shown"
+        " before asking; no 404 for an acknowledged order",
+        "{n} answers older than one their customer had already been shown",
+    )
+
+
+def status_never_backwards(facts: Facts, journal: list[JournalEntry]) -> Check:
+    """Across what one customer was shown of an order, and its final row last, each status
+    is reachable from every one shown before (``REACHABLE``): CANCELLING may end SHIPPED,
+    CONFIRMED never becomes REJECTED, a terminal status never changes."""
+    offending: list[str] = []
+    judged = 0
+    for order_id, b, shown in _shown_before(facts, journal, "state"):
+        judged += 1
+        back = [a for a in shown if b.state not in REACHABLE.get(a.state or "", ())]
+        if back:
+            offending.append(
+                f"{order_id} {b.what} showed {b.state} after {back[-1].what} had shown"
+                f" {back[-1].state}"
+            )
+    return _check(
+        "15 status never backwards",
+        offending,
+        f"{judged} answers and final rows, each a status reachable from every one shown before",
+        "{n} orders shown going backwards",
+    )
+
+
+def restock_answers(journal: list[JournalEntry]) -> Check:
+    """Every restock answer counts the restocks acknowledged before it was first sent, and
+    none not yet sent when it came: its total (available + reserved + shipped, which only a
+    restock changes) lies between the two. A retry's answer may repeat the first one's."""
+    offending: list[str] = []
+    judged = 0
+    for sku, mine in sorted(restocks(journal).items()):
+        if any(r.quantity is None for r in mine):
+            continue  # check 2 names it inconclusive
+        for r in mine:
+            for e in r.answers:
+                if e.total is None:
+                    continue
+                judged += 1
+                floor = sum(
+                    o.quantity or 0
+                    for o in mine
+                    if o is r or (o.acked_at is not None and o.acked_at <= r.sent_at)
+                )
+                ceiling = sum(o.quantity or 0 for o in mine if o.sent_at <= e.answered_at)
+                if not floor <= e.total <= ceiling:
+                    offending.append(
+                        f"{sku} restock {r.key} answered a total of {e.total} at"
+                        f" {e.answered_at:.3f}, not within {floor}..{ceiling}"
+                    )
+    return _check(
+        "16 restock answers",
+        offending,
+        f"{judged} restock answers, each counting every restock acknowledged before it and"
+        " none sent after it",
+        "{n} restock answers missing an acknowledged restock or counting one not yet sent",
+    )
 
 
 # --- running ---------------------------------------------------------------------------------

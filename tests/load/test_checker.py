@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from inventory.bootstrap import MIGRATIONS as INVENTORY_MIGRATIONS
 from load.checker import (
+    ADDRESS_SETTLED,
     CANCEL_REQUESTED,
     CONFIRMED,
     DISPATCHED,
@@ -26,6 +27,7 @@ from load.checker import (
     ORDER_REJECTED,
     ORDER_SHIPPED,
     PLACED,
+    REACHABLE,
     REJECTED_INV,
     RELEASED,
     RESERVED,
@@ -396,24 +398,31 @@ def test_a_consistent_run_passes_every_check() -> None:
     result = verdict()
 
     assert result.ok, render(result)
-    assert [c.name.split()[0] for c in result.checks] == [str(n) for n in range(1, 12)]
+    assert [c.name.split()[0] for c in result.checks] == [str(n) for n in range(1, 17)]
 
 
-def test_the_checks_count_what_they_judged() -> None:
+def test_the_history_checks_count_what_they_judged() -> None:
     checks = by_number(verdict())
 
     assert "their 2 acknowledged restocks" in checks[2].detail
     assert "15 streams" in checks[6].detail
     assert "23 consumer positions" in checks[8].detail  # 10 order, 8 inventory, 5 shipping
+    assert "(409 1, CANCELLED 1, CANCELLING 2)" in checks[12].detail
+    assert "1 CANCELLING lost the race to dispatch" in checks[12].detail
+    assert "1 orders kept their binding address change" in checks[13].detail
+    assert checks[14].detail.startswith("7 answers and final rows")
+    assert checks[15].detail.startswith("13 answers and final rows")
+    assert checks[16].detail.startswith("2 restock answers")
 
 
 # --- 1 orders terminal --------------------------------------------------------------------------
 
 
-def test_an_order_left_pending_fails_terminal_and_its_bound() -> None:
+def test_an_order_left_pending_fails_terminal_its_bound_and_its_refused_cancel() -> None:
     result = verdict(replace_order(REJECTED, status="PENDING"))
 
-    assert_only(result, {1, 10}, REJECTED)
+    # A cancel refused as too late said the order had ended.
+    assert_only(result, {1, 10, 12}, REJECTED)
 
 
 def test_an_accepted_order_missing_from_the_database_fails() -> None:
@@ -534,7 +543,8 @@ def test_a_cancelled_order_holding_a_reservation_and_a_live_shipment_fails() -> 
     ]
     result = verdict(dataclasses.replace(base, reservations=reservations, shipments=shipments))
 
-    assert_only(result, {4}, CANCELLED_CONFIRMED)
+    # Its cancel was answered CANCELLING: the end it was promised is broken too.
+    assert_only(result, {4, 12}, CANCELLED_CONFIRMED)
     assert len(by_number(result)[4].offending) == 2
 
 
@@ -876,6 +886,249 @@ def test_a_write_answered_500_fails_the_answers_check_only() -> None:
 def test_a_503_and_no_answer_are_documented_answers() -> None:
     entries = [*journal(), entry(20, "order", 503, key="key-x"), entry(21, "order", 0, key="key-y")]
     assert by_number(verdict(the_journal=entries))[11].ok
+
+
+# --- 12 cancels honoured ------------------------------------------------------------------------
+
+
+def test_a_cancel_refused_as_too_late_for_an_order_that_ended_cancelled_fails() -> None:
+    refused = entry(4.6, "cancel", 409, order_id=CANCELLED_CONFIRMED)
+
+    result = verdict(the_journal=[*journal(), refused])
+
+    assert_only(
+        result, {12}, f"{CANCELLED_CONFIRMED} cancel answered 409 at 1004.600: ended CANCELLED"
+    )
+
+
+def test_a_cancel_answered_cancelling_whose_shipment_was_never_cancelled_fails() -> None:
+    base = facts()
+    shipments = [s for s in base.shipments if s.order_id != CANCELLED_CONFIRMED]
+
+    result = verdict(dataclasses.replace(base, shipments=shipments))
+
+    assert_only(result, {12}, "shipping did not cancel its shipment (none)")
+
+
+def test_a_cancel_answered_cancelled_for_an_order_that_shipped_fails() -> None:
+    said = replace_entries({"op": "cancel", "order_id": SHIPPED_RACE}, state="CANCELLED")
+
+    result = verdict(the_journal=said)
+
+    # The order was also shown CANCELLED, then ended SHIPPED: it went backwards.
+    assert_only(result, {12, 15}, SHIPPED_RACE)
+    assert by_number(result)[12].offending == [
+        f"{SHIPPED_RACE} cancel answered CANCELLED at 1005.500: ended SHIPPED"
+    ]
+
+
+def test_a_cancel_answered_202_with_a_status_a_cancel_never_answers_fails() -> None:
+    said = replace_entries({"op": "cancel", "order_id": CANCELLED_CONFIRMED}, state="CONFIRMED")
+
+    assert_only(verdict(the_journal=said), {12}, "not an answer a cancel has")
+
+
+def test_a_cancelled_order_whose_stock_was_not_released_fails() -> None:
+    base = facts()
+    reservations = [
+        ReservationRow(r.order_id, "RESERVED") if r.order_id == CANCELLED_PENDING else r
+        for r in base.reservations
+    ]
+
+    result = verdict(dataclasses.replace(base, reservations=reservations))
+
+    assert_only(result, {4, 12}, CANCELLED_PENDING)
+    assert "its stock not released (reservation ['RESERVED'])" in by_number(result)[12].offending[0]
+
+
+# --- 13 addresses honoured ----------------------------------------------------------------------
+
+
+def test_a_shipped_order_showing_another_address_than_its_parcels_fails() -> None:
+    result = verdict(replace_shipment(SHIPPED, address=key_of(FIRST_MOVE)))
+
+    assert_only(
+        result,
+        {13},
+        f"{SHIPPED} SHIPPED showing '3 Rue C, Lyon', its parcel went to '2 Rue B, Lyon'",
+    )
+
+
+def test_a_change_acknowledged_while_pending_that_missed_the_parcel_fails() -> None:
+    """The confirmation, committed after the change, carries it to shipping."""
+    base = replace_shipment(SHIPPED, address=key_of(PLACED_AT))
+    moved_back = dataclasses.replace(
+        base,
+        orders=[
+            dataclasses.replace(o, address=key_of(PLACED_AT)) if o.order_id == SHIPPED else o
+            for o in base.orders
+        ],
+    )
+
+    result = verdict(moved_back)
+
+    assert_only(result, {13}, f"{SHIPPED} its parcel went to '1 Rue A, Lyon', not '2 Rue B, Lyon'")
+
+
+def test_a_change_acknowledged_long_before_dispatch_binds_the_parcel() -> None:
+    moved = entry(
+        5.2,
+        "address",
+        202,
+        order_id=SHIPPED_RACE,
+        address=SECOND_MOVE,
+        state="CONFIRMED",
+        version=3,
+    )
+    late = replace_shipment(SHIPPED_RACE, updated_at=STARTED + 5.3 + ADDRESS_SETTLED)
+    soon = replace_shipment(SHIPPED_RACE, updated_at=STARTED + 5.2 + ADDRESS_SETTLED)
+
+    # Within the debounce's wait and the margin the change may lose the race to the parcel.
+    assert verdict(soon, [*journal(), moved]).ok
+    assert_only(verdict(late, [*journal(), moved]), {13}, SHIPPED_RACE)
+
+
+def test_a_change_acknowledged_shortly_before_dispatch_may_lose_the_race() -> None:
+    """The second move was acknowledged 1 s before the parcel left: it went to the first."""
+    base = replace_shipment(SHIPPED, address=key_of(FIRST_MOVE))
+    first = dataclasses.replace(
+        base,
+        orders=[
+            dataclasses.replace(o, address=key_of(FIRST_MOVE)) if o.order_id == SHIPPED else o
+            for o in base.orders
+        ],
+    )
+
+    assert verdict(first).ok
+
+
+def test_a_change_never_answered_may_have_landed_after_the_acknowledged_one() -> None:
+    unanswered = entry(1.2, "address", 0, order_id=SHIPPED, address=place("9 Rue Z"))
+    base = replace_shipment(SHIPPED, address=key_of(place("9 Rue Z")))
+    there = dataclasses.replace(
+        base,
+        orders=[
+            dataclasses.replace(o, address=key_of(place("9 Rue Z"))) if o.order_id == SHIPPED else o
+            for o in base.orders
+        ],
+    )
+    refused = dataclasses.replace(unanswered, status=422)
+
+    assert by_number(verdict(there, [*journal(), unanswered]))[13].ok
+    assert not by_number(verdict(there, [*journal(), refused]))[13].ok
+
+
+def test_a_cancelled_order_not_showing_its_last_acknowledged_address_fails() -> None:
+    moved = entry(
+        3.1,
+        "address",
+        202,
+        order_id=CANCELLED_PENDING,
+        address=FIRST_MOVE,
+        state="PENDING",
+        version=2,
+    )
+
+    result = verdict(the_journal=[*journal(), moved])
+
+    assert_only(result, {13}, f"{CANCELLED_PENDING} CANCELLED, it shows '1 Rue A, Lyon'")
+
+
+# --- 14 read your writes ------------------------------------------------------------------------
+
+
+def test_a_read_older_than_an_acknowledged_write_fails() -> None:
+    stale = replace_entries({"op": "read", "order_id": SHIPPED, "version": 4}, version=3)
+
+    result = verdict(the_journal=stale)
+
+    assert_only(
+        result,
+        {14},
+        f"{SHIPPED} read at 1001.600 showed version 3 after address at 1001.500 had shown 4",
+    )
+
+
+def test_a_read_sent_before_the_write_was_answered_may_be_older() -> None:
+    concurrent = replace_entries(
+        {"op": "read", "order_id": SHIPPED, "version": 4}, t=STARTED + 1.505, version=3
+    )
+
+    assert verdict(the_journal=concurrent).ok
+
+
+def test_a_final_row_older_than_an_answer_fails() -> None:
+    result = verdict(replace_order(SHIPPED, version=4))
+
+    assert_only(
+        result, {14}, f"{SHIPPED} the final row showed version 4 after read at 1004.000 had shown 5"
+    )
+
+
+def test_an_acknowledged_order_answered_404_fails() -> None:
+    missing = entry(1.7, "read", 404, order_id=SHIPPED)
+
+    result = verdict(the_journal=[*journal(), missing])
+
+    assert_only(
+        result, {14}, f"{SHIPPED} read at 1001.700 answered 404, the order acknowledged at 1001.010"
+    )
+
+
+# --- 15 status never backwards ------------------------------------------------------------------
+
+
+def test_a_status_going_backwards_fails() -> None:
+    back = replace_entries({"op": "read", "order_id": SHIPPED, "version": 5}, state="PENDING")
+
+    result = verdict(the_journal=back)
+
+    assert_only(
+        result,
+        {15},
+        f"{SHIPPED} read at 1004.000 showed PENDING after read at 1001.600 had shown CONFIRMED",
+    )
+
+
+def test_the_statuses_an_order_may_take_after_each_other() -> None:
+    assert REACHABLE["CANCELLING"] == {"CANCELLING", "CANCELLED", "SHIPPED"}
+    assert "REJECTED" not in REACHABLE["CONFIRMED"]
+    assert REACHABLE["PENDING"] == {
+        "PENDING",
+        "CONFIRMED",
+        "CANCELLING",
+        "SHIPPED",
+        "REJECTED",
+        "CANCELLED",
+    }
+    assert all(REACHABLE[s] == {s} for s in ("SHIPPED", "REJECTED", "CANCELLED"))
+
+
+# --- 16 restock answers -------------------------------------------------------------------------
+
+
+def test_a_restock_answer_missing_its_own_units_fails() -> None:
+    lying = replace_entries({"key": "r2"}, total=2)
+
+    assert_only(verdict(the_journal=lying), {16}, f"{HOT} restock r2 answered a total of 2")
+
+
+def test_a_restock_answer_counting_a_restock_not_yet_sent_fails() -> None:
+    ahead = replace_entries({"key": "r1"}, total=150)
+
+    assert_only(verdict(the_journal=ahead), {16}, "not within 100..100")
+
+
+def test_a_restock_answer_counting_an_unanswered_restock_sent_before_it_passes() -> None:
+    entries = [
+        entry(48, "restock", 0, key="r3", sku=HOT, quantity=2),
+        entry(50, "restock", 200, key="r4", sku=HOT, quantity=4, total=9),
+        entry(51, "restock", 200, key="r3", sku=HOT, quantity=2, total=9, attempt=2),
+    ]
+    result = verdict(replace_stock(HOT, available=8), [*journal(), *entries])
+
+    assert by_number(result)[16].ok
+    assert by_number(result)[2].ok
 
 
 # --- output -------------------------------------------------------------------------------------
