@@ -1,8 +1,11 @@
 """Fault-injection fixtures: a producer side and a consumer side, each with its own real
-database, and relay/consumer/writer processes that a test can SIGKILL at a failpoint."""
+database, and relay/consumer/writer processes that a test can SIGKILL at a failpoint; and
+``report``, which tells what a test saw happen in the session's "what happened" section
+(see ``tests.faults.what_happened``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +25,8 @@ from shared.testing.infra import (
     unique,
 )
 from shared.testing.worker import APPLIED_TABLE
+from tests.faults import what_happened
+from tests.faults.what_happened import Report
 
 LOGS = Path(__file__).resolve().parents[2] / ".state" / "logs" / "faults"
 
@@ -42,6 +47,29 @@ class Side:
         count: int = await self.pool.fetchval(f"SELECT count(*) FROM {table}")
         return count
 
+    def log(self, role: str) -> Path:
+        """Where the workers of ``role`` on this side write (every start appends)."""
+        return LOGS / f"{self.name}-{role}.log"
+
+    def consumed(self, aggregate_id: str) -> list[tuple[int, str]]:
+        """``(sequence, outcome)`` of each event of ``aggregate_id`` its consumers handled, in
+        the order they logged them: ``applied``, ``parked``, ``duplicate``, ... An event
+        applied once its gap filled has only its ``parked`` line."""
+        seen: list[tuple[int, str]] = []
+        path = self.log("consumer")
+        for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if (
+                isinstance(entry, dict)
+                and entry.get("aggregate_id") == aggregate_id
+                and {"outcome", "sequence"} <= entry.keys()
+            ):
+                seen.append((int(entry["sequence"]), str(entry["outcome"])))
+        return seen
+
 
 @dataclass
 class Workers:
@@ -49,7 +77,7 @@ class Workers:
 
     def start(self, side: Side, role: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         LOGS.mkdir(parents=True, exist_ok=True)
-        log = (LOGS / f"{side.name}-{role}.log").open("ab")
+        log = side.log(role).open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "shared.testing.worker", role, *args],
             env={
@@ -118,3 +146,16 @@ async def consumer_side() -> AsyncIterator[Side]:
         yield side
     finally:
         await close_side(side)
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    """``report(pitfall, env, happened)``: what the test observed, for the summary."""
+    return what_happened.reporter(request)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The "what happened" section: one line per protected and per pitfall run."""
+    what_happened.summarize(terminalreporter, config)

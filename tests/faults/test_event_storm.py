@@ -13,6 +13,7 @@ import pytest
 
 from shared.testing.infra import end_offsets, records_keyed
 from tests.faults.conftest import Side, Workers
+from tests.faults.what_happened import Report, count
 
 KILLED = -signal.SIGKILL
 EDITS = 200
@@ -20,7 +21,7 @@ EDITS = 200
 
 @pytest.mark.parametrize("protected", [True, False], ids=["protected", "pitfall"])
 async def test_a_burst_of_address_edits_killed_in_its_quiet_period_crosses_kafka_once(
-    producer_side: Side, workers: Workers, protected: bool
+    producer_side: Side, workers: Workers, report: Report, protected: bool
 ) -> None:
     order_id = str(uuid4())
     since = await end_offsets("orders")
@@ -36,6 +37,12 @@ async def test_a_burst_of_address_edits_killed_in_its_quiet_period_crosses_kafka
         "orders", order_id, since, settle=4.0, done=lambda f: len(f) >= (1 if protected else EDITS)
     )
     lines = [e["payload"]["shipping_address"]["line1"] for e in envelopes]
+    last = f", ending with the address {lines[-1]!r}" if lines else ""
+    report(
+        f"event storms: a burst of {EDITS} address edits, killed in its quiet period",
+        env,
+        f"after the restart {count(len(lines), 'event')} crossed Kafka{last}",
+    )
     if protected:
         assert lines == [f"street {EDITS}"]  # one event, the final address, after the restart
     else:

@@ -1,4 +1,5 @@
-"""Ordering and exactly-once effect through a rebalance and through a broker restart."""
+"""Ordering and exactly-once effect through a rebalance and through a broker restart. There
+is no pitfall run here: each test reports what the protected run saw happen."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shared.testing.infra import end_offsets, eventually, kafka_bootstrap, read_
 from shared.testing.worker import WorkerSettings, consume
 from tests.faults.conftest import Side, Workers
 from tests.faults.test_delivery_faults import reasons_of
+from tests.faults.what_happened import Report, tally
 
 
 def per_key(reasons: list[str]) -> dict[str, list[int]]:
@@ -27,7 +29,7 @@ def per_key(reasons: list[str]) -> dict[str, list[int]]:
 
 
 async def test_a_consumer_joining_and_one_leaving_mid_stream_still_apply_each_event_once_in_order(
-    consumer_side: Side,
+    consumer_side: Side, report: Report
 ) -> None:
     settings = WorkerSettings(
         service_name=consumer_side.name,
@@ -71,12 +73,19 @@ async def test_a_consumer_joining_and_one_leaving_mid_stream_still_apply_each_ev
             if task is not None:
                 task.cancel()
         await asyncio.gather(first, *([second] if second else []), return_exceptions=True)
+    in_order = [key for key, numbers in per_key(applied).items() if numbers == sorted(numbers)]
+    report(
+        f"ordering: {len(keys)} aggregates while a consumer joins and another leaves",
+        {},
+        f"{len(applied)} rows for {len(keys) * rounds} events, {tally(applied)};"
+        f" {len(in_order)} of {len(keys)} aggregates applied in order",
+    )
     assert len(applied) == len(keys) * rounds
     assert per_key(applied) == {key: list(range(1, rounds + 1)) for key in keys}
 
 
 async def test_a_broker_restart_while_publishing_loses_nothing_and_reorders_nothing(
-    producer_side: Side, workers: Workers
+    producer_side: Side, workers: Workers, report: Report
 ) -> None:
     keys = [unique("k") for _ in range(3)]
     count = 60
@@ -98,12 +107,24 @@ async def test_a_broker_restart_while_publishing_loses_nothing_and_reorders_noth
         lambda rs: all(len(set(reasons_of(rs, k))) == count for k in keys),
         timeout=30,
     )
+    reached: dict[str, int] = {}  # per key: how far its events came in order
     for key in keys:
         numbers = [int(r.rsplit(":", 1)[1]) for r in reasons_of(records, key)]
         # What a consumer applies: a number above the next expected would be a reordering.
         expected = 1
         for number in numbers:
-            assert number <= expected, f"{key}: {number} arrived before {expected}"
+            if number > expected:
+                break
             if number == expected:
                 expected += 1
-        assert expected == count + 1, f"{key}: stopped at {expected - 1} of {count}"
+        reached[key] = expected - 1
+    on_kafka = sum(len(reasons_of(records, key)) for key in keys)
+    report(
+        f"ordering: {len(keys)} writers while Kafka restarts",
+        {},
+        f"{on_kafka} records on Kafka for {len(keys) * count} events;"
+        f" {sum(n == count for n in reached.values())} of {len(keys)} aggregates"
+        f" in order through their last event",
+    )
+    for key in keys:
+        assert reached[key] == count, f"{key}: in order only up to {reached[key]} of {count}"

@@ -32,7 +32,7 @@ class OutgoingMessage:
     """One Kafka record to publish: topic, key, value and headers."""
 
     topic: str
-    key: str | None  # None only for a dead letter whose original record had no key
+    key: str | None  # None for a dead letter whose record had none, and in PITFALL_UNKEYED
     value: bytes
     headers: dict[str, str]
 

@@ -17,6 +17,10 @@
   every outbox-writing commit of the suite.
 - A crash between publish and delete republishes the batch: consumers drop the duplicates by
   event id and sequence. With the idempotent producer, retries inside a batch keep order.
+- Each record is keyed by its aggregate id (the row's ``message_key``), so one aggregate's
+  events share a partition and arrive in order. The pitfall mode ``PITFALL_UNKEYED`` sends
+  them without a key, and the producer's default partitioner spreads them over partitions:
+  the sequence check and parking of consumers have to put them back in order.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class OutboxRelay:
         self._pool = pool
         self._producer = producer
         self._service = settings.service_name
+        self._keyed = not settings.pitfall_unkeyed
         self._wake = asyncio.Event()
         self.is_leader = False
 
@@ -161,20 +166,28 @@ class OutboxRelay:
         acknowledged; its context replaces the row's in the Kafka headers so consumers
         continue the same trace."""
         headers: dict[str, str] = json.loads(row["headers"])
+        key = self._key_of(row["message_key"])
+        attributes: dict[str, str] = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": row["topic"],
+            "correlation_id": headers.get("correlation_id", ""),
+            "event_type": headers.get("event_type", ""),
+        }
+        if key is not None:
+            attributes["messaging.kafka.message.key"] = key
         span = tracer().start_span(
             f"publish {row['topic']}",
             context=context_from_headers(headers),
             kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": row["topic"],
-                "messaging.kafka.message.key": row["message_key"],
-                "correlation_id": headers.get("correlation_id", ""),
-                "event_type": headers.get("event_type", ""),
-            },
+            attributes=attributes,
         )
         headers.pop("traceparent", None)
         headers.pop("tracestate", None)
         propagate.inject(headers, context=trace.set_span_in_context(span))
-        message = OutgoingMessage(row["topic"], row["message_key"], bytes(row["value"]), headers)
+        message = OutgoingMessage(row["topic"], key, bytes(row["value"]), headers)
         return message, span
+
+    def _key_of(self, message_key: str) -> str | None:
+        """The Kafka key of an outbox row's record: the row's key (its aggregate id), or none
+        at all in the pitfall mode ``PITFALL_UNKEYED``; the one place that mode acts."""
+        return message_key if self._keyed else None

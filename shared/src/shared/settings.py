@@ -199,6 +199,11 @@ class ServiceSettings(BaseSettings):
         description="pitfall mode: no debounce, every address edit and stock movement crosses"
         " Kafka as its own event",
     )
+    pitfall_unkeyed: bool = Field(
+        False,
+        description="pitfall mode: the relay publishes without a key, so one aggregate's events"
+        " spread over partitions",
+    )
 
     @field_validator("admin_token")
     @classmethod
