@@ -8,6 +8,8 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -83,6 +85,32 @@ async def stop_consumer_within(consumer: AIOKafkaConsumer, timeout: float) -> No
         raise
 
 
+def rebootstrapping(client: AIOKafkaClient) -> None:
+    """Make ``client`` ask its bootstrap list again when no node it knows answers.
+
+    aiokafka reads the bootstrap list once: after that it asks only the nodes the last
+    metadata named (aio-libs/aiokafka#459). A client that learned a cluster while only one
+    node was up (right after the whole cluster restarted, say) then knows that node alone,
+    and when it dies the client asks it forever, although two others serve. Kafka's own
+    clients re-bootstrap in that case (KIP-1102); this gives aiokafka's client the same
+    fallback: when every known node failed a metadata request, bootstrap again."""
+    from_known_nodes = client._metadata_update
+
+    async def update(cluster: ClusterMetadata, topics: object) -> bool:
+        if await from_known_nodes(cluster, topics):
+            return True
+        if cluster is not client.cluster:
+            return False
+        log.warning("no known Kafka node answers; bootstrapping again from %s", client.hosts)
+        try:
+            await client.bootstrap()
+        except KafkaConnectionError:
+            return False
+        return True
+
+    client._metadata_update = update
+
+
 def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in headers.items()]
 
@@ -122,6 +150,7 @@ class Producer:
                     request_timeout_ms=15000,
                     max_request_size=1024 * 1024,
                 )
+                rebootstrapping(producer.client)
                 try:
                     await asyncio.wait_for(producer.start(), START_TIMEOUT)
                 except BaseException:
@@ -184,7 +213,7 @@ class Producer:
 
 
 def new_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group,
         client_id=f"{settings.service_name}-consumer",
@@ -198,3 +227,5 @@ def new_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
     )
+    rebootstrapping(consumer._client)
+    return consumer
