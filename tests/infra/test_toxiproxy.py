@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaConnectionError
 from infra import components, process
 from infra.settings import HOST, KAFKA_BROKERS, KAFKA_NODES, PROXY_LANES, ports
 from infra.toxiproxy import ToxiproxyApi, lane_proxies, proxy_name
+from shared.kafka import rebootstrapping
 
 pytestmark = pytest.mark.integration
 
@@ -176,11 +177,52 @@ async def test_a_kafka_client_of_one_lane_stays_behind_its_proxies_and_can_be_cu
         pass
 
 
+def ports_of(bootstrap: str) -> set[int]:
+    return {int(address.rsplit(":", 1)[1]) for address in bootstrap.split(",")}
+
+
 @contextlib.asynccontextmanager
 async def _kafka_client(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await producer.start()
         yield producer
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.parametrize("rebootstraps", [True, False], ids=["rebootstrapping", "plain aiokafka"])
+async def test_a_client_whose_every_known_node_is_gone_asks_its_bootstrap_list_again(
+    healed: ToxiproxyApi, rebootstraps: bool
+) -> None:
+    # It bootstraps through lane order-2's proxy to node 1, so it knows every node at its
+    # lane-2 proxy; then the whole lane is cut. Its bootstrap list also names node 1 direct.
+    resolved = ports()
+    first_proxy = resolved.kafka_lane("order-2").split(",")[0]
+    bootstrap = f"{first_proxy},{HOST}:{resolved.kafka}"
+    lane = {(HOST, port) for port in ports_of(resolved.kafka_lane("order-2"))}
+    # Right after the previous test's reset, a proxy may refuse a moment: bootstrap again
+    # until the client has come in through the lane.
+    for _ in range(50):
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        if rebootstraps:
+            rebootstrapping(producer.client)
+        await producer.start()
+        if {(b.host, b.port) for b in producer.client.cluster.brokers()} == lane:
+            break
+        await producer.stop()
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail("the client never bootstrapped through lane order-2's proxy")
+    try:
+        for node in KAFKA_NODES:
+            healed.set_enabled(proxy_name(node, "order-2"), False)
+        updated = await producer.client.force_metadata_update()
+        known = {(broker.host, broker.port) for broker in producer.client.cluster.brokers()}
+        direct = {(HOST, resolved.kafka_node(n).client) for n in range(1, KAFKA_BROKERS + 1)}
+        # Rebootstrapping, it asked node 1 direct and learned the cluster's direct addresses;
+        # plain aiokafka keeps asking the proxies it knows, all gone.
+        assert updated is rebootstraps
+        assert (known == direct) is rebootstraps
     finally:
         await producer.stop()
