@@ -46,9 +46,8 @@ async def within(seconds: float, work: Awaitable[T]) -> T:
 
 
 @pytest.fixture
-async def proxy(settings: ServiceSettings) -> AsyncIterator[BrokerProxy]:
-    proxy = BrokerProxy(settings.kafka_bootstrap_servers)
-    await proxy.start()
+async def proxy() -> AsyncIterator[BrokerProxy]:
+    proxy = BrokerProxy()
     try:
         with proxy.route():
             yield proxy

@@ -1,47 +1,47 @@
-"""A Kafka outage a test can switch on and off without touching the shared broker.
+"""A Kafka outage a test can switch on and off without touching the shared cluster.
 
-:class:`BrokerProxy` is a TCP proxy in front of the real broker. While it is ``cut`` it goes
-on accepting connections and reading what clients send, but forwards nothing and answers
-nothing, in both directions, on new and existing connections alike: to a client that is a
-broker behind a network partition (requests time out, nothing is refused), the outage that
-idempotent producers wait out the longest.
+:class:`BrokerProxy` puts a TCP proxy in front of every Kafka node this process connects to.
+While it is ``cut`` each proxy goes on accepting connections and reading what clients send,
+but forwards nothing and answers nothing, in both directions, on new and existing
+connections alike: to a client that is a cluster behind a network partition (requests time
+out, nothing is refused), the outage that idempotent producers wait out the longest.
 
-A Kafka client connects to the bootstrap address, then to the addresses the broker
-advertises in its metadata (the real broker's): :meth:`BrokerProxy.route` makes every
-aiokafka connection of this process to the broker's address go through the proxy instead.
+A Kafka client connects to its bootstrap addresses, then to the addresses the nodes
+advertise in their metadata: :meth:`BrokerProxy.route` makes every aiokafka connection of
+this process go through a proxy of its own per node address instead, made on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
 import aiokafka.client
 
+Address = tuple[str, int]
+
 
 class BrokerProxy:
-    def __init__(self, broker: str) -> None:
-        host, port = broker.rsplit(":", 1)
-        self.broker = (host, int(port))
+    def __init__(self) -> None:
         self.cut = False
-        self._server: asyncio.Server | None = None
+        self._servers: dict[Address, asyncio.Server] = {}
         self._pipes: set[asyncio.Task[None]] = set()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self._server is not None, "start() the proxy first"
-        host, port = self._server.sockets[0].getsockname()[:2]
+    async def address_for(self, node: Address) -> Address:
+        """The proxy in front of ``node`` (started on first use)."""
+        if node not in self._servers:
+            accept = functools.partial(self._accept, node)
+            self._servers[node] = await asyncio.start_server(accept, "127.0.0.1", 0)
+        host, port = self._servers[node].sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers.values():
+            server.close()
         for pipe in self._pipes:
             pipe.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
@@ -55,21 +55,23 @@ class BrokerProxy:
 
     @contextlib.contextmanager
     def route(self) -> Iterator[None]:
-        """Within the block, aiokafka connections of this process to the broker's address go
-        through the proxy."""
+        """Within the block, aiokafka connections of this process go through the proxies."""
         real = aiokafka.client.create_conn
 
         async def create_conn(host: str, port: int, **kwargs: Any) -> Any:
-            if (host, port) == self.broker or (host == "localhost" and port == self.broker[1]):
-                host, port = self.address
+            host, port = await self.address_for(
+                ("127.0.0.1" if host == "localhost" else host, port)
+            )
             return await real(host, port, **kwargs)
 
         with mock.patch.object(aiokafka.client, "create_conn", create_conn):
             yield
 
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, node: Address, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
         try:
-            broker_r, broker_w = await asyncio.open_connection(*self.broker)
+            broker_r, broker_w = await asyncio.open_connection(*node)
         except OSError:
             client_w.close()
             return
