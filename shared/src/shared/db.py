@@ -24,6 +24,9 @@ TRANSIENT_DATABASE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
     asyncpg.exceptions.TooManyConnectionsError,
+    # A pooled connection the server cut mid-operation (a restart) that asyncpg handed out
+    # again (MagicStack/asyncpg#784): the unit of work discards it; the work is retried.
+    asyncpg.exceptions.InternalClientError,
 )
 # The transaction lost a race with another one, through no fault of its own: PostgreSQL chose
 # it as the victim of a deadlock, or of a serialization conflict. Running it again is the fix.

@@ -418,7 +418,11 @@ class PostgresUnitOfWork(UnitOfWork):
         self._tx = self.conn.transaction()
         try:
             await self._tx.start()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, asyncpg.exceptions.InternalClientError):
+                # A connection left broken by a server restart (see shared.db): closed, so
+                # the pool opens a new one instead of handing this one out again.
+                self.conn.terminate()
             await self._release()
             raise
         self.outbox: PostgresOutbox = PostgresOutbox(
