@@ -16,7 +16,9 @@ parked is not the run's).
 Checks 1-11 judge where the run ended; checks 12-16 judge its history, the journal (every
 request, when it was sent and answered, and what each answer showed) against the final
 state: what the API acknowledged must have happened, and no answer may show an order older
-than one its customer was shown before asking.
+than one its customer was shown before asking. Checks 17 and 18 catch the pitfalls the
+others do not name: an event applied before an earlier one of its stream (the states only
+that leaves), and a burst that crossed Kafka as more than one debounced event.
 
 Check 9, the event counts, counts DISTINCT event ids per order and type (copies of one
 event, from relay retries or injected duplicates, are one event). The rules, from the state
@@ -55,8 +57,9 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 from uuid import UUID
@@ -107,6 +110,22 @@ TERMINAL_WITHIN = 90.0
 # after it (10 s session timeout), or a Kafka restart.
 ADDRESS_MARGIN = 30.0
 ADDRESS_SETTLED = ServiceSettings.model_fields["debounce_max_wait_seconds"].default + ADDRESS_MARGIN
+_DEBOUNCE = ServiceSettings.model_fields
+# The debounce contract (shared.debounce), as load runs keep it (the settings' defaults): a
+# held event goes out once its aggregate has had no change for DEBOUNCE_QUIET s, or once its
+# first change is DEBOUNCE_MAX_WAIT s old; the emitter looks every DEBOUNCE_POLL s.
+DEBOUNCE_QUIET = float(_DEBOUNCE["debounce_quiet_seconds"].default)
+DEBOUNCE_MAX_WAIT = float(_DEBOUNCE["debounce_max_wait_seconds"].default)
+DEBOUNCE_POLL = float(_DEBOUNCE["debounce_poll_seconds"].default)
+# Readings of one clock (the journal's, the database's, a service's) taken for one moment
+# may differ by this much: the burst bounds of check 18 give it away.
+CLOCK_SLACK = 0.05
+# Check 18: two StockLevelChanged of one SKU stamped (occurred_at) closer than this were not
+# debounced. An emitter stamps a held event after claiming it and claims the next only after
+# its commit and a poll's sleep, and a new burst waits a quiet period after its first change
+# (which comes after the claim): consecutive events of one aggregate are a poll apart and
+# more. The difference to the poll covers the wall clock's slew.
+STOCK_SPACING = DEBOUNCE_POLL - CLOCK_SLACK
 SAMPLE = 20  # offending ids kept per check
 READ_TIMEOUT = 300.0  # seconds to read the topics to their ends
 
@@ -230,6 +249,7 @@ class Record:
     aggregate_id: str
     sequence: int
     levels: tuple[int, int, int] | None = None  # StockLevelChanged: available, reserved, shipped
+    occurred_at: float = 0.0  # epoch seconds: when its producer appended it to its outbox
 
 
 @dataclass(frozen=True)
@@ -330,7 +350,7 @@ async def gather(
     }
     run_orders = {o.order_id for o in orders} | journal_ids | placed
     keys = run_orders | set(info.all_skus)
-    records = [r for r, _ in raw if r.key in keys]
+    records = [r for r, _ in raw if of_run(r, keys)]
     run_keys = [u for u in undecodable if u.key in keys or _poison(info, u.key)]
 
     facts = Facts(
@@ -341,6 +361,13 @@ async def gather(
         await _read_service(facts, service, url, info, ids)
     facts.lag.update(await _lag(bootstrap, topics.groups))
     return facts
+
+
+def of_run(record: Record, keys: Collection[str]) -> bool:
+    """Whether ``record`` is of the run, whose aggregate ids are ``keys``: by its key, which
+    is its aggregate id, or, published without one (``PITFALL_UNKEYED``), by its aggregate
+    id."""
+    return (record.aggregate_id if record.key is None else record.key) in keys
 
 
 def _order_id(value: str | None) -> str | None:
@@ -531,6 +558,7 @@ async def _read_topics(
                         envelope.aggregate_id,
                         envelope.sequence,
                         levels,
+                        envelope.occurred_at.timestamp(),
                     )
                     events.append((record, str(payload.get("customer_id", ""))))
             for tp in list(todo):
@@ -633,6 +661,8 @@ def judge(
             reads_your_writes(facts, journal),
             status_never_backwards(facts, journal),
             restock_answers(journal),
+            applied_in_order(info, facts),
+            storms_debounced(info, facts, journal),
         ]
     )
 
@@ -1395,6 +1425,195 @@ def restock_answers(journal: list[JournalEntry]) -> Check:
         " none sent after it",
         "{n} restock answers missing an acknowledged restock or counting one not yet sent",
     )
+
+
+# --- the pitfalls: applied in order, storms debounced -----------------------------------------
+
+# Consumers are named after their services (consumer_sequences.consumer), as producers are
+# (an envelope's source).
+ORDER_SERVICE, INVENTORY, SHIPPING = "order", "inventory", "shipping"
+ORDER_KIND = spec_of(OrderPlaced).aggregate_type
+SHIPMENT_KIND = spec_of(ShipmentScheduled).aggregate_type
+STOCK_KIND = spec_of(StockLevelChanged).aggregate_type
+
+
+def applied_in_order(info: RunInfo, facts: Facts) -> Check:
+    """No consumer applied an event of a stream before an earlier one of the same stream.
+
+    The services keep no record of the order in which a consumer applied a stream's events:
+    ``consumer_sequences`` holds the highest sequence applied (never lowered), and a dedup
+    row's ``processed_at`` is its transaction's start, one time for every event of a group
+    commit, where most reorderings happen. So the check reads an out-of-order application
+    from the states only it leaves, each impossible for a consumer that applies a stream in
+    sequence order (the sequence check parks an early event until those before it are in):
+
+    - inventory has applied an order's ``OrderCancelled`` (its position is past it) and still
+      holds the order's stock: the cancel came first and found nothing to release, and the
+      ``OrderPlaced`` after it reserved for good;
+    - shipping cancelled a shipment it never scheduled (``ShipmentCancelled`` and no
+      ``ShipmentScheduled`` on its stream, no address on its row) of an order confirmed before
+      the cancellation was requested: the request came first, then the confirmation found a
+      shipment and was ignored;
+    - the order service's catalog shows a SKU's available stock as an earlier
+      ``StockLevelChanged`` said, not as the last one, which it has applied: the older level
+      came last.
+
+    The detail counts the streams with records on more than one partition: what publishing
+    without a key (``PITFALL_UNKEYED``) provokes, and what the sequence check absorbs."""
+    streams: defaultdict[Stream, dict[int, Record]] = defaultdict(dict)
+    partitions: defaultdict[Stream, set[tuple[str, int]]] = defaultdict(set)
+    for r in facts.records:
+        stream = (r.source, r.aggregate_type, r.aggregate_id)
+        streams[stream].setdefault(r.sequence, r)
+        partitions[stream].add((r.topic, r.partition))
+    reservations = _statuses(facts.reservations)
+    shipments = {s.order_id: s for s in facts.shipments}
+    offending: list[str] = []
+    judged = 0
+    for stream, events in sorted(streams.items()):
+        source, kind, order_id = stream
+        if (source, kind) != (ORDER_SERVICE, ORDER_KIND):
+            continue
+        placed, cancelled = _first(events, PLACED), _first(events, ORDER_CANCELLED)
+        if placed is not None and cancelled is not None:
+            judged += 1
+            held = [s for s in reservations[order_id] if s in HELD]
+            if held and facts.applied.get((INVENTORY, *stream), 0) >= cancelled:
+                offending.append(
+                    f"inventory applied {_name(stream)} #{cancelled} {ORDER_CANCELLED} before"
+                    f" #{placed} {PLACED}: the cancel found nothing to release, the"
+                    f" reservation taken after it is {held[0]}"
+                )
+        confirmed, requested = _first(events, CONFIRMED), _first(events, CANCEL_REQUESTED)
+        if confirmed is not None and requested is not None and confirmed < requested:
+            judged += 1
+            shipment = streams.get((SHIPPING, SHIPMENT_KIND, order_id), {})
+            told = {r.event_type for r in shipment.values()}
+            row = shipments.get(order_id)
+            if (
+                SHIPMENT_CANCELLED in told
+                and SCHEDULED not in told
+                and row is not None
+                and row.status == ShipmentStatus.CANCELLED
+                and row.address is None
+                and facts.applied.get((SHIPPING, *stream), 0) >= requested
+            ):
+                offending.append(
+                    f"shipping applied {_name(stream)} #{requested} {CANCEL_REQUESTED} before"
+                    f" #{confirmed} {CONFIRMED}: it cancelled a shipment it never scheduled and"
+                    " ignored the confirmation"
+                )
+    for sku in info.all_skus:
+        stream = (INVENTORY, STOCK_KIND, sku)
+        levels = {n: r.levels for n, r in streams.get(stream, {}).items() if r.levels}
+        shown = facts.catalog.get(sku)
+        if not levels or shown is None:
+            continue
+        judged += 1
+        last = max(levels)
+        said = levels[last][0]
+        older = [n for n, (available, _, _) in levels.items() if n < last and available == shown]
+        if shown != said and older and facts.applied.get((ORDER_SERVICE, *stream), 0) >= last:
+            offending.append(
+                f"order applied {_name(stream)} #{max(older)} (available {shown}) after #{last}"
+                f" (available {said}): its catalog shows the older level"
+            )
+    spread = sum(1 for found in partitions.values() if len(found) > 1)
+    return _check(
+        "17 applied in order",
+        offending,
+        f"{judged} consumer states that an event applied before an earlier one would leave"
+        " (a cancel before its order, a cancellation before its confirmation, a stock level"
+        f" after a newer one), none left; {spread} of {len(streams)} streams on more than"
+        " one partition",
+        "{n} events applied before an earlier one of their stream",
+    )
+
+
+def _first(events: Mapping[int, Record], event_type: str) -> int | None:
+    """The lowest sequence of a stream's events of ``event_type``."""
+    return min((n for n, r in events.items() if r.event_type == event_type), default=None)
+
+
+def storms_debounced(info: RunInfo, facts: Facts, journal: list[JournalEntry]) -> Check:
+    """The debounce contract held for the storms the customers and the restocker make.
+
+    - Addresses: no order has more ``OrderShippingAddressChanged`` (distinct events) than its
+      customer's acknowledged changes can make bursts (:func:`address_bursts`). An order with
+      a change that got no clear answer (none, or a 5xx: it may have landed at any later
+      moment) is not judged.
+    - Stock: no two ``StockLevelChanged`` of one SKU, one after the other in its stream, were
+      stamped (``occurred_at``) less than ``STOCK_SPACING`` apart. With debounce they are a
+      poll of the emitter apart and more (see ``STOCK_SPACING``); without, every movement
+      crosses Kafka, and the movements one consumer transaction makes (two orders reserving
+      one SKU, a dispatcher's batch shipping it) are stamped microseconds apart."""
+    addressed: defaultdict[str, set[str]] = defaultdict(set)
+    levels: defaultdict[str, dict[int, Record]] = defaultdict(dict)
+    for r in facts.records:
+        if r.event_type == ADDRESS_CHANGED:
+            addressed[r.aggregate_id].add(r.event_id)
+        elif r.event_type == STOCK_LEVEL:
+            levels[r.aggregate_id].setdefault(r.sequence, r)
+    changes = _journal_of(journal, "address")
+    offending: list[str] = []
+    judged = unclear = 0
+    for order_id in sorted(addressed.keys() | changes.keys()):
+        sent = changes.get(order_id, [])
+        if any(_unclear(e.status) for e in sent):
+            unclear += 1
+            continue
+        judged += 1
+        acked = [e for e in sent if _acked(e)]
+        bursts, events = address_bursts(acked), len(addressed.get(order_id, ()))
+        if events > bursts:
+            offending.append(
+                f"{order_id} {events} {ADDRESS_CHANGED} for {len(acked)} acknowledged address"
+                f" changes, at most {bursts} burst(s)"
+            )
+    pairs = 0
+    for sku in info.all_skus:
+        mine = levels.get(sku, {})
+        for a, b in pairwise(mine[n] for n in sorted(mine)):
+            pairs += 1
+            if b.occurred_at - a.occurred_at < STOCK_SPACING:
+                offending.append(
+                    f"{sku} {STOCK_LEVEL} #{a.sequence} and #{b.sequence} stamped"
+                    f" {b.occurred_at - a.occurred_at:.3f} s apart"
+                )
+    return _check(
+        "18 storms debounced",
+        offending,
+        f"{judged} orders' {ADDRESS_CHANGED} within their bursts of acknowledged changes"
+        f" ({unclear} with an unanswered change not judged); {pairs} consecutive"
+        f" {STOCK_LEVEL} of {len(info.all_skus)} SKUs at least {STOCK_SPACING:.2f} s apart",
+        "{n} address bursts or stock movements that crossed Kafka as more than one event",
+    )
+
+
+def address_bursts(changes: Iterable[JournalEntry]) -> int:
+    """The most ``OrderShippingAddressChanged`` one order's acknowledged address changes can
+    make. A customer sends a change once the one before is answered, and a change is made
+    between its sending and its answer. The debounce emits a held event once it has been
+    quiet ``DEBOUNCE_QUIET`` s, or once its first change is ``DEBOUNCE_MAX_WAIT`` s old; a
+    change made after the emission starts the next event. So the changes before change j
+    can have gone out without it only if j was answered more than the quiet period after
+    change j-1 was sent, or more than the maximum wait after its burst's first change was
+    sent (``CLOCK_SLACK`` less, for the clocks). A burst is closed at the first change where
+    it may be: no split the debounce could have made yields more bursts."""
+    bursts = 0
+    first: JournalEntry | None = None
+    previous: JournalEntry | None = None
+    for e in sorted(changes, key=lambda e: e.t):
+        if (
+            first is None
+            or previous is None
+            or e.answered_at - previous.t > DEBOUNCE_QUIET - CLOCK_SLACK
+            or e.answered_at - first.t > DEBOUNCE_MAX_WAIT - CLOCK_SLACK
+        ):
+            bursts += 1
+            first = e
+        previous = e
+    return bursts
 
 
 # --- running ---------------------------------------------------------------------------------

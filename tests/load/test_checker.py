@@ -18,9 +18,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from inventory.bootstrap import MIGRATIONS as INVENTORY_MIGRATIONS
 from load.checker import (
+    ADDRESS_CHANGED,
     ADDRESS_SETTLED,
     CANCEL_REQUESTED,
     CONFIRMED,
+    DEBOUNCE_MAX_WAIT,
+    DEBOUNCE_POLL,
+    DEBOUNCE_QUIET,
     DISPATCHED,
     INV_SHIPPED,
     ORDER_CANCELLED,
@@ -34,6 +38,7 @@ from load.checker import (
     SCHEDULED,
     SHIPMENT_CANCELLED,
     STOCK_LEVEL,
+    STOCK_SPACING,
     TERMINAL_WITHIN,
     AddressKey,
     DlqRecord,
@@ -46,9 +51,11 @@ from load.checker import (
     StockRow,
     Topics,
     Undecodable,
+    address_bursts,
     address_key,
     gather,
     judge,
+    of_run,
     order_event_breaks,
     render,
 )
@@ -204,6 +211,7 @@ def records() -> list[Record]:
             aggregate_type,
             key,
             sequence,
+            occurred_at=STARTED + offset / 2,  # stamped half a second apart, as they happen
         )
         found.append(record)
         return record
@@ -398,7 +406,7 @@ def test_a_consistent_run_passes_every_check() -> None:
     result = verdict()
 
     assert result.ok, render(result)
-    assert [c.name.split()[0] for c in result.checks] == [str(n) for n in range(1, 17)]
+    assert [c.name.split()[0] for c in result.checks] == [str(n) for n in range(1, 19)]
 
 
 def test_the_history_checks_count_what_they_judged() -> None:
@@ -413,6 +421,12 @@ def test_the_history_checks_count_what_they_judged() -> None:
     assert checks[14].detail.startswith("7 answers and final rows")
     assert checks[15].detail.startswith("13 answers and final rows")
     assert checks[16].detail.startswith("2 restock answers")
+    # Two orders cancelled (their inventory streams), two cancellations requested after a
+    # confirmation (their shipments), two SKUs' catalog levels.
+    assert checks[17].detail.startswith("6 consumer states")
+    assert "0 of 15 streams on more than one partition" in checks[17].detail
+    assert checks[18].detail.startswith("1 orders' OrderShippingAddressChanged")
+    assert "(0 with an unanswered change not judged); 2 consecutive" in checks[18].detail
 
 
 # --- 1 orders terminal --------------------------------------------------------------------------
@@ -543,8 +557,9 @@ def test_a_cancelled_order_holding_a_reservation_and_a_live_shipment_fails() -> 
     ]
     result = verdict(dataclasses.replace(base, reservations=reservations, shipments=shipments))
 
-    # Its cancel was answered CANCELLING: the end it was promised is broken too.
-    assert_only(result, {4, 12}, CANCELLED_CONFIRMED)
+    # Its cancel was answered CANCELLING: the end it was promised is broken too. Stock held
+    # after inventory applied the OrderCancelled is what a cancel applied first leaves (17).
+    assert_only(result, {4, 12, 17}, CANCELLED_CONFIRMED)
     assert len(by_number(result)[4].offending) == 2
 
 
@@ -555,11 +570,18 @@ def test_a_shipped_order_whose_reservation_is_not_shipped_fails() -> None:
     assert_only(verdict(dataclasses.replace(base, reservations=reservations)), {4}, SHIPPED)
 
 
-def test_a_catalog_left_at_an_older_level_fails_agreement_only() -> None:
+def test_a_catalog_left_at_an_older_level_fails_agreement_and_order() -> None:
     """A stale StockLevelChanged applied after a newer one (no dedup, no sequence check)."""
     stale = dataclasses.replace(facts(), catalog={PLENTY: 100, HOT: 2})
 
-    assert_only(verdict(stale), {4}, f"{PLENTY} available 97, the order service's catalog says 100")
+    checks = by_number(verdict(stale))
+
+    assert {n for n, c in checks.items() if not c.ok} == {4, 17}
+    assert checks[4].offending == [f"{PLENTY} available 97, the order service's catalog says 100"]
+    assert checks[17].offending == [
+        f"order applied inventory/stock/{PLENTY} #1 (available 100) after #2 (available 97):"
+        " its catalog shows the older level"
+    ]
 
 
 # --- 5 one order per key ------------------------------------------------------------------------
@@ -937,7 +959,8 @@ def test_a_cancelled_order_whose_stock_was_not_released_fails() -> None:
 
     result = verdict(dataclasses.replace(base, reservations=reservations))
 
-    assert_only(result, {4, 12}, CANCELLED_PENDING)
+    # 17: inventory applied the cancel and holds the stock, as if the cancel came first.
+    assert_only(result, {4, 12, 17}, CANCELLED_PENDING)
     assert "its stock not released (reservation ['RESERVED'])" in by_number(result)[12].offending[0]
 
 
@@ -1129,6 +1152,227 @@ def test_a_restock_answer_counting_an_unanswered_restock_sent_before_it_passes()
 
     assert by_number(result)[16].ok
     assert by_number(result)[2].ok
+
+
+# --- 17 applied in order -----------------------------------------------------------------------
+
+
+def test_a_cancel_applied_before_its_order_leaves_the_stock_held_and_fails() -> None:
+    """Inventory applied OrderCancelled (#2) first: nothing to release; then OrderPlaced (#1)
+    reserved for good (unkeyed publishing without the sequence check)."""
+    base = facts()
+    reservations = [
+        ReservationRow(r.order_id, "RESERVED") if r.order_id == CANCELLED_PENDING else r
+        for r in base.reservations
+    ]
+    result = verdict(dataclasses.replace(base, reservations=reservations))
+
+    # The cancelled order holds stock (4), its cancel was answered CANCELLED (12).
+    assert_only(result, {4, 12, 17}, CANCELLED_PENDING)
+    assert by_number(result)[17].offending == [
+        f"inventory applied order/order/{CANCELLED_PENDING} #2 OrderCancelled before #1"
+        " OrderPlaced: the cancel found nothing to release, the reservation taken after it is"
+        " RESERVED"
+    ]
+
+
+def test_stock_held_for_a_cancel_inventory_has_not_applied_is_not_called_out_of_order() -> None:
+    base = facts()
+    reservations = [
+        ReservationRow(r.order_id, "RESERVED") if r.order_id == CANCELLED_PENDING else r
+        for r in base.reservations
+    ]
+    behind = {**base.applied, ("inventory", "order", "order", CANCELLED_PENDING): 1}
+
+    result = verdict(dataclasses.replace(base, reservations=reservations, applied=behind))
+
+    # Inventory is behind on the order's stream (8): never given the cancel, not out of order.
+    assert_only(result, {4, 8, 12}, CANCELLED_PENDING)
+
+
+def never_scheduled(address: AddressKey | None) -> Facts:
+    """CANCELLED_CONFIRMED's shipping stream without its ShipmentScheduled (ShipmentCancelled
+    is #1) and its shipment row with ``address``."""
+    base = facts()
+    published = [
+        dataclasses.replace(r, sequence=1)
+        if (r.aggregate_id, r.event_type) == (CANCELLED_CONFIRMED, SHIPMENT_CANCELLED)
+        else r
+        for r in base.records
+        if (r.aggregate_id, r.event_type) != (CANCELLED_CONFIRMED, SCHEDULED)
+    ]
+    shipments = [
+        dataclasses.replace(s, address=address) if s.order_id == CANCELLED_CONFIRMED else s
+        for s in base.shipments
+    ]
+    return with_records(dataclasses.replace(base, shipments=shipments), published)
+
+
+def test_a_shipment_cancelled_before_its_confirmation_was_applied_fails() -> None:
+    """Shipping applied OrderCancellationRequested (#3) before OrderConfirmed (#2): it
+    created the shipment cancelled, then the confirmation found it and was ignored."""
+    result = verdict(never_scheduled(None))
+
+    assert_only(result, {9, 17}, CANCELLED_CONFIRMED)  # 9: ShipmentScheduled x0
+    assert by_number(result)[17].offending == [
+        f"shipping applied order/order/{CANCELLED_CONFIRMED} #3 OrderCancellationRequested"
+        " before #2 OrderConfirmed: it cancelled a shipment it never scheduled and ignored the"
+        " confirmation"
+    ]
+
+
+def test_a_scheduled_shipment_whose_event_is_missing_is_no_reordering() -> None:
+    # The row has the confirmation's address: shipping scheduled it, its event was lost.
+    assert_only(verdict(never_scheduled(key_of(PLACED_AT))), {9}, CANCELLED_CONFIRMED)
+
+
+def test_streams_spread_over_partitions_and_applied_in_order_pass() -> None:
+    """Unkeyed publishing with the sequence check on: the provocation without its harm."""
+    base = facts()
+    spread = [
+        dataclasses.replace(r, partition=r.sequence % 2) if r.aggregate_id == SHIPPED else r
+        for r in base.records
+    ]
+
+    result = verdict(with_records(base, spread))
+
+    assert result.ok, render(result)
+    # SHIPPED's order, reservation and shipment streams.
+    assert "3 of 15 streams on more than one partition" in by_number(result)[17].detail
+
+
+def test_a_record_published_without_a_key_is_the_run_s_by_its_aggregate() -> None:
+    def record(key: str | None, aggregate_id: str) -> Record:
+        return Record("orders", 3, 1, key, PLACED, "e", "order", "order", aggregate_id, 1)
+
+    run = {SHIPPED, HOT}
+    assert of_run(record(None, SHIPPED), run)
+    assert of_run(record(SHIPPED, SHIPPED), run)
+    assert not of_run(record(None, REJECTED), run)
+    assert not of_run(record("other", SHIPPED), run)  # keyed: its key decides
+
+
+# --- 18 storms debounced ------------------------------------------------------------------------
+
+
+def with_address_events(count: int) -> Facts:
+    """SHIPPED's stream with ``count`` more OrderShippingAddressChanged, a second apart."""
+    base = facts()
+    ours = [r.sequence for r in base.records if r.aggregate_id == SHIPPED and r.source == "order"]
+    last = max(ours)
+    added = [
+        Record(
+            "orders",
+            0,
+            700 + n,
+            SHIPPED,
+            ADDRESS_CHANGED,
+            str(uuid4()),
+            "order",
+            "order",
+            SHIPPED,
+            last + 1 + n,
+            occurred_at=STARTED + 3 + n,
+        )
+        for n in range(count)
+    ]
+    return with_records(base, [*base.records, *added])
+
+
+def test_one_address_event_for_a_burst_of_changes_passes() -> None:
+    """SHIPPED's two changes, 0.4 s apart, crossed Kafka as one event: debounced."""
+    result = verdict(with_address_events(1))
+
+    assert result.ok, render(result)
+
+
+def test_one_address_event_per_change_of_a_burst_fails() -> None:
+    """PITFALL_NO_DEBOUNCE: every change of the burst is an event of its own."""
+    result = verdict(with_address_events(2))
+
+    assert_only(result, {18}, SHIPPED)
+    assert by_number(result)[18].offending == [
+        f"{SHIPPED} 2 OrderShippingAddressChanged for 2 acknowledged address changes, at most 1"
+        " burst(s)"
+    ]
+
+
+def test_changes_a_quiet_period_apart_may_be_two_events() -> None:
+    # Sent 0.97 s after the last one was sent, answered 10 ms later: the debounce may have
+    # emitted the first burst between them. (Before the dispatch at 2.5 s.)
+    later = entry(2.47, "address", 202, order_id=SHIPPED, address=SECOND_MOVE, state="CONFIRMED")
+    result = verdict(with_address_events(2), [*journal(), later])
+
+    assert result.ok, render(result)
+    assert_only(verdict(with_address_events(3), [*journal(), later]), {18}, SHIPPED)
+
+
+def test_an_order_with_an_unanswered_address_change_is_not_judged() -> None:
+    """A change that got no answer may have landed at any moment after it was sent."""
+    lost = entry(1.3, "address", 0, order_id=SHIPPED, address=SECOND_MOVE)
+
+    result = verdict(with_address_events(3), [*journal(), lost])
+
+    assert by_number(result)[18].ok
+    assert "(1 with an unanswered change not judged)" in by_number(result)[18].detail
+
+
+def changes(*sent: tuple[float, float]) -> list[JournalEntry]:
+    """Acknowledged address changes, each (sent, seconds to its answer)."""
+    return [JournalEntry(t, "address", 202, order_id=SHIPPED, seconds=s) for t, s in sent]
+
+
+@pytest.mark.parametrize(
+    ("sent", "bursts"),
+    [
+        # One after the other, answered fast: one burst however many changes.
+        ([(0.0, 0.01), (0.1, 0.01), (0.4, 0.01), (0.6, 0.01)], 1),
+        # A pause over the quiet period: the debounce may have emitted in it.
+        ([(0.0, 0.01), (0.1, 0.01), (0.1 + DEBOUNCE_QUIET, 0.01)], 2),
+        # Never quiet, but past the maximum wait from the burst's first change: then again.
+        ([(t / 2, 0.01) for t in range(int(4 * DEBOUNCE_MAX_WAIT) + 1)], 3),
+        # A slow answer: the change may have landed late, after an emission.
+        ([(0.0, 0.01), (0.1, DEBOUNCE_QUIET)], 2),
+        ([], 0),
+    ],
+)
+def test_address_bursts_counts_where_the_debounce_may_have_emitted(
+    sent: list[tuple[float, float]], bursts: int
+) -> None:
+    assert address_bursts(changes(*sent)) == bursts
+
+
+def test_two_stock_levels_stamped_within_a_poll_fail() -> None:
+    """PITFALL_NO_DEBOUNCE: two movements of one transaction, two events microseconds apart."""
+    base = facts()
+    first = next(r for r in base.records if r.aggregate_id == HOT and r.sequence == 1)
+    records_ = [
+        dataclasses.replace(r, occurred_at=first.occurred_at + 0.001)
+        if r.aggregate_id == HOT and r.sequence == 2
+        else r
+        for r in base.records
+    ]
+
+    result = verdict(dataclasses.replace(base, records=records_))
+
+    assert_only(result, {18}, HOT)
+    assert by_number(result)[18].offending == [
+        f"{HOT} StockLevelChanged #1 and #2 stamped 0.001 s apart"
+    ]
+
+
+def test_stock_levels_a_poll_apart_pass() -> None:
+    base = facts()
+    first = next(r for r in base.records if r.aggregate_id == HOT and r.sequence == 1)
+    assert STOCK_SPACING < DEBOUNCE_POLL
+    records_ = [
+        dataclasses.replace(r, occurred_at=first.occurred_at + DEBOUNCE_POLL)
+        if r.aggregate_id == HOT and r.sequence == 2
+        else r
+        for r in base.records
+    ]
+
+    assert verdict(dataclasses.replace(base, records=records_)).ok
 
 
 # --- output -------------------------------------------------------------------------------------
