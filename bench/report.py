@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import SETTLE_SECONDS, SHIPPED_P99_LIMIT, Step
-from infra.settings import REPO, SERVICES
+from infra.settings import KAFKA_BROKERS, REPO, SERVICES
 
 REPORTS = REPO / "reports" / "bench"
 HEADER = (
@@ -82,6 +82,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "kafka_brokers": KAFKA_BROKERS,  # every node on this machine, replication included
     }
 
 
@@ -122,7 +123,10 @@ def plot(steps: list[Step], path: Path) -> None:
         cpu.plot(rates, [s.service_cpu_ms for s in mine], marker="o", label=f"{variant}: services")
     base = [s for s in steps if s.variant == variants[0]] if variants else []
     for name in ("postgres", "kafka", "jaeger", "load generator"):
-        values = [s.cpu_ms_per_order.get(name, 0.0) for s in base]
+        # "kafka": every node of the cluster together.
+        values = [
+            sum(ms for n, ms in s.cpu_ms_per_order.items() if n.split("-")[0] == name) for s in base
+        ]
         cpu.plot([s.offered for s in base], values, linestyle="--", label=name)
     latency.axhline(SHIPPED_P99_LIMIT * 1000, color="grey", linestyle=":", label="1 s limit")
     latency.set(xlabel="offered orders/s", ylabel="ms", yscale="log", title="latency")
