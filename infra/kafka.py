@@ -81,7 +81,7 @@ class Replication:
 def replication(brokers: int = KAFKA_BROKERS) -> Replication:
     """Three copies, two in sync for a write (``acks=all``), on three or more brokers: one
     broker may die with no acknowledged write lost and writes going on. Fewer brokers keep
-    what they can (one node: one copy, the development default of a single broker)."""
+    what they can (``KAFKA_BROKERS=1``: one copy)."""
     factor = min(brokers, 3)
     return Replication(factor=factor, min_insync=max(factor - 1, 1))
 
@@ -95,7 +95,6 @@ class Kafka(Component):
         self.node = node
         self.name = kafka_node_name(node)
         self.state = STATE / self.name
-        self.data = self.state / "data"
         self.properties = self.state / "server.properties"
         self.log4j = self.state / "log4j2.properties"
 
