@@ -303,6 +303,9 @@ class EventProcessor(Generic[U]):
     async def _apply_unblocked(self, uow: U, applied: Envelope) -> None:
         sequence = applied.sequence + 1
         while (parked := await uow.inbox.unpark(applied.stream, sequence)) is not None:
+            # What the event before it changed is written first: a repository reads the
+            # database, and a cancel must find the reservation its placement just made.
+            await uow.flush()
             try:
                 await self._apply(uow, parked.envelope, self.decode(parked.envelope))
             except (*TRANSIENT_DATABASE_ERRORS, *LOST_RACE_ERRORS):
