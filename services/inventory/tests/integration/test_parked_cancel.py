@@ -16,8 +16,8 @@ import pytest
 from inventory.bootstrap import MIGRATIONS
 from inventory.handlers import router
 from inventory.postgres import PostgresInventoryUnitOfWork
-from shared.contracts.catalog import Address, OrderCancelled, OrderLine, OrderPlaced
 from shared.contracts import IntegrationEvent
+from shared.contracts.catalog import Address, OrderCancelled, OrderLine, OrderPlaced
 from shared.envelope import new_envelope
 from shared.processing import Delivery, EventProcessor, Outcome
 from shared.testing.infra import migrated_pool
