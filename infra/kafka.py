@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from infra import process
 from infra.base import Component, Launch
@@ -453,7 +454,14 @@ async def ensure_cluster(ports: Ports, timeout: float = CLUSTER_TIMEOUT) -> None
             missing = ", ".join(kafka_node_name(n) for n in sorted(wanted - registered))
             raise InfraError(f"Kafka nodes not registered after {timeout:.0f} s: {missing}")
         await asyncio.sleep(0.5)
-    await ensure_topics(ports)
+    while True:
+        try:  # right after a restart a node may refuse requests a moment longer
+            await ensure_topics(ports)
+            break
+        except KafkaError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     while lagging := [p for p in await partition_states(ports) if not _in_sync(p)]:
         if asyncio.get_running_loop().time() > deadline:
             sample = ", ".join(f"{p.topic}[{p.partition}] isr {list(p.isr)}" for p in lagging[:5])
