@@ -11,7 +11,7 @@ import pytest
 # importlib mode pytest may register the folder as a namespace package named "shared" when a
 # test under it is imported first; importing the real package here, first, prevents that.
 import shared.contracts  # noqa: F401
-from shared.correlation import correlation_id_var
+from shared.observability.correlation import correlation_id_var
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

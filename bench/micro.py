@@ -26,15 +26,15 @@ from uuid import uuid4
 import uvloop
 from opentelemetry import trace
 
+from shared.consuming.middleware import compose, measured, traced
+from shared.consuming.processing import Delivery, EventProcessor
 from shared.contracts.catalog import Address, OrderConfirmed, OrderLine, OrderPlaced
-from shared.db import create_pool
-from shared.envelope import new_envelope
-from shared.logs import setup_logging
-from shared.middleware import compose, measured, traced
-from shared.outbox import to_message
-from shared.processing import Delivery, EventProcessor
+from shared.contracts.envelope import new_envelope
+from shared.observability.logs import setup_logging
+from shared.observability.tracing import new_tracer_provider
+from shared.persistence.db import create_pool
 from shared.testing.infra import create_database, drop_database
-from shared.tracing import new_tracer_provider
+from shared.writing.outbox import to_message
 from shipping import handlers
 from shipping.bootstrap import MIGRATIONS
 from shipping.postgres import PostgresShippingUnitOfWork

@@ -74,6 +74,7 @@ from inventory.handlers import router as inventory_router
 from load.runinfo import Check, Injected, JournalEntry, RunDir, RunInfo, Verdict
 from order.domain.order import TERMINAL, OrderStatus
 from order.handlers import router as order_router
+from shared.consuming.inbox import Stream
 from shared.contracts import IntegrationEvent, spec_of
 from shared.contracts.catalog import (
     InventoryRejected,
@@ -92,9 +93,8 @@ from shared.contracts.catalog import (
     ShipmentScheduled,
     StockLevelChanged,
 )
-from shared.envelope import MalformedEnvelopeError, parse_envelope
-from shared.inbox import Stream
-from shared.settings import ServiceSettings
+from shared.contracts.envelope import MalformedEnvelopeError, parse_envelope
+from shared.service.settings import ServiceSettings
 from shipping.domain.shipment import ShipmentStatus
 from shipping.handlers import router as shipping_router
 
@@ -111,7 +111,7 @@ TERMINAL_WITHIN = 90.0
 ADDRESS_MARGIN = 30.0
 ADDRESS_SETTLED = ServiceSettings.model_fields["debounce_max_wait_seconds"].default + ADDRESS_MARGIN
 _DEBOUNCE = ServiceSettings.model_fields
-# The debounce contract (shared.debounce), as load runs keep it (the settings' defaults): a
+# The debounce contract (shared.writing.debounce), as load runs keep it (the settings' defaults): a
 # held event goes out once its aggregate has had no change for DEBOUNCE_QUIET s, or once its
 # first change is DEBOUNCE_MAX_WAIT s old; the emitter looks every DEBOUNCE_POLL s.
 DEBOUNCE_QUIET = float(_DEBOUNCE["debounce_quiet_seconds"].default)

@@ -82,9 +82,9 @@ from infra.settings import (
 )
 from infra.toxiproxy import POSTGRES_PROXY, ToxiproxyApi, proxy_name
 from load.runinfo import Injected, NemesisEntry, RunDir, RunInfo, now
+from shared.consuming.routing import Router
 from shared.contracts import current_events
-from shared.envelope import Envelope, MalformedEnvelopeError, parse_envelope
-from shared.routing import Router
+from shared.contracts.envelope import Envelope, MalformedEnvelopeError, parse_envelope
 
 log = logging.getLogger(__name__)
 

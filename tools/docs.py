@@ -25,9 +25,9 @@ from inventory.handlers import router as inventory_router
 from inventory.settings import Settings as InventorySettings
 from order.handlers import router as order_router
 from order.settings import Settings as OrderSettings
+from shared.consuming.routing import Router
 from shared.contracts import EventSpec, compatibility_of, current_events, registered
-from shared.routing import Router
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 from shipping.handlers import router as shipping_router
 from shipping.settings import Settings as ShippingSettings
 

@@ -19,7 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from infra import components
-from shared import dlq
+from shared.service import dlq
 from shared.testing.infra import end_offsets, eventually, read_records
 from tests.e2e.conftest import ADMIN, Suite, new_sku, restarted_with
 from tests.e2e.flow import order_status_becomes, place, restock, stock

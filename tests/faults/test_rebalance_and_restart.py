@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from infra import components
 from shared.contracts.catalog import OrderRejected
-from shared.envelope import new_envelope
+from shared.contracts.envelope import new_envelope
 from shared.testing.infra import end_offsets, eventually, kafka_bootstrap, read_records, unique
 from shared.testing.worker import WorkerSettings, consume
 from tests.faults.conftest import Side, Workers

@@ -10,7 +10,7 @@ import pytest
 
 from infra.services import admin_token, admin_token_path, service_env
 from infra.settings import ports
-from shared import dlq
+from shared.service import dlq
 
 
 @pytest.fixture(autouse=True)

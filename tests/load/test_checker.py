@@ -69,7 +69,7 @@ from shared.contracts.catalog import (
     ShipmentDispatched,
     StockLevelChanged,
 )
-from shared.envelope import new_envelope
+from shared.contracts.envelope import new_envelope
 from shared.testing.infra import (
     create_database,
     create_topics,

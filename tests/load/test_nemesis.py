@@ -60,11 +60,11 @@ from load.nemesis import (
 )
 from load.runinfo import Injected, NemesisEntry, RunDir, RunInfo, now
 from order.handlers import router as order_router
-from shared.envelope import Envelope, MalformedEnvelopeError, parse_envelope
+from shared.consuming.processing import EventProcessor, PermanentError
+from shared.consuming.routing import Router
+from shared.contracts.envelope import Envelope, MalformedEnvelopeError, parse_envelope
 from shared.kafka import new_consumer
-from shared.processing import EventProcessor, PermanentError
-from shared.routing import Router
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import create_topics, eventually, kafka_bootstrap, unique
 from shipping.handlers import router as shipping_router
 

@@ -3,7 +3,8 @@
 The checks are plain functions that return a list of problems (empty when the file is sound),
 so that the last tests can show each of them failing on a broken copy of the file. The
 monitoring files the compose file mounts (the Prometheus configuration, Grafana's provisioning
-and dashboard) are read alongside it, and checked against the services and shared.metrics.
+and dashboard) are read alongside it, and checked against the services and
+shared.observability.metrics.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from infra.settings import DEFAULT_KAFKA_BROKERS, DLQ_TOPICS, TOPICS, kafka_node
 from infra.settings import ports as launcher_ports
 from inventory.settings import Settings as InventorySettings
 from order.settings import Settings as OrderSettings
-from shared import metrics as shared_metrics
-from shared.settings import ServiceSettings
+from shared.observability import metrics as shared_metrics
+from shared.service.settings import ServiceSettings
 from shipping.settings import Settings as ShippingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,7 +279,7 @@ def seconds(duration: str) -> float:
 
 @functools.cache
 def defined_series() -> dict[str, tuple[str, ...]]:
-    """Every series name the collectors of shared.metrics expose, with their labels: a
+    """Every series name the collectors of shared.observability.metrics expose, with their labels: a
     Counter `x` is scraped as `x_total` (and `x_created`), a Histogram as `x_bucket`, `x_sum`
     and `x_count` (and `x_created`), a Gauge under its own name."""
     series = {}
@@ -622,7 +623,7 @@ def scrape_problems(compose: Compose, prometheus: Document) -> list[str]:
 
 
 def dashboard_metric_problems(dashboard: Document) -> list[str]:
-    """Every metric a dashboard query names is defined in shared.metrics."""
+    """Every metric a dashboard query names is defined in shared.observability.metrics."""
     series = defined_series()
     problems = []
     for title, target in dashboard_targets(dashboard):
@@ -630,7 +631,8 @@ def dashboard_metric_problems(dashboard: Document) -> list[str]:
         if not expr:
             problems.append(f"dashboard: panel {title!r} has a query without an expression")
         problems += [
-            f"dashboard: panel {title!r} queries {name}, not a metric of shared.metrics"
+            f"dashboard: panel {title!r} queries {name}, "
+            "not a metric of shared.observability.metrics"
             for name in sorted(promql_metric_names(expr) - series.keys())
         ]
     return problems
@@ -940,7 +942,7 @@ def test_the_dashboard_shows_every_metric_of_shared_metrics() -> None:
         if isinstance(collector, MetricWrapperBase)
         for family in collector.describe()
     }
-    assert series_of, "no collectors in shared.metrics"
+    assert series_of, "no collectors in shared.observability.metrics"
     assert sorted(family for family, series in series_of.items() if not series & queried) == []
 
 
@@ -1115,7 +1117,7 @@ def _all_problems(demo: Demo) -> list[str]:
         ),
         pytest.param(
             _unknown_metric_in_a_dashboard_query,
-            "queries consumer_event_total, not a metric of shared.metrics",
+            "queries consumer_event_total, not a metric of shared.observability.metrics",
             id="a dashboard query naming an unknown metric",
         ),
         pytest.param(

@@ -1,3 +1,3 @@
-from shared.migrations import run_env
+from shared.persistence.migrations import run_env
 
 run_env()

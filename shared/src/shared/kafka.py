@@ -13,8 +13,8 @@ from aiokafka.cluster import ClusterMetadata
 from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from shared.outbox import OutgoingMessage
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
+from shared.writing.outbox import OutgoingMessage
 
 log = logging.getLogger(__name__)
 

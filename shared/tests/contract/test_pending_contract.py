@@ -10,11 +10,11 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from shared.postgres import PostgresUnitOfWork
+from shared.persistence.postgres import PostgresUnitOfWork
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 from shared.testing.infra import create_database, drop_database
 from shared.testing.worker import AddressEdited, Item
-from shared.uow import UnitOfWork
+from shared.writing.uow import UnitOfWork
 
 NewUow = Callable[[bool], UnitOfWork]
 

@@ -9,14 +9,14 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
+from shared.consuming.inbox import ParkedEvent, StreamPosition
 from shared.contracts.catalog import OrderRejected, StockLevelChanged
-from shared.domain import Aggregate
-from shared.envelope import Envelope, new_envelope, parse_envelope
-from shared.inbox import ParkedEvent, StreamPosition
-from shared.postgres import PostgresUnitOfWork
+from shared.contracts.envelope import Envelope, new_envelope, parse_envelope
+from shared.persistence.postgres import PostgresUnitOfWork
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 from shared.testing.infra import create_database, drop_database
-from shared.uow import UnitOfWork
+from shared.writing.aggregate import Aggregate
+from shared.writing.uow import UnitOfWork
 
 NewUow = Callable[[], UnitOfWork]
 Backend = tuple[NewUow, Callable[[], object]]

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import create_database, drop_database, kafka_bootstrap, unique
 
 

@@ -15,14 +15,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from infra import components
-from shared.consumer import ConsumerRunner
+from shared.consuming.consumer import ConsumerRunner
+from shared.consuming.deadletter import STUB_VALUE_BYTES, DeadLetterSink
+from shared.consuming.processing import EventProcessor, Protections
 from shared.contracts.catalog import OrderCancelled, OrderRejected
-from shared.deadletter import STUB_VALUE_BYTES, DeadLetterSink
-from shared.envelope import Envelope, new_envelope
+from shared.contracts.envelope import Envelope, new_envelope
 from shared.kafka import Producer
-from shared.postgres import PostgresUnitOfWork
-from shared.processing import EventProcessor, Protections
-from shared.settings import ServiceSettings
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import (
     create_topics,
     end_offsets,

@@ -12,15 +12,15 @@ from uuid import uuid4
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from shared.consumer import ConsumerRunner
+from shared.consuming.consumer import ConsumerRunner
+from shared.consuming.deadletter import DeadLetterSink
+from shared.consuming.processing import EventProcessor
+from shared.consuming.routing import Router
 from shared.contracts.catalog import OrderRejected
-from shared.deadletter import DeadLetterSink
-from shared.envelope import new_envelope
+from shared.contracts.envelope import new_envelope
 from shared.kafka import Producer
-from shared.postgres import PostgresUnitOfWork
-from shared.processing import EventProcessor
-from shared.routing import Router
-from shared.settings import ServiceSettings
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import (
     create_topics,
     eventually,

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.admin import router as admin_router
+from shared.consuming.deadletter import DeadLetter, DeadLetterSink
 from shared.contracts.catalog import OrderRejected
-from shared.deadletter import DeadLetter, DeadLetterSink
-from shared.envelope import Envelope, new_envelope
+from shared.contracts.envelope import Envelope, new_envelope
 from shared.kafka import Producer
-from shared.settings import ServiceSettings
+from shared.service.admin import router as admin_router
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import create_topics, end_offsets, read_records, unique
 
 

@@ -18,13 +18,13 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from shared.debounce import DebounceEmitter
 from shared.kafka import Producer
-from shared.outbox import OutgoingMessage
-from shared.relay import OutboxRelay
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import end_offsets, eventually, kafka_bootstrap, records_keyed
 from shared.testing.worker import edit_address
+from shared.writing.debounce import DebounceEmitter
+from shared.writing.outbox import OutgoingMessage
+from shared.writing.relay import OutboxRelay
 
 LOGS = Path(__file__).resolve().parents[3] / ".state" / "logs" / "debounce"
 

@@ -14,15 +14,15 @@ from aiokafka import ConsumerRecord
 
 from shared import kafka
 from shared.kafka import Producer
-from shared.outbox import OutgoingMessage
-from shared.postgres import PostgresUnitOfWork
-from shared.relay import OutboxRelay
-from shared.runtime import Runtime, ServiceDefinition
-from shared.settings import ServiceSettings
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.service.runtime import Runtime, ServiceDefinition
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import end_offsets, eventually, read_records, start_group_at_end, unique
 from shared.testing.outage import BrokerProxy
 from shared.testing.worker import APPLIED_TABLE
 from shared.testing.worker import router as worker_router
+from shared.writing.outbox import OutgoingMessage
+from shared.writing.relay import OutboxRelay
 
 from .test_relay import write_event
 

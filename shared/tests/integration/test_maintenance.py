@@ -9,15 +9,15 @@ import asyncpg
 import pytest
 from aiokafka.errors import KafkaError
 
+from shared.consuming.deadletter import DeadLetter, DeadLetterSink
+from shared.consuming.inbox import ParkedEvent
 from shared.contracts.catalog import OrderRejected
-from shared.deadletter import DeadLetter, DeadLetterSink
-from shared.envelope import new_envelope
-from shared.inbox import ParkedEvent
+from shared.contracts.envelope import new_envelope
 from shared.kafka import Producer
-from shared.maintenance import expire_gaps, purge_processed_events
-from shared.metrics import DEAD_LETTERS
-from shared.postgres import PostgresInbox
-from shared.settings import ServiceSettings
+from shared.observability.metrics import DEAD_LETTERS
+from shared.persistence.maintenance import expire_gaps, purge_processed_events
+from shared.persistence.postgres import PostgresInbox
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import create_topics, end_offsets, read_records
 
 

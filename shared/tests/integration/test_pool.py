@@ -3,7 +3,7 @@ session (no reset round trip), but never an open transaction."""
 
 from __future__ import annotations
 
-from shared.db import create_pool
+from shared.persistence.db import create_pool
 
 
 async def test_a_released_connection_keeps_its_session_but_not_an_open_transaction(

@@ -15,12 +15,12 @@ from uuid import uuid4
 import asyncpg
 
 from shared.contracts.catalog import OrderRejected
-from shared.envelope import new_envelope
+from shared.contracts.envelope import new_envelope
 from shared.kafka import Producer
-from shared.outbox import to_message
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import kafka_bootstrap, start_group_at_end, unique
 from shared.testing.worker import APPLIED_TABLE
+from shared.writing.outbox import to_message
 
 LOGS = Path(__file__).resolve().parents[3] / ".state" / "logs" / "rate-limit"
 BACKLOG = 1200  # 12 orders x 100 events

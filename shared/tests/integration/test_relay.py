@@ -12,12 +12,12 @@ import asyncpg
 from aiokafka import ConsumerRecord
 
 from shared.contracts.catalog import OrderRejected
-from shared.domain import Aggregate
 from shared.kafka import Producer
-from shared.postgres import PostgresUnitOfWork
-from shared.relay import OutboxRelay
-from shared.settings import ServiceSettings
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import end_offsets, eventually, read_records, unique
+from shared.writing.aggregate import Aggregate
+from shared.writing.relay import OutboxRelay
 
 
 class Thing(Aggregate):

@@ -10,7 +10,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-from shared.maintenance import (
+from shared.persistence.maintenance import (
     apply_retention,
     purge_consumer_attempts,
     purge_consumer_sequences,
@@ -18,8 +18,8 @@ from shared.maintenance import (
     purge_outbox_sequences,
     purge_processed_events,
 )
-from shared.postgres import PostgresOutbox
-from shared.settings import ServiceSettings
+from shared.persistence.postgres import PostgresOutbox
+from shared.service.settings import ServiceSettings
 
 DAY = "interval '1 day'"
 

@@ -15,16 +15,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from shared import contracts
-from shared.consumer import ConsumerRunner
+from shared.consuming.consumer import ConsumerRunner
+from shared.consuming.deadletter import DeadLetterSink
+from shared.consuming.processing import EventProcessor
+from shared.consuming.routing import Router
 from shared.contracts import lookup
 from shared.contracts.catalog import InventoryRejected, InventoryRejectedV1, Shortfall
-from shared.deadletter import DeadLetterSink
-from shared.envelope import new_envelope
+from shared.contracts.envelope import new_envelope
 from shared.kafka import Producer
-from shared.postgres import PostgresUnitOfWork
-from shared.processing import EventProcessor
-from shared.routing import Router
-from shared.settings import ServiceSettings
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.service.settings import ServiceSettings
 from shared.testing.infra import (
     create_topics,
     eventually,

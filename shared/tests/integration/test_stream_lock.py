@@ -13,11 +13,11 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
+from shared.consuming.inbox import ParkedEvent, Stream
+from shared.consuming.processing import Delivery, EventProcessor
 from shared.contracts.catalog import OrderRejected
-from shared.envelope import Envelope, new_envelope
-from shared.inbox import ParkedEvent, Stream
-from shared.postgres import PostgresInbox, PostgresUnitOfWork
-from shared.processing import Delivery, EventProcessor
+from shared.contracts.envelope import Envelope, new_envelope
+from shared.persistence.postgres import PostgresInbox, PostgresUnitOfWork
 from shared.testing.infra import eventually, unique
 from shared.testing.worker import APPLIED_TABLE, router
 

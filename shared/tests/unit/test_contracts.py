@@ -8,6 +8,7 @@ from uuid import uuid4
 import pytest
 
 from shared import contracts
+from shared.consuming.routing import Router
 from shared.contracts import (
     Compatibility,
     IntegrationEvent,
@@ -26,7 +27,6 @@ from shared.contracts.catalog import (
     ShipmentDispatchedV1,
     Shortfall,
 )
-from shared.routing import Router
 
 ORDER_ID = uuid4()
 

@@ -8,8 +8,8 @@ import pytest
 
 from shared.contracts import IntegrationEvent, Payload, integration_event
 from shared.contracts.catalog import OrderRejected
-from shared.domain import Aggregate, DomainEvent
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
+from shared.writing.aggregate import Aggregate, DomainEvent
 
 
 class NoteEdited(DomainEvent):

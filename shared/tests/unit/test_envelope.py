@@ -5,7 +5,7 @@ import pytest
 
 from shared.contracts import UnknownEventError, decode_payload
 from shared.contracts.catalog import OrderRejected
-from shared.envelope import Envelope, MalformedEnvelopeError, new_envelope, parse_envelope
+from shared.contracts.envelope import Envelope, MalformedEnvelopeError, new_envelope, parse_envelope
 
 
 def an_envelope(sequence: int = 1) -> Envelope:

@@ -9,10 +9,10 @@ from uuid import uuid4
 
 import pytest
 
-from shared.consumer import _GroupCommit, _Joined
+from shared.consuming.consumer import _GroupCommit, _Joined
+from shared.consuming.processing import Delivery
 from shared.contracts.catalog import OrderRejected
-from shared.envelope import new_envelope
-from shared.processing import Delivery
+from shared.contracts.envelope import new_envelope
 
 
 def run_of(name: str, n: int = 1) -> list[Delivery]:

@@ -10,12 +10,12 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from shared.correlation import current_correlation_id
-from shared.http import create_app
-from shared.postgres import PostgresUnitOfWork
-from shared.routing import Router
-from shared.runtime import ServiceDefinition
-from shared.settings import ServiceSettings
+from shared.consuming.routing import Router
+from shared.observability.correlation import current_correlation_id
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.service.http import create_app
+from shared.service.runtime import ServiceDefinition
+from shared.service.settings import ServiceSettings
 
 routes = APIRouter()
 

@@ -13,12 +13,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared import middleware
+from shared.consuming import middleware
+from shared.consuming.middleware import compose
+from shared.consuming.processing import Delivery, EventObservation, Outcome
 from shared.contracts.catalog import OrderRejected
-from shared.correlation import current_correlation_id
-from shared.envelope import new_envelope
-from shared.middleware import compose
-from shared.processing import Delivery, EventObservation, Outcome
+from shared.contracts.envelope import new_envelope
+from shared.observability.correlation import current_correlation_id
 
 span = contextvars.ContextVar[str | None]("span", default=None)
 

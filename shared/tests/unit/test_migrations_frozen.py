@@ -22,8 +22,8 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from alembic.script import ScriptDirectory
 
-from shared.machinery_migrations import STEPS, Step
-from shared.migrations import execute_script
+from shared.persistence.machinery_migrations import STEPS, Step
+from shared.persistence.migrations import execute_script
 
 SERVICES = Path(__file__).resolve().parents[3] / "services"
 
@@ -141,7 +141,8 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
 
 FROZEN = (
     "add a new revision instead of editing an applied one: a database that ran it will not run "
-    "it again. Put a machinery change in a new step in shared.machinery_migrations and a new "
+    "it again. Put a machinery change in a new step in "
+    "shared.persistence.machinery_migrations and a new "
     "revision in every service that applies it. (Only if this has never been merged or "
     "deployed anywhere may its pin change.)"
 )

@@ -10,10 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.contracts import IntegrationEvent
-from shared.contracts.catalog import OrderCancelled, OrderRejected
-from shared.envelope import Envelope, new_envelope
-from shared.processing import (
+from shared.consuming.processing import (
     Delivery,
     EventObservation,
     EventProcessor,
@@ -21,7 +18,10 @@ from shared.processing import (
     PermanentError,
     Protections,
 )
-from shared.routing import Router
+from shared.consuming.routing import Router
+from shared.contracts import IntegrationEvent
+from shared.contracts.catalog import OrderCancelled, OrderRejected
+from shared.contracts.envelope import Envelope, new_envelope
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 
 router = Router[InMemoryUnitOfWork]()

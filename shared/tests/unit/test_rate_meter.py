@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from shared.correlation import correlated
-from shared.metrics import AGGREGATE_CHANGE_STORMS, AGGREGATE_CHANGES_REFUSED
-from shared.storm import ChangeRateGuard, KeyedRateMeter
+from shared.observability.correlation import correlated
+from shared.observability.metrics import AGGREGATE_CHANGE_STORMS, AGGREGATE_CHANGES_REFUSED
+from shared.writing.storm import ChangeRateGuard, KeyedRateMeter
 
 
 class Clock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.ratelimit import TokenBucket
+from shared.consuming.ratelimit import TokenBucket
 
 
 class Clock:

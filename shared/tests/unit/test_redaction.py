@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.db import wait_for_database
-from shared.deadletter import DeadLetter
-from shared.logs import JsonFormatter, setup_logging
-from shared.redaction import redact
+from shared.consuming.deadletter import DeadLetter
+from shared.observability.logs import JsonFormatter, setup_logging
+from shared.observability.redaction import redact
+from shared.persistence.db import wait_for_database
 
 PASSWORD = "hunter2-Pa55"
 URL = f"postgresql://orders:{PASSWORD}@db.internal:5432/order"

@@ -11,9 +11,9 @@ from typing import Any, cast
 import asyncpg
 
 from shared.kafka import Producer
-from shared.outbox import OutgoingMessage
-from shared.relay import OutboxRelay
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
+from shared.writing.outbox import OutgoingMessage
+from shared.writing.relay import OutboxRelay
 
 
 class OutboxRows:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 
 
 def settings(**overrides: object) -> ServiceSettings:

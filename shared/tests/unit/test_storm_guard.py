@@ -9,11 +9,11 @@ from uuid import uuid4
 import pytest
 
 from shared.contracts.catalog import OrderRejected
-from shared.correlation import correlated
-from shared.metrics import EVENTS_PER_CAUSE, FANOUT_WARNINGS
-from shared.storm import FanOutGuard, current_cause
+from shared.observability.correlation import correlated
+from shared.observability.metrics import EVENTS_PER_CAUSE, FANOUT_WARNINGS
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 from shared.testing.worker import AddressEdited, Item
+from shared.writing.storm import FanOutGuard, current_cause
 
 
 async def write(guard: FanOutGuard, events: int, *, debounce: bool = True) -> None:

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from shared.contracts.catalog import Address, OrderLine
-from shared.text import Text
+from shared.service.text import Text
 
 
 class Named(BaseModel):

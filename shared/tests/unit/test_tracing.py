@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import ServiceSettings
-from shared.tracing import new_tracer_provider
+from shared.observability.tracing import new_tracer_provider
+from shared.service.settings import ServiceSettings
 
 
 def _settings() -> ServiceSettings:

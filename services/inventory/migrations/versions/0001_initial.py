@@ -3,8 +3,8 @@
 Revision ID: 0001
 """
 
-from shared.machinery_migrations import MACHINERY_0001
-from shared.migrations import apply, execute_script, revert
+from shared.persistence.machinery_migrations import MACHINERY_0001
+from shared.persistence.migrations import apply, execute_script, revert
 
 revision = "0001"
 down_revision = None

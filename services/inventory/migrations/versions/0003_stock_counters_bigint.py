@@ -7,7 +7,7 @@ The API keeps every SKU's total (available + reserved + shipped) at most 10^15
 Revision ID: 0003
 """
 
-from shared.migrations import execute_script
+from shared.persistence.migrations import execute_script
 
 revision = "0003"
 down_revision = "0002"

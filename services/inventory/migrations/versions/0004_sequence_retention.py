@@ -3,8 +3,8 @@
 Revision ID: 0004
 """
 
-from shared.machinery_migrations import MACHINERY_0003
-from shared.migrations import apply, revert
+from shared.persistence.machinery_migrations import MACHINERY_0003
+from shared.persistence.migrations import apply, revert
 
 revision = "0004"
 down_revision = "0003"

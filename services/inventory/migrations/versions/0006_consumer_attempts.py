@@ -4,8 +4,8 @@ the count survives a rebalance.
 Revision ID: 0006
 """
 
-from shared.machinery_migrations import MACHINERY_0005
-from shared.migrations import apply, revert
+from shared.persistence.machinery_migrations import MACHINERY_0005
+from shared.persistence.migrations import apply, revert
 
 revision = "0006"
 down_revision = "0005"

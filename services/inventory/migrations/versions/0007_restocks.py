@@ -5,7 +5,7 @@ and the SKU's levels right after it, which is what a retry with the same key ans
 Revision ID: 0007
 """
 
-from shared.migrations import execute_script
+from shared.persistence.migrations import execute_script
 
 revision = "0007"
 down_revision = "0006"

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from inventory.commands import AddStock, SetStock, add_stock, set_stock
 from inventory.domain.stock import MAX_STOCK_UNITS, StockOverflowError
 from inventory.repository import DuplicateIdempotencyKeyError, InventoryUnitOfWork
-from shared.http import unit_of_work
-from shared.text import Text
+from shared.service.http import unit_of_work
+from shared.service.text import Text
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
 UowDep = Annotated[InventoryUnitOfWork, Depends(unit_of_work)]

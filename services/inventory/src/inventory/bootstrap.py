@@ -8,7 +8,7 @@ from inventory.api import router as api_router
 from inventory.handlers import router
 from inventory.postgres import PostgresInventoryUnitOfWork
 from inventory.settings import Settings
-from shared.runtime import ServiceDefinition
+from shared.service.runtime import ServiceDefinition
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from inventory.domain.stock import StockLevels
 from inventory.repository import InventoryUnitOfWork, RecordedRestock
-from shared.domain import DomainError
+from shared.writing.aggregate import DomainError
 
 
 class IdempotencyConflictError(DomainError):

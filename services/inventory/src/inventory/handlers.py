@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from inventory.domain.stock import Reservation
 from inventory.repository import InventoryUnitOfWork
+from shared.consuming.routing import Router
 from shared.contracts import IntegrationEvent
 from shared.contracts.catalog import OrderCancelled, OrderPlaced, ShipmentDispatched
-from shared.domain import NotFoundError
-from shared.routing import Router
+from shared.writing.aggregate import NotFoundError
 
 router = Router[InventoryUnitOfWork]()
 

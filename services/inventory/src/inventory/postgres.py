@@ -17,8 +17,8 @@ from inventory.repository import (
     StockRepository,
 )
 from shared.contracts.catalog import OrderLine
-from shared.postgres import PostgresUnitOfWork
-from shared.uow import UnitOfWork
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.writing.uow import UnitOfWork
 
 
 def _stock(row: asyncpg.Record) -> Stock:

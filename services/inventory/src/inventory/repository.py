@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from inventory.domain.stock import Reservation, Stock, StockLevels
-from shared.repository import TrackingRepository
-from shared.uow import UnitOfWork
+from shared.writing.repository import TrackingRepository
+from shared.writing.uow import UnitOfWork
 
 
 class StockRepository(TrackingRepository[Stock]):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):

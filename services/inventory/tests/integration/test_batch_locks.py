@@ -15,9 +15,9 @@ import pytest
 from inventory.bootstrap import MIGRATIONS
 from inventory.handlers import router
 from inventory.postgres import PostgresInventoryUnitOfWork
+from shared.consuming.processing import Delivery, EventProcessor, Outcome
 from shared.contracts.catalog import Address, OrderLine, OrderPlaced
-from shared.envelope import new_envelope
-from shared.processing import Delivery, EventProcessor, Outcome
+from shared.contracts.envelope import new_envelope
 from shared.testing.infra import migrated_pool
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")

@@ -21,11 +21,9 @@ from order.bootstrap import MIGRATIONS as ORDER_MIGRATIONS
 from order.handlers import router as order_router
 from order.postgres import PostgresOrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine, OrderPlaced
-from shared.debounce import DebounceEmitter
-from shared.envelope import Envelope, parse_envelope
+from shared.contracts.envelope import Envelope, parse_envelope
 from shared.kafka import Producer
-from shared.relay import OutboxRelay
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 from shared.testing.fakes import InMemoryDelivery
 from shared.testing.infra import (
     create_database,
@@ -34,6 +32,8 @@ from shared.testing.infra import (
     kafka_bootstrap,
     unique,
 )
+from shared.writing.debounce import DebounceEmitter
+from shared.writing.relay import OutboxRelay
 
 ORDERS = 300
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")

@@ -18,7 +18,7 @@ from inventory.api import REPLAYED_HEADER, units_of_work
 from inventory.bootstrap import MIGRATIONS, bootstrap
 from inventory.postgres import PostgresInventoryUnitOfWork
 from inventory.settings import Settings
-from shared.http import create_app, unit_of_work
+from shared.service.http import create_app, unit_of_work
 from shared.testing.infra import migrated_pool
 
 NewUow = Callable[[], PostgresInventoryUnitOfWork]

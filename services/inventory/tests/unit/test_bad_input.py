@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from inventory.bootstrap import bootstrap
 from inventory.settings import Settings
 from inventory.testing import FakeInventoryUnitOfWork
-from shared.http import create_app, unit_of_work
+from shared.service.http import create_app, unit_of_work
 from shared.testing.fakes import InMemoryState
 
 

@@ -21,8 +21,8 @@ from shared.contracts.catalog import (
     ShipmentDispatched,
     Shortfall,
 )
-from shared.domain import DomainError
 from shared.testing.fakes import InMemoryState, emit_pending
+from shared.writing.aggregate import DomainError
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 

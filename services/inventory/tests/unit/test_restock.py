@@ -19,9 +19,9 @@ from inventory.repository import RecordedRestock
 from inventory.settings import Settings
 from inventory.testing import FakeInventoryUnitOfWork, InMemoryRestockLog
 from shared.contracts.catalog import StockLevelChanged
-from shared.domain import DomainError
-from shared.http import create_app, unit_of_work
+from shared.service.http import create_app, unit_of_work
 from shared.testing.fakes import InMemoryState, emit_pending
+from shared.writing.aggregate import DomainError
 
 # ---- the domain ------------------------------------------------------------------------
 

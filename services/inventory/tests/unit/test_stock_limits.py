@@ -12,7 +12,7 @@ from inventory.bootstrap import bootstrap
 from inventory.domain.stock import MAX_STOCK_UNITS, Stock, StockOverflowError
 from inventory.settings import Settings
 from inventory.testing import FakeInventoryUnitOfWork
-from shared.http import create_app, unit_of_work
+from shared.service.http import create_app, unit_of_work
 from shared.testing.fakes import InMemoryState
 
 

@@ -10,8 +10,8 @@ from inventory.handlers import router
 from inventory.postgres import PostgresInventoryUnitOfWork
 from inventory.settings import Settings
 from inventory.testing import FakeInventoryUnitOfWork
+from shared.consuming.processing import Outcome, PermanentError
 from shared.contracts.catalog import Address, OrderLine, OrderPlaced, ShipmentDispatched
-from shared.processing import Outcome, PermanentError
 from shared.testing.fakes import InMemoryDelivery, InMemoryState
 
 from .test_reservations import seed, stock_of

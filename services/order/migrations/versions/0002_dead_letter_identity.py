@@ -3,8 +3,8 @@
 Revision ID: 0002
 """
 
-from shared.machinery_migrations import MACHINERY_0002
-from shared.migrations import apply, revert
+from shared.persistence.machinery_migrations import MACHINERY_0002
+from shared.persistence.migrations import apply, revert
 
 revision = "0002"
 down_revision = "0001"

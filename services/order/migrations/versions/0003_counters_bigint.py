@@ -4,7 +4,7 @@ grows, and ``known_skus.available`` mirrors inventory's stock level, now up to 1
 Revision ID: 0003
 """
 
-from shared.migrations import execute_script
+from shared.persistence.migrations import execute_script
 
 revision = "0003"
 down_revision = "0002"

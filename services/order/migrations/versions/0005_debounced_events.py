@@ -3,8 +3,8 @@
 Revision ID: 0005
 """
 
-from shared.machinery_migrations import MACHINERY_0004
-from shared.migrations import apply, revert
+from shared.persistence.machinery_migrations import MACHINERY_0004
+from shared.persistence.migrations import apply, revert
 
 revision = "0005"
 down_revision = "0004"

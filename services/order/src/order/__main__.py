@@ -1,5 +1,5 @@
 from order.bootstrap import bootstrap
-from shared.main import serve
+from shared.service.main import serve
 
 if __name__ == "__main__":
     serve(bootstrap)

@@ -20,9 +20,9 @@ from order.commands import (
 from order.domain.order import OrderStatus
 from order.repository import DuplicateIdempotencyKeyError, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
-from shared.http import error_body, unit_of_work
-from shared.storm import ChangeRateGuard
-from shared.text import Text
+from shared.service.http import error_body, unit_of_work
+from shared.service.text import Text
+from shared.writing.storm import ChangeRateGuard
 
 MAX_LINES = 50
 

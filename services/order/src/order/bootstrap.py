@@ -12,8 +12,8 @@ from order.postgres import PostgresOrderUnitOfWork
 from order.settings import Settings
 from order.stuck import router as stuck_router
 from order.stuck import watch_stuck_orders
-from shared.runtime import ServiceDefinition
-from shared.storm import ChangeRateGuard
+from shared.service.runtime import ServiceDefinition
+from shared.writing.storm import ChangeRateGuard
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -10,8 +10,12 @@ from uuid import UUID, uuid4
 from order.domain.order import Order
 from order.repository import IdempotencyRecord, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
-from shared.correlation import correlated, current_causation_id, current_correlation_id
-from shared.domain import DomainError, NotFoundError
+from shared.observability.correlation import (
+    correlated,
+    current_causation_id,
+    current_correlation_id,
+)
+from shared.writing.aggregate import DomainError, NotFoundError
 
 
 class UnknownSkuError(DomainError):
@@ -50,8 +54,8 @@ async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
     """Write the order and its OrderPlaced event in one transaction. The same idempotency
     key with the same request returns the first order; with another request it conflicts.
 
-    The order joins the correlation in effect (see :mod:`shared.correlation`), the same one
-    the outbox stamps on OrderPlaced: one source, so the two cannot disagree."""
+    The order joins the correlation in effect (see :mod:`shared.observability.correlation`),
+    the same one the outbox stamps on OrderPlaced: one source, so the two cannot disagree."""
     if command.idempotency_key is not None:
         existing = await uow.orders.by_idempotency_key(command.idempotency_key)
         if existing is not None:

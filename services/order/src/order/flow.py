@@ -5,7 +5,7 @@ Every span carries ``correlation_id``, so Jaeger's trace search by that tag find
 flow, including a flow that a poison message broke into several traces. Spans of interest:
 the HTTP request, each relay ``publish <topic>``, each consumer ``process <EventType>`` (with
 its outcome: applied, duplicate, parked, dead_lettered) and each shipment dispatch. An event a
-service has no handler for is not traced (:func:`shared.middleware.traced`), so not shown.
+service has no handler for is not traced (:func:`shared.consuming.middleware.traced`), so not shown.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from shared.text import Text
+from shared.service.text import Text
 
 SERVICES = ("order-service", "inventory-service", "shipping-service")
 STEP_PREFIXES = ("process ", "publish ", "dispatch ", "POST ", "PUT ")

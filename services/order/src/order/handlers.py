@@ -8,6 +8,7 @@ from uuid import UUID
 
 from order.domain.order import Order
 from order.repository import OrderUnitOfWork
+from shared.consuming.routing import Router
 from shared.contracts.catalog import (
     InventoryRejected,
     InventoryReserved,
@@ -15,8 +16,7 @@ from shared.contracts.catalog import (
     ShipmentDispatched,
     StockLevelChanged,
 )
-from shared.domain import NotFoundError
-from shared.routing import Router
+from shared.writing.aggregate import NotFoundError
 
 router = Router[OrderUnitOfWork]()
 

@@ -16,9 +16,9 @@ from order.repository import (
     OrderUnitOfWork,
 )
 from shared.contracts.catalog import Address, OrderLine
-from shared.domain import ConcurrencyError
-from shared.postgres import PostgresUnitOfWork
-from shared.uow import UnitOfWork
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.writing.aggregate import ConcurrencyError
+from shared.writing.uow import UnitOfWork
 
 
 def _order_from_row(row: asyncpg.Record) -> Order:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from order.domain.order import Order, OrderStatus
-from shared.metrics import AGGREGATE_AGE_SECONDS
-from shared.repository import TrackingRepository
-from shared.uow import UnitOfWork
+from shared.observability.metrics import AGGREGATE_AGE_SECONDS
+from shared.writing.repository import TrackingRepository
+from shared.writing.uow import UnitOfWork
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from prometheus_client import Gauge
 from pydantic import BaseModel
 
 from order.domain.order import TERMINAL, OrderStatus
-from shared.admin import require_admin
-from shared.correlation import correlated
-from shared.db import DATABASE_ERRORS
+from shared.observability.correlation import correlated
+from shared.persistence.db import DATABASE_ERRORS
+from shared.service.admin import require_admin
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from order.repository import (
     OrderRepository,
     OrderUnitOfWork,
 )
-from shared.domain import ConcurrencyError
 from shared.testing.fakes import InMemoryUnitOfWork, stored_copy
+from shared.writing.aggregate import ConcurrencyError
 
 
 @dataclass

@@ -15,8 +15,8 @@ from order.postgres import PostgresOrderUnitOfWork
 from order.repository import IdempotencyRecord, OrderUnitOfWork
 from order.testing import FakeOrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine, OrderShippingAddressChanged
-from shared.domain import ConcurrencyError
 from shared.testing.backends import units
+from shared.writing.aggregate import ConcurrencyError
 
 NewUow = Callable[[], OrderUnitOfWork]
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")

@@ -20,8 +20,8 @@ from order.domain.order import Order, OrderStatus
 from order.postgres import PostgresOrderUnitOfWork
 from order.settings import Settings
 from shared.contracts.catalog import Address, OrderConfirmed, OrderLine
-from shared.envelope import Envelope
-from shared.http import create_app
+from shared.contracts.envelope import Envelope
+from shared.service.http import create_app
 from shared.testing.fakes import InMemoryDelivery
 from shared.testing.infra import (
     create_database,

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from order.bootstrap import bootstrap
 from order.settings import Settings
 from order.testing import FakeOrderUnitOfWork
-from shared.http import create_app
-from shared.metrics import (
+from shared.observability.metrics import (
     AGGREGATE_CHANGE_STORMS,
     AGGREGATE_CHANGES_IN_WINDOW,
     AGGREGATE_CHANGES_REFUSED,
 )
+from shared.service.http import create_app
 from shared.testing.fakes import InMemoryState
 
 LABELS = ("order", "order", "shipping_address")
@@ -84,7 +84,7 @@ def test_a_burst_of_address_changes_past_the_threshold_warns_once_with_the_order
     order_id = place(client)
     count, total, stormed = histogram("count"), histogram("sum"), storms()
 
-    with caplog.at_level(logging.WARNING, logger="shared.storm"):
+    with caplog.at_level(logging.WARNING, logger="shared.writing.storm"):
         answers = [
             readdress(client, order_id, n, "checkout-storm-1").status_code for n in range(15)
         ]
@@ -105,7 +105,7 @@ def test_a_few_changes_to_many_orders_are_no_storm(caplog: pytest.LogCaptureFixt
     client = client_of(settings())
     orders = [place(client) for _ in range(4)]
     stormed = storms()
-    with caplog.at_level(logging.WARNING, logger="shared.storm"):
+    with caplog.at_level(logging.WARNING, logger="shared.writing.storm"):
         for n in range(10):
             for order_id in orders:
                 assert readdress(client, order_id, n).status_code == 202

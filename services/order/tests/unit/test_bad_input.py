@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from order.bootstrap import bootstrap
 from order.settings import Settings
-from shared.http import create_app
+from shared.service.http import create_app
 
 TOKEN = "unit-test-token"
 LINE = {"sku": "SKU-1", "quantity": 1}

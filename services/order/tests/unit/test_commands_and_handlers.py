@@ -22,7 +22,7 @@ from shared.contracts.catalog import (
     Shortfall,
     StockLevelChanged,
 )
-from shared.correlation import NoCorrelationError, correlated, correlation_id_var
+from shared.observability.correlation import NoCorrelationError, correlated, correlation_id_var
 from shared.testing.fakes import InMemoryState
 
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")

@@ -21,7 +21,7 @@ from shared.contracts.catalog import (
     OrderShipped,
     OrderShippingAddressChanged,
 )
-from shared.domain import DomainError
+from shared.writing.aggregate import DomainError
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")

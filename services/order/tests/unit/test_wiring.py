@@ -12,13 +12,13 @@ from order.handlers import router
 from order.postgres import PostgresOrderUnitOfWork
 from order.settings import Settings
 from order.testing import FakeOrderUnitOfWork
+from shared.consuming.processing import Delivery, EventProcessor, Outcome, PermanentError
 from shared.contracts.catalog import (
     InventoryReserved,
     OrderLine,
     ShipmentDispatched,
     StockLevelChanged,
 )
-from shared.processing import Delivery, EventProcessor, Outcome, PermanentError
 from shared.testing.fakes import InMemoryDelivery, InMemoryState
 
 from .test_commands_and_handlers import command

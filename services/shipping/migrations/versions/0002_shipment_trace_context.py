@@ -4,7 +4,7 @@ dispatch, which happens later in a background loop, continues the same trace.
 Revision ID: 0002
 """
 
-from shared.migrations import execute_script
+from shared.persistence.migrations import execute_script
 
 revision = "0002"
 down_revision = "0001"

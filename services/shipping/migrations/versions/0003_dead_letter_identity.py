@@ -3,8 +3,8 @@
 Revision ID: 0003
 """
 
-from shared.machinery_migrations import MACHINERY_0002
-from shared.migrations import apply, revert
+from shared.persistence.machinery_migrations import MACHINERY_0002
+from shared.persistence.migrations import apply, revert
 
 revision = "0003"
 down_revision = "0002"

@@ -5,7 +5,7 @@ cancelled before it was scheduled).
 Revision ID: 0006
 """
 
-from shared.migrations import execute_script
+from shared.persistence.migrations import execute_script
 
 revision = "0006"
 down_revision = "0005"

@@ -5,7 +5,7 @@ shipment does not hold up those due after it.
 Revision ID: 0007
 """
 
-from shared.migrations import execute_script
+from shared.persistence.migrations import execute_script
 
 revision = "0007"
 down_revision = "0006"

@@ -1,4 +1,4 @@
-from shared.main import serve
+from shared.service.main import serve
 from shipping.bootstrap import bootstrap
 
 if __name__ == "__main__":

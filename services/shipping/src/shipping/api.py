@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts.catalog import Address
-from shared.http import unit_of_work
+from shared.service.http import unit_of_work
 from shipping.domain.shipment import ShipmentStatus
 from shipping.repository import ShippingUnitOfWork
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.runtime import Runtime, ServiceDefinition
+from shared.service.runtime import Runtime, ServiceDefinition
 from shipping import handlers
 from shipping.api import router as api_router
 from shipping.postgres import PostgresShippingUnitOfWork

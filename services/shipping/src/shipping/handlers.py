@@ -12,15 +12,15 @@ from uuid import UUID
 
 from prometheus_client import Counter
 
+from shared.consuming.routing import Router
 from shared.contracts.catalog import (
     OrderCancellationRequested,
     OrderConfirmed,
     OrderShippingAddressChanged,
 )
-from shared.correlation import correlated
-from shared.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
-from shared.routing import Router
-from shared.tracing import context_from_headers, tracer
+from shared.observability.correlation import correlated
+from shared.observability.tracing import context_from_headers, tracer
+from shared.persistence.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shipping.domain.shipment import Shipment
 from shipping.repository import DueShipment, ShippingUnitOfWork, UnreadableShipmentError
 

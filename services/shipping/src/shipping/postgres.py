@@ -9,8 +9,8 @@ from uuid import UUID
 import asyncpg
 
 from shared.contracts.catalog import Address
-from shared.postgres import PostgresUnitOfWork
-from shared.uow import UnitOfWork
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.writing.uow import UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
 from shipping.repository import (
     DueShipment,

@@ -11,9 +11,9 @@ from uuid import UUID
 
 from opentelemetry import propagate
 
-from shared.correlation import current_correlation_id
-from shared.repository import TrackingRepository
-from shared.uow import UnitOfWork
+from shared.observability.correlation import current_correlation_id
+from shared.writing.repository import TrackingRepository
+from shared.writing.uow import UnitOfWork
 from shipping.domain.shipment import Shipment
 
 

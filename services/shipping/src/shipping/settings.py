@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.service.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):

@@ -9,7 +9,7 @@ from uuid import uuid4
 import pytest
 
 from shared.contracts.catalog import Address
-from shared.correlation import correlated
+from shared.observability.correlation import correlated
 from shared.testing.backends import units
 from shipping.bootstrap import MIGRATIONS
 from shipping.domain.shipment import Shipment, ShipmentStatus

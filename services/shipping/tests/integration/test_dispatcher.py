@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from shared.contracts.catalog import Address
-from shared.correlation import correlated
+from shared.observability.correlation import correlated
 from shared.testing.infra import migrated_pool
 from shipping.api import ShipmentView
 from shipping.bootstrap import MIGRATIONS

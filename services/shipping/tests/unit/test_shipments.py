@@ -14,7 +14,7 @@ from shared.contracts.catalog import (
     OrderLine,
     OrderShippingAddressChanged,
 )
-from shared.correlation import correlated
+from shared.observability.correlation import correlated
 from shared.testing.fakes import InMemoryState
 from shipping import handlers
 from shipping.domain.shipment import Shipment, ShipmentStatus

@@ -3,8 +3,8 @@ composition root, and events delivered through the routing table (not to a handl
 
 from uuid import uuid4
 
+from shared.consuming.processing import Outcome
 from shared.contracts.catalog import OrderCancellationRequested
-from shared.processing import Outcome
 from shared.testing.fakes import InMemoryDelivery, InMemoryState
 from shipping.bootstrap import MIGRATIONS, bootstrap
 from shipping.domain.shipment import ShipmentStatus

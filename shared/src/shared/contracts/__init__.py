@@ -38,9 +38,9 @@ class Payload(BaseModel):
 class IntegrationEvent(Payload):
     """Base of the events that cross Kafka: coarse business facts, part of the contract.
 
-    Only these can reach the outbox (:meth:`shared.outbox.Outbox.append` takes nothing else,
+    Only these can reach the outbox (:meth:`shared.writing.outbox.Outbox.append` takes nothing else,
     for mypy and at run time). A service's chatty internal facts are
-    :class:`shared.domain.DomainEvent`s and stay inside it."""
+    :class:`shared.writing.aggregate.DomainEvent`s and stay inside it."""
 
 
 class UnknownEventError(Exception):

@@ -16,7 +16,7 @@ from uuid import UUID
 from pydantic import Field
 
 from shared.contracts import IntegrationEvent, Payload, integration_event, upcaster
-from shared.text import Text
+from shared.service.text import Text
 
 ORDER_ID = "The order's id; also the record key on this topic."
 

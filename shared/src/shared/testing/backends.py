@@ -12,7 +12,7 @@ import asyncpg
 
 from shared.testing.fakes import InMemoryState
 from shared.testing.infra import create_database, drop_database
-from shared.uow import UnitOfWork
+from shared.writing.uow import UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
 

@@ -1,8 +1,8 @@
 """In-memory fakes of the machinery's ports, for unit tests: outbox, inbox, unit of work.
 
 The shared contract tests hold them to the behaviour of the PostgreSQL adapters
-(:mod:`shared.postgres`), so a fake cannot drift from the real thing. Production code never
-imports this module.
+(:mod:`shared.persistence.postgres`), so a fake cannot drift from the real thing. Production
+code never imports this module.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from shared.consuming.inbox import Inbox, ParkedEvent, Stream, StreamPosition
+from shared.consuming.processing import Delivery, EventProcessor, Outcome
+from shared.consuming.routing import Router, U
 from shared.contracts import IntegrationEvent, current, spec_of
-from shared.correlation import correlated
-from shared.domain import Aggregate
-from shared.envelope import Envelope, new_envelope
-from shared.inbox import Inbox, ParkedEvent, Stream, StreamPosition
-from shared.outbox import AggregateKey, Outbox, OutgoingMessage
-from shared.pending import HeldEvent, PendingEvents
-from shared.processing import Delivery, EventProcessor, Outcome
-from shared.routing import Router, U
-from shared.storm import FanOutGuard
-from shared.uow import UnitOfWork
+from shared.contracts.envelope import Envelope, new_envelope
+from shared.observability.correlation import correlated
+from shared.writing.aggregate import Aggregate
+from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
+from shared.writing.pending import HeldEvent, PendingEvents
+from shared.writing.storm import FanOutGuard
+from shared.writing.uow import UnitOfWork
 
 
 @dataclass

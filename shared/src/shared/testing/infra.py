@@ -16,8 +16,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.db import migrate
-from shared.machinery_migrations import STEPS
+from shared.persistence.db import migrate
+from shared.persistence.machinery_migrations import STEPS
 
 T = TypeVar("T")
 

@@ -22,21 +22,21 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from shared.consumer import ConsumerRunner
+from shared.consuming.consumer import ConsumerRunner
+from shared.consuming.deadletter import DeadLetterSink
+from shared.consuming.processing import EventProcessor, Protections
+from shared.consuming.routing import Router
 from shared.contracts.catalog import Address, OrderRejected, OrderShippingAddressChanged
-from shared.correlation import correlated
-from shared.deadletter import DeadLetterSink
-from shared.debounce import DebounceEmitter
-from shared.domain import Aggregate, DomainEvent
 from shared.faults import failpoint
 from shared.kafka import Producer
-from shared.logs import setup_logging
-from shared.postgres import PostgresUnitOfWork
-from shared.processing import EventProcessor, Protections
-from shared.relay import OutboxRelay
-from shared.routing import Router
-from shared.settings import ServiceSettings
-from shared.uow import DirectPublish
+from shared.observability.correlation import correlated
+from shared.observability.logs import setup_logging
+from shared.persistence.postgres import PostgresUnitOfWork
+from shared.service.settings import ServiceSettings
+from shared.writing.aggregate import Aggregate, DomainEvent
+from shared.writing.debounce import DebounceEmitter
+from shared.writing.relay import OutboxRelay
+from shared.writing.uow import DirectPublish
 
 APPLIED_TABLE = """
 CREATE TABLE IF NOT EXISTS applied (

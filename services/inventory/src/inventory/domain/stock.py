@@ -24,7 +24,7 @@ from shared.contracts.catalog import (
     Shortfall,
     StockLevelChanged,
 )
-from shared.domain import Aggregate, DomainError, DomainEvent
+from shared.writing.aggregate import Aggregate, DomainError, DomainEvent
 
 # The most units a SKU may ever hold in all: available + reserved + shipped. The flow only
 # moves units between the three, so only a restock can add to the total, and refusing one

@@ -32,7 +32,7 @@ from shared.contracts.catalog import (
     OrderShipped,
     OrderShippingAddressChanged,
 )
-from shared.domain import Aggregate, DomainError, DomainEvent
+from shared.writing.aggregate import Aggregate, DomainError, DomainEvent
 
 
 class OrderStatus(enum.StrEnum):

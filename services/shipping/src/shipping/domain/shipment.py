@@ -20,7 +20,7 @@ from shared.contracts.catalog import (
     ShipmentDispatched,
     ShipmentScheduled,
 )
-from shared.domain import Aggregate, DomainEvent
+from shared.writing.aggregate import Aggregate, DomainEvent
 
 
 class ShipmentStatus(enum.StrEnum):

@@ -1,0 +1,341 @@
+"""Applying events exactly once and in order: the consumer's core, free of Kafka.
+
+In a unit of work: skip an event already applied (dedup row) or at/below the stream's last
+sequence (stale); park one that arrives ahead of a gap; otherwise apply it, record it, and
+apply any parked successors it unblocks. Events the service has no handler for still advance
+the stream, so a consumer that ignores some event types never waits for them.
+
+``process`` applies one event in its own transaction; ``process_batch`` applies the events
+of one poll of one partition in a single transaction (one commit, one WAL flush), and raises
+if any of them fails, so the caller can fall back to ``process`` one at a time, which
+isolates the failing event for its retries and dead letter.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Generic
+
+from shared.consuming.inbox import ParkedEvent, Stream
+from shared.consuming.routing import Router, Subscription, U
+from shared.contracts import IntegrationEvent, InvalidPayloadError, UnknownEventError
+from shared.contracts.envelope import Envelope
+from shared.faults import failpoint, raise_if_armed
+from shared.observability.correlation import correlated
+from shared.persistence.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
+from shared.writing.aggregate import DomainError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+class _SuccessorFailedError(Exception):
+    def __init__(self, parked: ParkedEvent, reason: str) -> None:
+        super().__init__(reason)
+        self.parked = parked
+        self.reason = reason
+
+
+class _DedupDisagreesError(Exception):
+    """A batch's plan found an event next in its stream already marked applied."""
+
+
+class PermanentError(Exception):
+    """Retrying cannot help: dead-letter now. Raised for an envelope or payload that does not
+    decode, and for a handler's DomainError or NotFoundError (see :mod:`shared.writing.aggregate`).
+    Any other exception is retried, then dead-lettered after the last attempt."""
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    DUPLICATE = "duplicate"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class Protections:
+    """Switched off one by one by the pitfall modes, to show what each one prevents."""
+
+    dedup: bool = True
+    sequence_check: bool = True
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An event as delivered, with where it came from (for parking and dead letters)."""
+
+    envelope: Envelope
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    key: bytes | None = None  # the record's own key and value, kept as they came for a
+    value: bytes | None = None  # dead letter (the envelope drops fields it does not know)
+    timestamp: int | None = None  # the record's; with its offset, the dead letter's identity
+
+
+class EventObservation:
+    """What the per-event middleware (correlation, tracing, metrics, logs) sees of one
+    event: ``active()`` is entered while the event is applied (its span and correlation
+    current, so the events it causes carry them), then exactly one of ``done`` (after the
+    commit), ``dead_lettered`` or ``undone`` (its batch rolled back) is called. This base
+    observes nothing."""
+
+    def active(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def done(self, outcome: Outcome) -> None: ...
+
+    def dead_lettered(self, error: str, attempts: int) -> None: ...
+
+    def undone(self, reason: str) -> None: ...
+
+
+Observe = Callable[[Delivery], EventObservation]
+
+
+def _unobserved(_: Delivery) -> EventObservation:
+    return EventObservation()
+
+
+class EventProcessor(Generic[U]):
+    def __init__(
+        self,
+        router: Router[U],
+        new_uow: Callable[[], U],
+        protections: Protections = Protections(),
+    ) -> None:
+        self._router = router
+        self._new_uow = new_uow
+        self._protections = protections
+
+    def handles(self, event_type: str) -> bool:
+        return self._router.handler_for(event_type) is not None
+
+    def decode(self, envelope: Envelope) -> IntegrationEvent | None:
+        """The typed payload, or None when no handler wants this event type. Raises
+        PermanentError for an unknown version or an invalid payload of a handled type."""
+        if self._router.handler_for(envelope.event_type) is None:
+            return None
+        try:
+            return envelope.decoded()
+        except (UnknownEventError, InvalidPayloadError) as exc:
+            raise PermanentError(str(exc)) from exc
+
+    async def process_batch(
+        self, deliveries: Sequence[Delivery], observe: Observe = _unobserved
+    ) -> list[Outcome]:
+        """Apply every delivery in one transaction, each observed by ``observe(delivery)``
+        (its span, its metrics). All or nothing: raises the first failure, committing
+        nothing.
+
+        The batch's bookkeeping is set-based when it can be: its streams are locked in one
+        statement, what each event is (next in its stream, a duplicate) is decided from their
+        positions, the dedup rows of the events to apply are written in one statement and the
+        streams advanced in one more, so a batch costs its handlers' statements plus a few,
+        not a few per event. A batch with an event ahead of a gap, or on a stream with events
+        parked, goes event by event (``_admit``), as a lone event does."""
+        payloads = [self.decode(d.envelope) for d in deliveries]  # poison fails before writing
+        outcomes: list[Outcome] = []
+        observations: list[EventObservation] = []
+        async with self._new_uow() as uow:
+            try:
+                await self._router.prepare_batch([p for p in payloads if p is not None], uow)
+                plan = await self._plan(uow, deliveries, payloads)
+                for i, (delivery, payload) in enumerate(zip(deliveries, payloads, strict=True)):
+                    observation = observe(delivery)
+                    observations.append(observation)
+                    with observation.active():
+                        if plan is None:
+                            outcome = await self._admit_one(uow, delivery, payload)
+                        else:
+                            outcome = await self._apply_planned(uow, delivery, payload, plan[i])
+                        outcomes.append(outcome)
+                        await uow.flush()  # this event's changes, read by the next one
+                if plan is not None:
+                    await uow.inbox.advance_all(_last_applied(deliveries, plan))
+                await failpoint("consumer.before_db_commit")
+                await uow.commit()
+            except BaseException as exc:
+                for observation in observations:
+                    observation.undone(f"batch rolled back: {type(exc).__name__}")
+                raise
+        for observation, outcome in zip(observations, outcomes, strict=True):
+            observation.done(outcome)
+        await failpoint("consumer.after_db_commit")
+        return outcomes
+
+    async def _plan(
+        self, uow: U, deliveries: Sequence[Delivery], payloads: Sequence[IntegrationEvent | None]
+    ) -> list[Outcome] | None:
+        """Each delivery's outcome, decided for the whole batch in three round trips, or None
+        when the batch must go event by event (a gap, parked events, a protection off)."""
+        if not (self._protections.sequence_check and self._protections.dedup):
+            return None
+        positions = await uow.inbox.lock_streams(d.envelope.stream for d in deliveries)
+        if any(p.has_parked for p in positions.values()):
+            return None
+        last = {stream: p.last_sequence for stream, p in positions.items()}
+        plan: list[Outcome] = []
+        for delivery, payload in zip(deliveries, payloads, strict=True):
+            envelope = delivery.envelope
+            if envelope.sequence <= last[envelope.stream]:
+                plan.append(Outcome.DUPLICATE)
+            elif envelope.sequence > last[envelope.stream] + 1:
+                return None  # ahead of a gap: parked, event by event
+            else:
+                last[envelope.stream] = envelope.sequence
+                plan.append(Outcome.IGNORED if payload is None else Outcome.APPLIED)
+        to_apply = [
+            d.envelope.event_id
+            for d, outcome in zip(deliveries, plan, strict=True)
+            if outcome is Outcome.APPLIED
+        ]
+        if len(await uow.inbox.mark_all_processed(to_apply)) < len(to_apply):
+            # Applied before, yet next in its stream: the stream's position was lost (say, to
+            # a restore). Roll the batch back; event by event, dedup decides each one.
+            raise _DedupDisagreesError(f"{len(to_apply)} events, some marked applied already")
+        return plan
+
+    async def _apply_planned(
+        self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, planned: Outcome
+    ) -> Outcome:
+        subscription = self._router.handler_for(delivery.envelope.event_type)
+        if planned is not Outcome.APPLIED or subscription is None or payload is None:
+            return planned
+        with _rules_are_permanent():
+            await _handle(subscription, uow, delivery.envelope, payload)
+        return Outcome.APPLIED
+
+    async def count_failure(self, delivery: Delivery, error: str) -> int:
+        """One more failed attempt at ``delivery``'s record, recorded in a transaction of its
+        own (the attempt's rolled back); how many there have been in all, by whichever
+        member of the consumer group made them (see ``Inbox.count_failure``)."""
+        async with self._new_uow() as uow:
+            attempts = await uow.inbox.count_failure(
+                delivery.topic, delivery.partition, delivery.offset, error
+            )
+            await uow.commit()
+        return attempts
+
+    async def forget_failures(self, delivery: Delivery) -> None:
+        """``delivery``'s record was applied or dead-lettered: forget its failed attempts."""
+        async with self._new_uow() as uow:
+            await uow.inbox.forget_failures(delivery.topic, delivery.partition, delivery.offset)
+            await uow.commit()
+
+    async def process(self, delivery: Delivery) -> Outcome:
+        payload = self.decode(delivery.envelope)  # poison fails here, before any write
+        try:
+            outcome = await self._process(delivery, payload, unblock=True)
+        except _SuccessorFailedError as failed:
+            # The event is fine; one it unblocked is not. Commit the event alone and leave
+            # that successor parked: its gap timeout dead-letters it with the reason.
+            log.error(
+                "parked %s #%d could not be applied after its gap filled: %s",
+                failed.parked.envelope.event_type,
+                failed.parked.envelope.sequence,
+                failed.reason,
+                extra={"fields": {"event_id": str(failed.parked.envelope.event_id)}},
+            )
+            outcome = await self._process(delivery, payload, unblock=False)
+        await failpoint("consumer.after_db_commit")
+        return outcome
+
+    async def _process(
+        self, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool
+    ) -> Outcome:
+        async with self._new_uow() as uow:
+            outcome = await self._admit_one(uow, delivery, payload, unblock=unblock)
+            await failpoint("consumer.before_db_commit")
+            await uow.commit()
+        return outcome
+
+    async def _admit_one(
+        self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool = True
+    ) -> Outcome:
+        with _rules_are_permanent():
+            return await self._admit(uow, delivery, payload, unblock=unblock)
+
+    async def _admit(
+        self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool
+    ) -> Outcome:
+        envelope = delivery.envelope
+        has_parked = False
+        if self._protections.sequence_check:
+            if payload is None and await uow.inbox.pass_over(envelope.stream, envelope.sequence):
+                return Outcome.IGNORED  # the common case for an ignored event: one statement
+            position = await uow.inbox.lock_stream(envelope.stream)
+            if envelope.sequence <= position.last_sequence:
+                return Outcome.DUPLICATE
+            if envelope.sequence > position.last_sequence + 1:
+                await uow.inbox.park(
+                    ParkedEvent(
+                        envelope,
+                        delivery.topic,
+                        delivery.partition,
+                        delivery.offset,
+                        delivery.headers,
+                    )
+                )
+                return Outcome.PARKED
+            has_parked = position.has_parked
+        outcome = await self._apply(uow, envelope, payload)
+        if has_parked and unblock:
+            await self._apply_unblocked(uow, envelope)
+        return outcome
+
+    async def _apply(self, uow: U, envelope: Envelope, payload: IntegrationEvent | None) -> Outcome:
+        """Apply the event (or, with no handler, only move its stream on). The dedup row is
+        written first: when it was there already the event is a duplicate."""
+        subscription = self._router.handler_for(envelope.event_type)
+        if subscription is not None and payload is not None:
+            if self._protections.dedup and not await uow.inbox.mark_processed(envelope.event_id):
+                return Outcome.DUPLICATE
+            await _handle(subscription, uow, envelope, payload)
+        await uow.inbox.advance(envelope.stream, envelope.sequence)
+        return Outcome.APPLIED if subscription is not None else Outcome.IGNORED
+
+    async def _apply_unblocked(self, uow: U, applied: Envelope) -> None:
+        sequence = applied.sequence + 1
+        while (parked := await uow.inbox.unpark(applied.stream, sequence)) is not None:
+            # What the event before it changed is written first: a repository reads the
+            # database, and a cancel must find the reservation its placement just made.
+            await uow.flush()
+            try:
+                await self._apply(uow, parked.envelope, self.decode(parked.envelope))
+            except (*TRANSIENT_DATABASE_ERRORS, *LOST_RACE_ERRORS):
+                raise  # the database, not the event: the whole delivery is retried
+            except Exception as exc:
+                raise _SuccessorFailedError(parked, f"{type(exc).__name__}: {exc}") from exc
+            sequence += 1
+
+
+def _last_applied(deliveries: Sequence[Delivery], plan: Sequence[Outcome]) -> dict[Stream, int]:
+    """Where each stream stands after a planned batch: its last event applied or ignored."""
+    last: dict[Stream, int] = {}
+    for delivery, outcome in zip(deliveries, plan, strict=True):
+        if outcome is not Outcome.DUPLICATE:
+            last[delivery.envelope.stream] = delivery.envelope.sequence
+    return last
+
+
+async def _handle(
+    subscription: Subscription[U], uow: U, envelope: Envelope, payload: IntegrationEvent
+) -> None:
+    # An event applied after it was parked keeps its own correlation and causation.
+    with correlated(envelope.correlation_id, str(envelope.event_id)):
+        raise_if_armed("handler.raise", envelope.correlation_id)
+        await subscription.handler(payload, uow)
+
+
+@contextmanager
+def _rules_are_permanent() -> Iterator[None]:
+    try:
+        yield
+    except (DomainError, NotFoundError) as exc:  # no retry will change a rule
+        raise PermanentError(f"{type(exc).__name__}: {exc}") from exc

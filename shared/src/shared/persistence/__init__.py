@@ -1,0 +1,1 @@
+"""PostgreSQL: the adapters of the machinery's ports, connections, migrations, housekeeping."""

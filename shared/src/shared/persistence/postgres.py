@@ -1,0 +1,462 @@
+"""The PostgreSQL adapters of the machinery's ports: outbox, inbox, pending (debounced)
+events and unit of work.
+
+The shared contract tests (``shared/tests/contract``) run the same cases against these and
+against the in-memory fakes of :mod:`shared.testing.fakes`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
+from uuid import UUID
+
+import asyncpg
+
+from shared.consuming.inbox import Inbox, ParkedEvent, Stream, StreamPosition
+from shared.contracts import decode_payload, spec_of
+from shared.contracts.envelope import Envelope, parse_envelope
+from shared.faults import failpoint
+from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
+from shared.writing.pending import HeldEvent, PendingEvents
+from shared.writing.storm import FanOutGuard
+from shared.writing.uow import DirectPublish, UnitOfWork
+
+
+class PostgresOutbox(Outbox):
+    """Rows in the ``outbox`` table. The sequences come from one upsert on
+    ``outbox_sequences``: its row locks (taken in key order, so two writers cannot deadlock)
+    make a second writer of the same aggregate wait for the first to commit, so sequence
+    order, outbox id order and commit order agree."""
+
+    def __init__(self, conn: asyncpg.Connection, source: str, *, direct: bool = False) -> None:
+        super().__init__(source)
+        self._conn = conn
+        self._direct = direct
+        self.written = False
+        # Pitfall mode "naive dual write": messages kept here and published after commit.
+        self.direct_messages: list[OutgoingMessage] = []
+
+    async def _take_sequences(self, counts: Mapping[AggregateKey, int]) -> dict[AggregateKey, int]:
+        keys = sorted(counts)
+        rows = await self._conn.fetch(
+            """
+            INSERT INTO outbox_sequences AS s (aggregate_type, aggregate_id, last_sequence)
+            SELECT k.aggregate_type, k.aggregate_id, k.n
+            FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(aggregate_type, aggregate_id, n)
+            ORDER BY k.aggregate_type, k.aggregate_id
+            ON CONFLICT (aggregate_type, aggregate_id)
+            DO UPDATE SET last_sequence = s.last_sequence + EXCLUDED.last_sequence,
+                          updated_at = now()
+            RETURNING s.aggregate_type, s.aggregate_id, s.last_sequence
+            """,
+            [t for t, _ in keys],
+            [i for _, i in keys],
+            [counts[k] for k in keys],
+        )
+        return {
+            (r["aggregate_type"], r["aggregate_id"]): r["last_sequence"]
+            - counts[(r["aggregate_type"], r["aggregate_id"])]
+            + 1
+            for r in rows
+        }
+
+    async def _store(
+        self, messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
+    ) -> None:
+        if self._direct:
+            self.direct_messages.extend(messages)
+            return
+        # created_at is when the rows are written, the transaction's last statement before
+        # its commit (clock_timestamp(), not now(), which is when the transaction began): the
+        # relay measures from there to the broker's ack, not the writer's transaction too.
+        await self._conn.execute(
+            """
+            INSERT INTO outbox (event_id, topic, message_key, value, headers, created_at)
+            SELECT r.event_id, r.topic, r.message_key, r.value, r.headers::jsonb, clock_timestamp()
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+                 WITH ORDINALITY AS r(event_id, topic, message_key, value, headers, position)
+            ORDER BY r.position
+            """,
+            [e.event_id for e in envelopes],
+            [m.topic for m in messages],
+            [m.key for m in messages],
+            [m.value for m in messages],
+            [json.dumps(m.headers) for m in messages],
+        )
+        self.written = True
+
+
+def _columns(streams: Sequence[Stream]) -> tuple[list[str], list[str], list[str]]:
+    """Streams as three arrays (source, aggregate type, aggregate id), for ``unnest``."""
+    return ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
+
+
+class PostgresInbox(Inbox):
+    def __init__(self, conn: asyncpg.Connection, consumer: str) -> None:
+        self._conn = conn
+        self._consumer = consumer
+
+    async def seen(self, event_id: UUID) -> bool:
+        found = await self._conn.fetchval(
+            "SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2",
+            self._consumer,
+            event_id,
+        )
+        return found is not None
+
+    async def lock_stream(self, stream: Stream) -> StreamPosition:
+        # An upsert that changes nothing still locks the row and returns it: one round trip
+        # where an insert-if-missing and a SELECT ... FOR UPDATE took two.
+        last_sequence = await self._conn.fetchval(
+            """
+            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
+                                                 last_sequence)
+            VALUES ($1, $2, $3, $4, 0)
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
+            DO UPDATE SET last_sequence = s.last_sequence
+            RETURNING s.last_sequence
+            """,
+            self._consumer,
+            *stream,
+        )
+        return StreamPosition(last_sequence, bool(await self._parked_among([stream])))
+
+    async def lock_streams(self, streams: Iterable[Stream]) -> dict[Stream, StreamPosition]:
+        keys = sorted(set(streams))
+        if not keys:
+            return {}
+        rows = await self._conn.fetch(
+            """
+            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
+                                                 last_sequence)
+            SELECT $1, k.source, k.aggregate_type, k.aggregate_id, 0
+            FROM unnest($2::text[], $3::text[], $4::text[]) AS k(source, aggregate_type,
+                                                                aggregate_id)
+            ORDER BY k.source, k.aggregate_type, k.aggregate_id
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
+            DO UPDATE SET last_sequence = s.last_sequence
+            RETURNING s.source, s.aggregate_type, s.aggregate_id, s.last_sequence
+            """,
+            self._consumer,
+            *_columns(keys),
+        )
+        last = {
+            (r["source"], r["aggregate_type"], r["aggregate_id"]): r["last_sequence"] for r in rows
+        }
+        parked = await self._parked_among(keys)
+        return {stream: StreamPosition(last[stream], stream in parked) for stream in keys}
+
+    async def _parked_among(self, streams: Sequence[Stream]) -> set[Stream]:
+        """The streams, of those this transaction has locked, with events parked.
+
+        A statement of its own, after the locking one, though an EXISTS in that one's
+        RETURNING would save a round trip: under READ COMMITTED a statement sees the database
+        as it was when the statement began, even the rows it reads after waiting for a lock.
+        A transaction that parked sequence N+2 and committed while this one waited for the
+        stream to apply N+1 (two owners of one partition, for a moment) would go unseen, and
+        N+2 would stay parked until its gap timeout dead-lettered it. Parking holds the same
+        lock, so a statement begun once the lock is ours sees every event parked before."""
+        rows = await self._conn.fetch(
+            """
+            SELECT k.source, k.aggregate_type, k.aggregate_id
+            FROM unnest($2::text[], $3::text[], $4::text[]) AS k(source, aggregate_type,
+                                                                aggregate_id)
+            WHERE EXISTS (
+                SELECT 1 FROM parked_events p
+                WHERE p.consumer = $1 AND p.source = k.source
+                  AND p.aggregate_type = k.aggregate_type AND p.aggregate_id = k.aggregate_id
+            )
+            """,
+            self._consumer,
+            *_columns(streams),
+        )
+        return {(r["source"], r["aggregate_type"], r["aggregate_id"]) for r in rows}
+
+    async def mark_all_processed(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        if not event_ids:
+            return set()
+        rows = await self._conn.fetch(
+            "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::uuid[])"
+            " ON CONFLICT DO NOTHING RETURNING event_id",
+            self._consumer,
+            list(event_ids),
+        )
+        return {r["event_id"] for r in rows}
+
+    async def advance_all(self, positions: Mapping[Stream, int]) -> None:
+        keys = sorted(positions)
+        if not keys:
+            return
+        await self._conn.execute(
+            """
+            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
+                                                 last_sequence)
+            SELECT $1, k.source, k.aggregate_type, k.aggregate_id, k.last_sequence
+            FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[])
+                 AS k(source, aggregate_type, aggregate_id, last_sequence)
+            ORDER BY k.source, k.aggregate_type, k.aggregate_id
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = GREATEST(s.last_sequence, EXCLUDED.last_sequence),
+                updated_at = now()
+            """,
+            self._consumer,
+            *_columns(keys),
+            [positions[k] for k in keys],
+        )
+
+    async def mark_processed(self, event_id: UUID) -> bool:
+        inserted = await self._conn.fetchval(
+            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING RETURNING true",
+            self._consumer,
+            event_id,
+        )
+        return inserted is not None
+
+    async def advance(self, stream: Stream, sequence: int) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO consumer_sequences (consumer, source, aggregate_type, aggregate_id,
+                                            last_sequence)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = GREATEST(consumer_sequences.last_sequence, $5),
+                updated_at = now()
+            """,
+            self._consumer,
+            *stream,
+            sequence,
+        )
+
+    async def pass_over(self, stream: Stream, sequence: int) -> bool:
+        # The lock first, then the check for parked events and the advance: in one statement
+        # the check would see the stream as it was before the wait for the lock (see
+        # _parked_among), and could pass over an event whose successor was parked meanwhile.
+        last_sequence = await self._conn.fetchval(
+            """
+            SELECT last_sequence FROM consumer_sequences
+            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
+            FOR UPDATE
+            """,
+            self._consumer,
+            *stream,
+        )
+        if last_sequence != sequence - 1:
+            return False  # a stream never seen, a duplicate or an event ahead of a gap
+        result = await self._conn.execute(
+            """
+            UPDATE consumer_sequences SET last_sequence = $5, updated_at = now()
+            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
+              AND NOT EXISTS (
+                  SELECT 1 FROM parked_events p
+                  WHERE p.consumer = $1 AND p.source = $2 AND p.aggregate_type = $3
+                    AND p.aggregate_id = $4
+              )
+            """,
+            self._consumer,
+            *stream,
+            sequence,
+        )
+        return bool(result == "UPDATE 1")
+
+    async def park(self, event: ParkedEvent) -> None:
+        await self._conn.execute(
+            """
+            INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id, sequence,
+                                       topic, partition, "offset", value, headers)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
+            """,
+            self._consumer,
+            *event.envelope.stream,
+            event.envelope.sequence,
+            event.topic,
+            event.partition,
+            event.offset,
+            event.envelope.to_bytes(),
+            json.dumps(event.headers),
+        )
+
+    async def unpark(self, stream: Stream, sequence: int) -> ParkedEvent | None:
+        row = await self._conn.fetchrow(
+            """
+            DELETE FROM parked_events
+            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
+              AND sequence = $5
+            RETURNING topic, partition, "offset", value, headers
+            """,
+            self._consumer,
+            *stream,
+            sequence,
+        )
+        if row is None:
+            return None
+        return ParkedEvent(
+            parse_envelope(row["value"]),
+            row["topic"],
+            row["partition"],
+            row["offset"],
+            json.loads(row["headers"]),
+        )
+
+    async def count_failure(self, topic: str, partition: int, offset: int, error: str) -> int:
+        attempts: int = await self._conn.fetchval(
+            """
+            INSERT INTO consumer_attempts AS a (consumer, topic, partition, "offset", attempts,
+                                                last_error)
+            VALUES ($1, $2, $3, $4, 1, $5)
+            ON CONFLICT (consumer, topic, partition, "offset") DO UPDATE
+            SET attempts = a.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now()
+            RETURNING a.attempts
+            """,
+            self._consumer,
+            topic,
+            partition,
+            offset,
+            error,
+        )
+        return attempts
+
+    async def forget_failures(self, topic: str, partition: int, offset: int) -> None:
+        await self._conn.execute(
+            """
+            DELETE FROM consumer_attempts
+            WHERE consumer = $1 AND topic = $2 AND partition = $3 AND "offset" = $4
+            """,
+            self._consumer,
+            topic,
+            partition,
+            offset,
+        )
+
+
+class PostgresPendingEvents(PendingEvents):
+    def __init__(self, conn: asyncpg.Connection, source: str) -> None:
+        super().__init__(source)
+        self._conn = conn
+
+    async def _hold(self, event: HeldEvent) -> None:
+        spec = spec_of(event.event)
+        await self._conn.execute(
+            """
+            INSERT INTO debounced_events AS d (aggregate_type, aggregate_id, event_type,
+                schema_version, payload, correlation_id, causation_id, trace_headers,
+                first_at, last_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp(), clock_timestamp())
+            ON CONFLICT (aggregate_type, aggregate_id, event_type) DO UPDATE
+            SET schema_version = EXCLUDED.schema_version, payload = EXCLUDED.payload,
+                correlation_id = EXCLUDED.correlation_id,
+                causation_id = EXCLUDED.causation_id,
+                trace_headers = EXCLUDED.trace_headers,
+                changes = d.changes + 1, last_at = EXCLUDED.last_at
+            """,
+            spec.aggregate_type,
+            event.aggregate_id,
+            spec.event_type,
+            spec.schema_version,
+            event.event.model_dump_json(),
+            event.correlation_id,
+            event.causation_id,
+            json.dumps(event.trace_headers),
+        )
+
+    async def waiting(self) -> list[tuple[HeldEvent, int]]:
+        rows = await self._conn.fetch(
+            """
+            SELECT event_type, schema_version, payload, aggregate_id, correlation_id,
+                   causation_id, trace_headers, changes
+            FROM debounced_events ORDER BY first_at, aggregate_id
+            """
+        )
+        return [
+            (
+                HeldEvent(
+                    decode_payload(r["event_type"], r["schema_version"], json.loads(r["payload"])),
+                    r["aggregate_id"],
+                    r["correlation_id"],
+                    r["causation_id"],
+                    json.loads(r["trace_headers"]),
+                ),
+                r["changes"],
+            )
+            for r in rows
+        ]
+
+
+class PostgresUnitOfWork(UnitOfWork):
+    """A pooled connection in a transaction. Subclasses build their repositories on
+    ``self.conn`` in ``_begin``. With ``direct_publish`` (the naive dual-write pitfall mode)
+    events skip the outbox and are published straight after commit."""
+
+    conn: asyncpg.Connection
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        source: str,
+        direct_publish: DirectPublish | None = None,
+        *,
+        outbox_written: Callable[[], None] | None = None,
+        acquire_timeout: float | None = None,
+        debounce: bool = True,
+        fanout: FanOutGuard | None = None,
+    ) -> None:
+        super().__init__(debounce=debounce, fanout=fanout)
+        self._pool = pool
+        self._source = source
+        self._direct_publish = direct_publish
+        self._outbox_written = outbox_written
+        self._acquire_timeout = acquire_timeout
+
+    async def _begin(self) -> None:
+        # Past the timeout: asyncio.TimeoutError, which HTTP answers with 503 and the
+        # consumer waits out like any database outage.
+        self._proxy = await self._pool.acquire(timeout=self._acquire_timeout)
+        self.conn = cast(asyncpg.Connection, self._proxy)
+        self._released = False
+        self._tx = self.conn.transaction()
+        try:
+            await self._tx.start()
+        except BaseException as exc:
+            if isinstance(exc, asyncpg.exceptions.InternalClientError):
+                # A connection left broken by a server restart (see shared.persistence.db): closed,
+                # so the pool opens a new one instead of handing this one out again.
+                self.conn.terminate()
+            await self._release()
+            raise
+        self.outbox: PostgresOutbox = PostgresOutbox(
+            self.conn, self._source, direct=self._direct_publish is not None
+        )
+        self.inbox = PostgresInbox(self.conn, self._source)
+        self.pending = PostgresPendingEvents(self.conn, self._source)
+
+    async def _commit(self) -> None:
+        try:
+            await self._tx.commit()
+        finally:
+            await self._release()
+        if self._outbox_written is not None and self.outbox.written:
+            # An in-process signal, not pg_notify: a notifying transaction takes a lock that
+            # serialises every such commit in the whole cluster, fsync included.
+            self._outbox_written()
+        if self.outbox.written or self.outbox.direct_messages:
+            await failpoint("uow.after_commit")
+        if self._direct_publish is not None:
+            # Pitfall: a crash here, or a broker that is down, loses these events for good.
+            await self._direct_publish(self.outbox.direct_messages)
+
+    async def _rollback(self) -> None:
+        if self._released:
+            return
+        try:
+            await self._tx.rollback()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            pass  # the connection is gone; so is the transaction
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._pool.release(self._proxy)

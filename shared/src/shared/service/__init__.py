@@ -1,0 +1,1 @@
+"""A service process: its composition root, HTTP shell, settings and admin tools."""

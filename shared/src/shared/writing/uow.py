@@ -1,0 +1,107 @@
+"""The unit of work: one database transaction that holds the business change, the events it
+caused (outbox) and, in a consumer, the record of the event being applied (inbox).
+
+Handlers never commit events any other way: ``commit()`` drains the events recorded by the
+aggregates the unit of work tracked (integration events into the outbox, the integration
+events that domain events are published as into the debounce hold), then commits. The PostgreSQL
+implementation is :class:`shared.persistence.postgres.PostgresUnitOfWork`; the in-memory fake for
+unit tests is :class:`shared.testing.fakes.InMemoryUnitOfWork`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Self
+
+from shared.consuming.inbox import Inbox
+from shared.writing.aggregate import Aggregate, DomainEvent
+from shared.writing.outbox import Outbox, OutgoingMessage
+from shared.writing.pending import PendingEvents
+from shared.writing.storm import FanOutGuard
+
+DirectPublish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
+
+
+class UnitOfWork(ABC):
+    """``debounce=False`` is the pitfall mode PITFALL_NO_DEBOUNCE: the integration event of
+    every domain event goes to the outbox at once, instead of being held (see
+    :mod:`shared.writing.debounce`)."""
+
+    outbox: Outbox
+    inbox: Inbox
+    pending: PendingEvents
+
+    def __init__(self, *, debounce: bool = True, fanout: FanOutGuard | None = None) -> None:
+        self._tracked: list[Aggregate] = []
+        self._after_commit: list[Callable[[], None]] = []
+        self._committed = False
+        self._debounce = debounce
+        self._fanout = fanout
+
+    def track(self, aggregate: Aggregate) -> None:
+        """Repositories call this for every aggregate they hand out or add."""
+        if all(a is not aggregate for a in self._tracked):
+            self._tracked.append(aggregate)
+
+    async def __aenter__(self) -> Self:
+        await self._begin()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._committed:
+            await self._rollback()
+
+    async def flush(self) -> None:
+        """Save what changed and drain the recorded events into the outbox, without ending
+        the transaction: a consumer applying several events in one transaction flushes after
+        each, so each event's outbox rows carry its own correlation and trace context, and
+        the next event reads what the previous one wrote."""
+        await self._persist()
+        emitted = 0
+        for aggregate in self._tracked:
+            for recorded in aggregate.events:
+                event = recorded.published_as() if isinstance(recorded, DomainEvent) else recorded
+                if event is None:
+                    continue  # a domain event that stays inside
+                if event is not recorded and self._debounce:
+                    await self.pending.hold(event, aggregate_id=aggregate.aggregate_id)
+                    continue
+                # An integration event, or (pitfall: no debounce) every change's coarse one.
+                await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
+                emitted += 1
+            aggregate.events.clear()
+        if self._fanout is not None:
+            self._fanout.observe(emitted)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the transaction has committed (never if it rolls back): to
+        tell something in this process about a change it may act on now, such as a
+        shipment due at once."""
+        self._after_commit.append(callback)
+
+    async def commit(self) -> None:
+        await self.flush()
+        await self.outbox.write()  # every event of the transaction: two round trips in all
+        await self._commit()
+        self._committed = True
+        for callback in self._after_commit:
+            callback()
+
+    async def _persist(self) -> None:
+        """Save the tracked aggregates that changed; services' units of work override it."""
+
+    @abstractmethod
+    async def _begin(self) -> None: ...
+
+    @abstractmethod
+    async def _commit(self) -> None: ...
+
+    @abstractmethod
+    async def _rollback(self) -> None: ...
