@@ -11,10 +11,11 @@ import asyncpg
 import pytest
 
 from shared.persistence.postgres import PostgresUnitOfWork
+from shared.pitfalls.no_debounce import published_at_once
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 from shared.testing.infra import create_database, drop_database
 from shared.testing.worker import AddressEdited, Item
-from shared.writing.uow import UnitOfWork
+from shared.writing.uow import UnitOfWork, debounced
 
 NewUow = Callable[[bool], UnitOfWork]
 
@@ -24,13 +25,17 @@ async def new_uow(request: pytest.FixtureRequest) -> AsyncIterator[NewUow]:
     """A unit-of-work factory taking ``debounce``."""
     if request.param == "in_memory":
         state = InMemoryState()
-        yield lambda debounce: InMemoryUnitOfWork(state, "svc", debounce=debounce)
+        yield lambda debounce: InMemoryUnitOfWork(
+            state, "svc", coarse=debounced if debounce else published_at_once
+        )
         return
     url = await create_database()
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     assert pool is not None
     try:
-        yield lambda debounce: PostgresUnitOfWork(pool, "svc", debounce=debounce)
+        yield lambda debounce: PostgresUnitOfWork(
+            pool, "svc", coarse=debounced if debounce else published_at_once
+        )
     finally:
         await pool.close()
         await drop_database(url)

@@ -17,11 +17,13 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from infra import components
 from shared.consuming.consumer import ConsumerRunner
 from shared.consuming.deadletter import STUB_VALUE_BYTES, DeadLetterSink
-from shared.consuming.processing import EventProcessor, Protections
+from shared.consuming.processing import Dedup, EventProcessor, SequenceCheck
 from shared.contracts.catalog import OrderCancelled, OrderRejected
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.kafka import Producer
 from shared.persistence.postgres import PostgresUnitOfWork
+from shared.pitfalls.no_dedup import NoDedup
+from shared.pitfalls.no_sequence_check import NoSequenceCheck
 from shared.service.settings import ServiceSettings
 from shared.testing.infra import (
     create_topics,
@@ -79,6 +81,9 @@ async def applied(pool: asyncpg.Pool) -> list[str]:
     return [r["reason"] for r in await pool.fetch("SELECT reason FROM applied ORDER BY id")]
 
 
+Protections = tuple[Dedup, SequenceCheck]
+
+
 class CountingUnitOfWork(PostgresUnitOfWork):
     commits = 0
 
@@ -89,7 +94,9 @@ class CountingUnitOfWork(PostgresUnitOfWork):
 
 @contextlib.asynccontextmanager
 async def consuming(
-    pool: asyncpg.Pool, settings: ServiceSettings, protections: Protections = Protections()
+    pool: asyncpg.Pool,
+    settings: ServiceSettings,
+    protections: Protections = (Dedup(), SequenceCheck()),
 ) -> AsyncIterator[None]:
     """A consumer runner for ``orders`` in its own group, started at the topic's end."""
     await pool.execute(APPLIED_TABLE)
@@ -97,7 +104,10 @@ async def consuming(
     await start_group_at_end(settings.consumer_group, ["orders"])
     producer = Producer(settings)
     processor = EventProcessor(
-        router, lambda: CountingUnitOfWork(pool, settings.service_name), protections
+        router,
+        lambda: CountingUnitOfWork(pool, settings.service_name),
+        dedup=protections[0],
+        sequence_check=protections[1],
     )
     runner = ConsumerRunner(
         settings, processor, router.topics, DeadLetterSink(pool, producer, settings.service_name)
@@ -116,7 +126,7 @@ async def consuming(
 async def running(
     request: pytest.FixtureRequest, pool: asyncpg.Pool, settings: ServiceSettings
 ) -> AsyncIterator[ServiceSettings]:
-    async with consuming(pool, settings, getattr(request, "param", Protections())):
+    async with consuming(pool, settings, getattr(request, "param", (Dedup(), SequenceCheck()))):
         yield settings
 
 
@@ -132,9 +142,7 @@ async def test_duplicates_and_reordering_are_applied_exactly_once_in_order(
     assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
 
 
-@pytest.mark.parametrize(
-    "running", [Protections(dedup=False, sequence_check=False)], indirect=True, ids=["off"]
-)
+@pytest.mark.parametrize("running", [(NoDedup(), NoSequenceCheck())], indirect=True, ids=["off"])
 async def test_with_dedup_and_sequence_check_off_a_duplicate_is_applied_twice(
     running: ServiceSettings, pool: asyncpg.Pool
 ) -> None:

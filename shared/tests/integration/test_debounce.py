@@ -19,6 +19,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from shared.kafka import Producer
+from shared.pitfalls.naive_dual_write import publishing_after_commit
+from shared.pitfalls.no_debounce import published_at_once
 from shared.service.settings import ServiceSettings
 from shared.testing.infra import end_offsets, eventually, kafka_bootstrap, records_keyed
 from shared.testing.worker import edit_address
@@ -81,7 +83,7 @@ async def test_without_debounce_the_same_burst_crosses_kafka_as_1000_events(
     order_id = uuid4()
     since = await end_offsets("orders")
     async with emitting_and_relaying(pool, settings, quiet=1.0):
-        await edit_address(pool, settings.service_name, order_id, 1000, debounce=False)
+        await edit_address(pool, settings.service_name, order_id, 1000, coarse=published_at_once)
         envelopes = await records_keyed("orders", str(order_id), since, settle=2.0)
     assert [e["sequence"] for e in envelopes] == list(range(1, 1001))
     assert final_line1(envelopes[-1]) == "street 1000"
@@ -205,7 +207,7 @@ async def test_in_the_naive_dual_write_mode_the_emitter_publishes_itself(
         quiet_seconds=0.0,
         max_wait_seconds=5.0,
         poll_seconds=0.1,
-        direct_publish=publish,
+        new_outbox=publishing_after_commit(publish),
     )
     assert await emitter.emit_due() == 1
     assert [(m.key, m.headers["event_type"]) for m in published] == [

@@ -11,17 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.consuming.processing import (
+    Dedup,
     Delivery,
     EventObservation,
     EventProcessor,
     Outcome,
     PermanentError,
-    Protections,
+    SequenceCheck,
 )
 from shared.consuming.routing import Router
 from shared.contracts import IntegrationEvent
 from shared.contracts.catalog import OrderCancelled, OrderRejected
 from shared.contracts.envelope import Envelope, new_envelope
+from shared.pitfalls.no_dedup import NoDedup
+from shared.pitfalls.no_sequence_check import NoSequenceCheck
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 
 router = Router[InMemoryUnitOfWork]()
@@ -59,9 +62,14 @@ def unhandled(aggregate_id: str) -> Envelope:
 
 
 def processor(
-    state: InMemoryState, protections: Protections = Protections()
+    state: InMemoryState, dedup: Dedup = Dedup(), sequence_check: SequenceCheck = SequenceCheck()
 ) -> EventProcessor[InMemoryUnitOfWork]:
-    return EventProcessor(router, lambda: InMemoryUnitOfWork(state, "test"), protections)
+    return EventProcessor(
+        router,
+        lambda: InMemoryUnitOfWork(state, "test"),
+        dedup=dedup,
+        sequence_check=sequence_check,
+    )
 
 
 def applied(state: InMemoryState) -> list[str]:
@@ -92,8 +100,7 @@ async def test_the_same_event_delivered_twice_is_applied_once() -> None:
 async def test_without_dedup_and_sequence_check_a_redelivery_is_applied_twice() -> None:
     state = InMemoryState()
     (e1,) = stream_of(1)
-    off = Protections(dedup=False, sequence_check=False)
-    await deliver_all(processor(state, off), [e1, e1])
+    await deliver_all(processor(state, NoDedup(), NoSequenceCheck()), [e1, e1])
     assert applied(state) == ["r1", "r1"]  # the pitfall the protections prevent
 
 
@@ -111,7 +118,7 @@ async def test_an_event_ahead_of_a_gap_is_parked_then_applied_when_the_gap_fills
 async def test_without_the_sequence_check_a_late_event_overwrites_a_newer_one() -> None:
     state = InMemoryState()
     e1, e2 = stream_of(2)
-    await deliver_all(processor(state, Protections(sequence_check=False)), [e2, e1])
+    await deliver_all(processor(state, sequence_check=NoSequenceCheck()), [e2, e1])
     assert applied(state) == ["r2", "r1"]  # stale r1 applied last: the pitfall
 
 

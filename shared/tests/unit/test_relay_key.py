@@ -11,6 +11,7 @@ from typing import Any, cast
 import asyncpg
 
 from shared.kafka import Producer
+from shared.pitfalls import strategies
 from shared.service.settings import ServiceSettings
 from shared.writing.outbox import OutgoingMessage
 from shared.writing.relay import OutboxRelay
@@ -64,6 +65,7 @@ async def keys_sent(*, pitfall_unkeyed: bool = False) -> list[str | None]:
         settings,
         cast(asyncpg.Pool, OutboxRows("order-1", "order-1", "order-2")),
         cast(Producer, broker),
+        key_of=strategies(settings, broker.publish).key_of,
     )
     assert await relay.publish_batch() == 3
     return [message.key for message in broker.sent]

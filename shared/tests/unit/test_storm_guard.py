@@ -11,13 +11,17 @@ import pytest
 from shared.contracts.catalog import OrderRejected
 from shared.observability.correlation import correlated
 from shared.observability.metrics import EVENTS_PER_CAUSE, FANOUT_WARNINGS
+from shared.pitfalls.no_debounce import published_at_once
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
 from shared.testing.worker import AddressEdited, Item
 from shared.writing.storm import FanOutGuard, current_cause
+from shared.writing.uow import debounced
 
 
 async def write(guard: FanOutGuard, events: int, *, debounce: bool = True) -> None:
-    async with InMemoryUnitOfWork(InMemoryState(), "svc", debounce=debounce, fanout=guard) as uow:
+    async with InMemoryUnitOfWork(
+        InMemoryState(), "svc", coarse=debounced if debounce else published_at_once, fanout=guard
+    ) as uow:
         item = Item("agg")
         for _ in range(events):
             item.record(OrderRejected(order_id=uuid4(), reason="r"))
@@ -67,7 +71,10 @@ async def test_a_debounced_burst_is_no_fan_out_and_without_debounce_it_is(
 
     async def burst(debounce: bool) -> None:
         async with InMemoryUnitOfWork(
-            InMemoryState(), "svc", debounce=debounce, fanout=guard
+            InMemoryState(),
+            "svc",
+            coarse=debounced if debounce else published_at_once,
+            fanout=guard,
         ) as uow:
             item = Item("agg")
             for n in range(10):

@@ -23,6 +23,7 @@ from order.postgres import PostgresOrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine, OrderPlaced
 from shared.contracts.envelope import Envelope, parse_envelope
 from shared.kafka import Producer
+from shared.pitfalls.no_debounce import published_at_once
 from shared.service.settings import ServiceSettings
 from shared.testing.fakes import InMemoryDelivery
 from shared.testing.infra import (
@@ -34,6 +35,7 @@ from shared.testing.infra import (
 )
 from shared.writing.debounce import DebounceEmitter
 from shared.writing.relay import OutboxRelay
+from shared.writing.uow import debounced
 
 ORDERS = 300
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
@@ -99,7 +101,9 @@ async def churn(db: Databases, sku: str, *, debounce: bool) -> list[Envelope]:
     event and transaction; emit and relay what that publishes; the stock events read back."""
 
     def new_uow() -> PostgresInventoryUnitOfWork:
-        return PostgresInventoryUnitOfWork(db.inventory, "inventory", debounce=debounce)
+        return PostgresInventoryUnitOfWork(
+            db.inventory, "inventory", coarse=debounced if debounce else published_at_once
+        )
 
     since = await end_offsets("stock")
     producer = Producer(db.settings)

@@ -21,6 +21,7 @@ from shared.contracts.catalog import (
     ShipmentDispatched,
     Shortfall,
 )
+from shared.pitfalls.no_debounce import published_at_once
 from shared.testing.fakes import InMemoryState, emit_pending
 from shared.writing.aggregate import DomainError
 
@@ -152,7 +153,7 @@ async def test_stock_changes_are_held_and_published_once_as_the_last_level_keyed
 async def test_without_debounce_every_stock_change_is_published() -> None:
     state = InMemoryState()
     for level in (10, 7):
-        async with FakeInventoryUnitOfWork(state, "inventory", debounce=False) as uow:
+        async with FakeInventoryUnitOfWork(state, "inventory", coarse=published_at_once) as uow:
             (await uow.stock.get_or_create("A")).restock(level)
             await uow.commit()
     assert [e.payload["available"] for e in state.outbox.envelopes] == [10, 7]

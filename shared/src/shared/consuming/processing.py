@@ -9,6 +9,10 @@ the stream, so a consumer that ignores some event types never waits for them.
 of one poll of one partition in a single transaction (one commit, one WAL flush), and raises
 if any of them fails, so the caller can fall back to ``process`` one at a time, which
 isolates the failing event for its retries and dead letter.
+
+The two protections are objects, :class:`Dedup` and :class:`SequenceCheck`: the pitfall
+modes swap in the naive versions (:mod:`shared.pitfalls.no_dedup`,
+:mod:`shared.pitfalls.no_sequence_check`) to show what each one prevents.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Generic
+from uuid import UUID
 
-from shared.consuming.inbox import ParkedEvent, Stream
+from shared.consuming.inbox import Inbox, ParkedEvent, Stream
 from shared.consuming.routing import Router, Subscription, U
 from shared.contracts import IntegrationEvent, InvalidPayloadError, UnknownEventError
 from shared.contracts.envelope import Envelope
@@ -57,14 +62,6 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class Protections:
-    """Switched off one by one by the pitfall modes, to show what each one prevents."""
-
-    dedup: bool = True
-    sequence_check: bool = True
-
-
-@dataclass(frozen=True)
 class Delivery:
     """An event as delivered, with where it came from (for parking and dead letters)."""
 
@@ -76,6 +73,82 @@ class Delivery:
     key: bytes | None = None  # the record's own key and value, kept as they came for a
     value: bytes | None = None  # dead letter (the envelope drops fields it does not know)
     timestamp: int | None = None  # the record's; with its offset, the dead letter's identity
+
+
+class Dedup:
+    """An event applied before is not applied again: its dedup row (``processed_events``)
+    is written first, in the transaction that applies it."""
+
+    async def first_time(self, inbox: Inbox, event_id: UUID) -> bool:
+        return await inbox.mark_processed(event_id)
+
+    async def all_first_time(self, inbox: Inbox, event_ids: Sequence[UUID]) -> bool:
+        return len(await inbox.mark_all_processed(event_ids)) == len(event_ids)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the sequence check decided: an outcome without applying (a duplicate, parked,
+    only passed over), or apply, and whether events wait parked behind this one."""
+
+    outcome: Outcome | None = None
+    has_parked: bool = False
+
+
+class SequenceCheck:
+    """Each stream's events are applied in order and once: an event at or below the
+    stream's position is a duplicate, one ahead of a gap is parked until the gap fills."""
+
+    async def admit(
+        self, inbox: Inbox, delivery: Delivery, payload: IntegrationEvent | None
+    ) -> Admission:
+        envelope = delivery.envelope
+        if payload is None and await inbox.pass_over(envelope.stream, envelope.sequence):
+            return Admission(Outcome.IGNORED)  # the common case for an ignored event
+        position = await inbox.lock_stream(envelope.stream)
+        if envelope.sequence <= position.last_sequence:
+            return Admission(Outcome.DUPLICATE)
+        if envelope.sequence > position.last_sequence + 1:
+            parked = ParkedEvent(
+                envelope, delivery.topic, delivery.partition, delivery.offset, delivery.headers
+            )
+            await inbox.park(parked)
+            return Admission(Outcome.PARKED)
+        return Admission(has_parked=position.has_parked)
+
+    async def plan(
+        self,
+        inbox: Inbox,
+        dedup: Dedup,
+        deliveries: Sequence[Delivery],
+        payloads: Sequence[IntegrationEvent | None],
+    ) -> list[Outcome] | None:
+        """Each delivery's outcome, decided for a whole batch in three round trips, or None
+        when the batch must go event by event (a gap, parked events)."""
+        positions = await inbox.lock_streams(d.envelope.stream for d in deliveries)
+        if any(p.has_parked for p in positions.values()):
+            return None
+        last = {stream: p.last_sequence for stream, p in positions.items()}
+        plan: list[Outcome] = []
+        for delivery, payload in zip(deliveries, payloads, strict=True):
+            envelope = delivery.envelope
+            if envelope.sequence <= last[envelope.stream]:
+                plan.append(Outcome.DUPLICATE)
+            elif envelope.sequence > last[envelope.stream] + 1:
+                return None  # ahead of a gap: parked, event by event
+            else:
+                last[envelope.stream] = envelope.sequence
+                plan.append(Outcome.IGNORED if payload is None else Outcome.APPLIED)
+        to_apply = [
+            d.envelope.event_id
+            for d, outcome in zip(deliveries, plan, strict=True)
+            if outcome is Outcome.APPLIED
+        ]
+        if not await dedup.all_first_time(inbox, to_apply):
+            # Applied before, yet next in its stream: the stream's position was lost (say, to
+            # a restore). Roll the batch back; event by event, dedup decides each one.
+            raise _DedupDisagreesError(f"{len(to_apply)} events, some marked applied already")
+        return plan
 
 
 class EventObservation:
@@ -107,11 +180,14 @@ class EventProcessor(Generic[U]):
         self,
         router: Router[U],
         new_uow: Callable[[], U],
-        protections: Protections = Protections(),
+        *,
+        dedup: Dedup = Dedup(),
+        sequence_check: SequenceCheck = SequenceCheck(),
     ) -> None:
         self._router = router
         self._new_uow = new_uow
-        self._protections = protections
+        self._dedup = dedup
+        self._sequence_check = sequence_check
 
     def handles(self, event_type: str) -> bool:
         return self._router.handler_for(event_type) is not None
@@ -145,7 +221,7 @@ class EventProcessor(Generic[U]):
         async with self._new_uow() as uow:
             try:
                 await self._router.prepare_batch([p for p in payloads if p is not None], uow)
-                plan = await self._plan(uow, deliveries, payloads)
+                plan = await self._sequence_check.plan(uow.inbox, self._dedup, deliveries, payloads)
                 for i, (delivery, payload) in enumerate(zip(deliveries, payloads, strict=True)):
                     observation = observe(delivery)
                     observations.append(observation)
@@ -168,38 +244,6 @@ class EventProcessor(Generic[U]):
             observation.done(outcome)
         await failpoint("consumer.after_db_commit")
         return outcomes
-
-    async def _plan(
-        self, uow: U, deliveries: Sequence[Delivery], payloads: Sequence[IntegrationEvent | None]
-    ) -> list[Outcome] | None:
-        """Each delivery's outcome, decided for the whole batch in three round trips, or None
-        when the batch must go event by event (a gap, parked events, a protection off)."""
-        if not (self._protections.sequence_check and self._protections.dedup):
-            return None
-        positions = await uow.inbox.lock_streams(d.envelope.stream for d in deliveries)
-        if any(p.has_parked for p in positions.values()):
-            return None
-        last = {stream: p.last_sequence for stream, p in positions.items()}
-        plan: list[Outcome] = []
-        for delivery, payload in zip(deliveries, payloads, strict=True):
-            envelope = delivery.envelope
-            if envelope.sequence <= last[envelope.stream]:
-                plan.append(Outcome.DUPLICATE)
-            elif envelope.sequence > last[envelope.stream] + 1:
-                return None  # ahead of a gap: parked, event by event
-            else:
-                last[envelope.stream] = envelope.sequence
-                plan.append(Outcome.IGNORED if payload is None else Outcome.APPLIED)
-        to_apply = [
-            d.envelope.event_id
-            for d, outcome in zip(deliveries, plan, strict=True)
-            if outcome is Outcome.APPLIED
-        ]
-        if len(await uow.inbox.mark_all_processed(to_apply)) < len(to_apply):
-            # Applied before, yet next in its stream: the stream's position was lost (say, to
-            # a restore). Roll the batch back; event by event, dedup decides each one.
-            raise _DedupDisagreesError(f"{len(to_apply)} events, some marked applied already")
-        return plan
 
     async def _apply_planned(
         self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, planned: Outcome
@@ -264,29 +308,12 @@ class EventProcessor(Generic[U]):
     async def _admit(
         self, uow: U, delivery: Delivery, payload: IntegrationEvent | None, *, unblock: bool
     ) -> Outcome:
-        envelope = delivery.envelope
-        has_parked = False
-        if self._protections.sequence_check:
-            if payload is None and await uow.inbox.pass_over(envelope.stream, envelope.sequence):
-                return Outcome.IGNORED  # the common case for an ignored event: one statement
-            position = await uow.inbox.lock_stream(envelope.stream)
-            if envelope.sequence <= position.last_sequence:
-                return Outcome.DUPLICATE
-            if envelope.sequence > position.last_sequence + 1:
-                await uow.inbox.park(
-                    ParkedEvent(
-                        envelope,
-                        delivery.topic,
-                        delivery.partition,
-                        delivery.offset,
-                        delivery.headers,
-                    )
-                )
-                return Outcome.PARKED
-            has_parked = position.has_parked
-        outcome = await self._apply(uow, envelope, payload)
-        if has_parked and unblock:
-            await self._apply_unblocked(uow, envelope)
+        admission = await self._sequence_check.admit(uow.inbox, delivery, payload)
+        if admission.outcome is not None:
+            return admission.outcome
+        outcome = await self._apply(uow, delivery.envelope, payload)
+        if admission.has_parked and unblock:
+            await self._apply_unblocked(uow, delivery.envelope)
         return outcome
 
     async def _apply(self, uow: U, envelope: Envelope, payload: IntegrationEvent | None) -> Outcome:
@@ -294,7 +321,7 @@ class EventProcessor(Generic[U]):
         written first: when it was there already the event is a duplicate."""
         subscription = self._router.handler_for(envelope.event_type)
         if subscription is not None and payload is not None:
-            if self._protections.dedup and not await uow.inbox.mark_processed(envelope.event_id):
+            if not await self._dedup.first_time(uow.inbox, envelope.event_id):
                 return Outcome.DUPLICATE
             await _handle(subscription, uow, envelope, payload)
         await uow.inbox.advance(envelope.stream, envelope.sequence)

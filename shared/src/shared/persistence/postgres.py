@@ -21,7 +21,7 @@ from shared.faults import failpoint
 from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
 from shared.writing.pending import HeldEvent, PendingEvents
 from shared.writing.storm import FanOutGuard
-from shared.writing.uow import DirectPublish, UnitOfWork
+from shared.writing.uow import Coarse, UnitOfWork, debounced
 
 
 class PostgresOutbox(Outbox):
@@ -30,13 +30,10 @@ class PostgresOutbox(Outbox):
     make a second writer of the same aggregate wait for the first to commit, so sequence
     order, outbox id order and commit order agree."""
 
-    def __init__(self, conn: asyncpg.Connection, source: str, *, direct: bool = False) -> None:
+    def __init__(self, conn: asyncpg.Connection, source: str) -> None:
         super().__init__(source)
         self._conn = conn
-        self._direct = direct
         self.written = False
-        # Pitfall mode "naive dual write": messages kept here and published after commit.
-        self.direct_messages: list[OutgoingMessage] = []
 
     async def _take_sequences(self, counts: Mapping[AggregateKey, int]) -> dict[AggregateKey, int]:
         keys = sorted(counts)
@@ -65,9 +62,6 @@ class PostgresOutbox(Outbox):
     async def _store(
         self, messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
     ) -> None:
-        if self._direct:
-            self.direct_messages.extend(messages)
-            return
         # created_at is when the rows are written, the transaction's last statement before
         # its commit (clock_timestamp(), not now(), which is when the transaction began): the
         # relay measures from there to the broker's ack, not the writer's transaction too.
@@ -91,6 +85,9 @@ class PostgresOutbox(Outbox):
 def _columns(streams: Sequence[Stream]) -> tuple[list[str], list[str], list[str]]:
     """Streams as three arrays (source, aggregate type, aggregate id), for ``unnest``."""
     return ([s[0] for s in streams], [s[1] for s in streams], [s[2] for s in streams])
+
+
+OutboxFactory = Callable[[asyncpg.Connection, str], PostgresOutbox]
 
 
 class PostgresInbox(Inbox):
@@ -386,8 +383,8 @@ class PostgresPendingEvents(PendingEvents):
 
 class PostgresUnitOfWork(UnitOfWork):
     """A pooled connection in a transaction. Subclasses build their repositories on
-    ``self.conn`` in ``_begin``. With ``direct_publish`` (the naive dual-write pitfall mode)
-    events skip the outbox and are published straight after commit."""
+    ``self.conn`` in ``_begin``. ``new_outbox`` builds its outbox on the connection
+    (:class:`PostgresOutbox`; a pitfall mode swaps in another writer)."""
 
     conn: asyncpg.Connection
 
@@ -395,17 +392,17 @@ class PostgresUnitOfWork(UnitOfWork):
         self,
         pool: asyncpg.Pool,
         source: str,
-        direct_publish: DirectPublish | None = None,
         *,
+        new_outbox: OutboxFactory | None = None,
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
-        debounce: bool = True,
+        coarse: Coarse = debounced,
         fanout: FanOutGuard | None = None,
     ) -> None:
-        super().__init__(debounce=debounce, fanout=fanout)
+        super().__init__(coarse=coarse, fanout=fanout)
         self._pool = pool
         self._source = source
-        self._direct_publish = direct_publish
+        self._new_outbox = new_outbox or PostgresOutbox
         self._outbox_written = outbox_written
         self._acquire_timeout = acquire_timeout
 
@@ -425,9 +422,7 @@ class PostgresUnitOfWork(UnitOfWork):
                 self.conn.terminate()
             await self._release()
             raise
-        self.outbox: PostgresOutbox = PostgresOutbox(
-            self.conn, self._source, direct=self._direct_publish is not None
-        )
+        self.outbox: PostgresOutbox = self._new_outbox(self.conn, self._source)
         self.inbox = PostgresInbox(self.conn, self._source)
         self.pending = PostgresPendingEvents(self.conn, self._source)
 
@@ -436,15 +431,13 @@ class PostgresUnitOfWork(UnitOfWork):
             await self._tx.commit()
         finally:
             await self._release()
-        if self._outbox_written is not None and self.outbox.written:
-            # An in-process signal, not pg_notify: a notifying transaction takes a lock that
-            # serialises every such commit in the whole cluster, fsync included.
-            self._outbox_written()
-        if self.outbox.written or self.outbox.direct_messages:
+        if self.outbox.written:
+            if self._outbox_written is not None:
+                # An in-process signal, not pg_notify: a notifying transaction takes a lock
+                # that serialises every such commit in the whole cluster, fsync included.
+                self._outbox_written()
             await failpoint("uow.after_commit")
-        if self._direct_publish is not None:
-            # Pitfall: a crash here, or a broker that is down, loses these events for good.
-            await self._direct_publish(self.outbox.direct_messages)
+        await self.outbox.committed()
 
     async def _rollback(self) -> None:
         if self._released:

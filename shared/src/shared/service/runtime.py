@@ -22,16 +22,18 @@ from fastapi import APIRouter
 
 from shared.consuming.consumer import ConsumerRunner
 from shared.consuming.deadletter import DeadLetterSink
-from shared.consuming.processing import EventProcessor, Protections
+from shared.consuming.processing import EventProcessor
 from shared.consuming.routing import Router, U
 from shared.kafka import Producer
 from shared.persistence.db import DATABASE_ERRORS, create_pool
 from shared.persistence.maintenance import apply_retention, expire_gaps, refresh_gauges
+from shared.persistence.postgres import OutboxFactory
+from shared.pitfalls import strategies
 from shared.service.settings import ServiceSettings
 from shared.writing.debounce import DebounceEmitter
 from shared.writing.relay import OutboxRelay
 from shared.writing.storm import FanOutGuard
-from shared.writing.uow import DirectPublish, UnitOfWork
+from shared.writing.uow import Coarse, UnitOfWork, debounced
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,11 @@ class UowFactory(Protocol[U_co]):
         self,
         pool: asyncpg.Pool,
         source: str,
-        direct_publish: DirectPublish | None = None,
         *,
+        new_outbox: OutboxFactory | None = None,
         outbox_written: Callable[[], None] | None = None,
         acquire_timeout: float | None = None,
-        debounce: bool = True,
+        coarse: Coarse = debounced,
         fanout: FanOutGuard | None = None,
     ) -> U_co: ...
 
@@ -90,6 +92,7 @@ class Runtime(Generic[U]):
         self.settings = definition.settings
         self.service = self.settings.service_name
         self.producer = Producer(self.settings)
+        self.strategies = strategies(self.settings, self.producer.publish)
         self.fanout = FanOutGuard(self.service, self.settings.storm_fanout_warn_threshold)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,18 +105,14 @@ class Runtime(Generic[U]):
         of requests cannot starve event processing (nor the other way round)."""
         return self._new_uow(self.http_pool)
 
-    def _direct_publish(self) -> DirectPublish | None:
-        """The pitfall mode "naive dual write": publish after commit, no outbox, no relay."""
-        return self.producer.publish if self.settings.pitfall_naive_dual_write else None
-
     def _new_uow(self, pool: asyncpg.Pool) -> U:
         return self.definition.new_uow(
             pool,
             self.service,
-            self._direct_publish(),
+            new_outbox=self.strategies.new_outbox,
             outbox_written=self.relay.wake,
             acquire_timeout=self.settings.db_acquire_timeout_seconds,
-            debounce=not self.settings.pitfall_no_debounce,
+            coarse=self.strategies.coarse,
             fanout=self.fanout,
         )
 
@@ -123,14 +122,14 @@ class Runtime(Generic[U]):
             self.settings.database_url, self.settings.db_http_pool_size
         )
         self.dead_letters = DeadLetterSink(self.pool, self.producer, self.service)
-        self.relay = OutboxRelay(self.settings, self.pool, self.producer)
+        self.relay = OutboxRelay(
+            self.settings, self.pool, self.producer, key_of=self.strategies.key_of
+        )
         processor = EventProcessor(
             self.definition.router,
             self.new_uow,
-            Protections(
-                dedup=not self.settings.pitfall_no_dedup,
-                sequence_check=not self.settings.pitfall_no_sequence_check,
-            ),
+            dedup=self.strategies.dedup,
+            sequence_check=self.strategies.sequence_check,
         )
         self.consumer = ConsumerRunner(
             self.settings, processor, self.definition.router.topics, self.dead_letters
@@ -142,15 +141,14 @@ class Runtime(Generic[U]):
             max_wait_seconds=self.settings.debounce_max_wait_seconds,
             poll_seconds=self.settings.debounce_poll_seconds,
             emitted=self.relay.wake,
-            direct_publish=self._direct_publish(),
+            new_outbox=self.strategies.new_outbox,
         )
         workers: dict[str, Callable[[], Awaitable[None]]] = {
             "consumer": self.consumer.run,
             "maintenance": self._maintain,
             "debounce": self.debounce.run,
+            "relay": self.relay.run,
         }
-        if not self.settings.pitfall_naive_dual_write:
-            workers["relay"] = self.relay.run
         for name, worker in self.definition.workers.items():
             workers[name] = lambda worker=worker: worker(self)  # type: ignore[misc]
         for name, work in workers.items():

@@ -23,7 +23,7 @@ from shared.writing.aggregate import Aggregate
 from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
 from shared.writing.pending import HeldEvent, PendingEvents
 from shared.writing.storm import FanOutGuard
-from shared.writing.uow import UnitOfWork
+from shared.writing.uow import Coarse, UnitOfWork, debounced
 
 
 @dataclass
@@ -161,10 +161,10 @@ class InMemoryUnitOfWork(UnitOfWork):
         state: InMemoryState,
         source: str,
         *,
-        debounce: bool = True,
+        coarse: Coarse = debounced,
         fanout: FanOutGuard | None = None,
     ) -> None:
-        super().__init__(debounce=debounce, fanout=fanout)
+        super().__init__(coarse=coarse, fanout=fanout)
         self.state = state
         self._source = source
 

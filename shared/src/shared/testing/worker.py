@@ -24,7 +24,7 @@ import asyncpg
 
 from shared.consuming.consumer import ConsumerRunner
 from shared.consuming.deadletter import DeadLetterSink
-from shared.consuming.processing import EventProcessor, Protections
+from shared.consuming.processing import EventProcessor
 from shared.consuming.routing import Router
 from shared.contracts.catalog import Address, OrderRejected, OrderShippingAddressChanged
 from shared.faults import failpoint
@@ -32,11 +32,12 @@ from shared.kafka import Producer
 from shared.observability.correlation import correlated
 from shared.observability.logs import setup_logging
 from shared.persistence.postgres import PostgresUnitOfWork
+from shared.pitfalls import strategies
 from shared.service.settings import ServiceSettings
 from shared.writing.aggregate import Aggregate, DomainEvent
 from shared.writing.debounce import DebounceEmitter
 from shared.writing.relay import OutboxRelay
-from shared.writing.uow import DirectPublish
+from shared.writing.uow import Coarse, debounced
 
 APPLIED_TABLE = """
 CREATE TABLE IF NOT EXISTS applied (
@@ -85,13 +86,13 @@ def address(line1: str) -> Address:
 
 
 async def edit_address(
-    pool: asyncpg.Pool, source: str, order_id: UUID, count: int, *, debounce: bool = True
+    pool: asyncpg.Pool, source: str, order_id: UUID, count: int, *, coarse: Coarse = debounced
 ) -> None:
     """``count`` edits of one order's address (``street 1`` .. ``street <count>``), one
     transaction each, as a burst of PUT requests would commit them."""
     with correlated(f"burst:{order_id}", None):
         for i in range(1, count + 1):
-            async with PostgresUnitOfWork(pool, source, debounce=debounce) as uow:
+            async with PostgresUnitOfWork(pool, source, coarse=coarse) as uow:
                 item = Item(str(order_id))
                 item.record(AddressEdited(order_id=order_id, line1=f"street {i}"))
                 uow.track(item)
@@ -102,9 +103,8 @@ async def burst(settings: WorkerSettings, count: int, order_id: UUID) -> None:
     """Edit, then emit due events and relay them, like a service, until killed."""
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     assert pool is not None
-    await edit_address(
-        pool, settings.service_name, order_id, count, debounce=not settings.pitfall_no_debounce
-    )
+    chosen = strategies(settings, Producer(settings).publish)
+    await edit_address(pool, settings.service_name, order_id, count, coarse=chosen.coarse)
     print(f"held {count}", flush=True)
     await failpoint("burst.quiet_period")  # a fault test's SIGKILL: the burst is committed
     relay = OutboxRelay(settings, pool, Producer(settings))
@@ -125,12 +125,14 @@ async def write(settings: WorkerSettings, count: int, key: str) -> None:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     assert pool is not None
     producer = Producer(settings)
-    direct: DirectPublish | None = producer.publish if settings.pitfall_naive_dual_write else None
+    new_outbox = strategies(settings, producer.publish).new_outbox
     order_id = uuid4()
     try:
         with correlated(f"write:{key}", None):
             for i in range(1, count + 1):
-                async with PostgresUnitOfWork(pool, settings.service_name, direct) as uow:
+                async with PostgresUnitOfWork(
+                    pool, settings.service_name, new_outbox=new_outbox
+                ) as uow:
                     await uow.conn.execute(
                         "INSERT INTO applied (aggregate_id, reason) VALUES ($1, $2)", key, f"w{i}"
                     )
@@ -147,7 +149,9 @@ async def write(settings: WorkerSettings, count: int, key: str) -> None:
 async def relay(settings: ServiceSettings) -> None:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     assert pool is not None
-    await OutboxRelay(settings, pool, Producer(settings)).run()
+    producer = Producer(settings)
+    key_of = strategies(settings, producer.publish).key_of
+    await OutboxRelay(settings, pool, producer, key_of=key_of).run()
 
 
 async def consume(settings: ServiceSettings) -> None:
@@ -155,13 +159,12 @@ async def consume(settings: ServiceSettings) -> None:
     assert pool is not None
     await pool.execute(APPLIED_TABLE)
     producer = Producer(settings)
+    chosen = strategies(settings, producer.publish)
     processor = EventProcessor(
         router,
         lambda: PostgresUnitOfWork(pool, settings.service_name),
-        Protections(
-            dedup=not settings.pitfall_no_dedup,
-            sequence_check=not settings.pitfall_no_sequence_check,
-        ),
+        dedup=chosen.dedup,
+        sequence_check=chosen.sequence_check,
     )
     sink = DeadLetterSink(pool, producer, settings.service_name)
     await ConsumerRunner(settings, processor, router.topics, sink).run()

@@ -24,9 +24,8 @@ Properties:
   emitted, through the ordinary outbox.
 - The event keeps the correlation id, causation id and trace context of the last change.
 
-The pitfall mode ``PITFALL_NO_DEBOUNCE`` skips the hold: every change goes to the outbox.
-In the naive dual-write pitfall mode (``direct_publish``) no relay runs: the emitter
-publishes the events itself after its commit, like every unit of work in that mode.
+The pitfall mode ``PITFALL_NO_DEBOUNCE`` swaps the hold for :mod:`shared.pitfalls.no_debounce`:
+every change goes to the outbox.
 """
 
 from __future__ import annotations
@@ -44,8 +43,7 @@ from shared.observability.correlation import correlated
 from shared.observability.metrics import DEBOUNCE_EMITTED
 from shared.observability.tracing import attach, context_from_headers, detach
 from shared.persistence.db import DATABASE_ERRORS
-from shared.persistence.postgres import PostgresOutbox
-from shared.writing.uow import DirectPublish
+from shared.persistence.postgres import OutboxFactory, PostgresOutbox
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +62,7 @@ class DebounceEmitter:
         poll_seconds: float,
         batch_size: int = 200,
         emitted: Callable[[], None] | None = None,
-        direct_publish: DirectPublish | None = None,
+        new_outbox: OutboxFactory = PostgresOutbox,
     ) -> None:
         self._pool = pool
         self._source = source
@@ -73,7 +71,7 @@ class DebounceEmitter:
         self._poll = poll_seconds
         self._batch = batch_size
         self._emitted = emitted
-        self._direct_publish = direct_publish
+        self._new_outbox = new_outbox
 
     async def run(self) -> None:
         """Until cancelled: emit what is due, then wait a poll interval."""
@@ -104,11 +102,7 @@ class DebounceEmitter:
                 self._max_wait,
                 self._batch,
             )
-            outbox = PostgresOutbox(
-                cast(asyncpg.Connection, conn),
-                self._source,
-                direct=self._direct_publish is not None,
-            )
+            outbox = self._new_outbox(cast(asyncpg.Connection, conn), self._source)
             for row in rows:
                 event = decode_payload(
                     row["event_type"], row["schema_version"], json.loads(row["payload"])
@@ -139,9 +133,7 @@ class DebounceEmitter:
                 row["aggregate_id"],
                 row["changes"],
             )
-        if self._direct_publish is not None and outbox.direct_messages:
-            # Pitfall: a crash here, or a broker that is down, loses these events for good.
-            await self._direct_publish(outbox.direct_messages)
+        await outbox.committed()
         if rows and self._emitted is not None:
             self._emitted()
         return len(rows)

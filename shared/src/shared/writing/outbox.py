@@ -126,6 +126,9 @@ class Outbox(ABC):
         await self._store(messages, envelopes)
         return envelopes
 
+    async def committed(self) -> None:
+        """The transaction committed. Nothing to do: the relay publishes what was stored."""
+
     @abstractmethod
     async def _take_sequences(
         self, counts: Mapping[AggregateKey, int]

@@ -19,8 +19,9 @@
   event id and sequence. With the idempotent producer, retries inside a batch keep order.
 - Each record is keyed by its aggregate id (the row's ``message_key``), so one aggregate's
   events share a partition and arrive in order. The pitfall mode ``PITFALL_UNKEYED`` sends
-  them without a key, and the producer's default partitioner spreads them over partitions:
-  the sequence check and parking of consumers have to put them back in order.
+  them without a key (:mod:`shared.pitfalls.unkeyed`), and the producer's default
+  partitioner spreads them over partitions: the sequence check and parking of consumers have
+  to put them back in order.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -68,13 +70,25 @@ def lease_key(service: str) -> int:
     return zlib.crc32(f"outbox-relay:{service}".encode())
 
 
+def aggregate_key(message_key: str) -> str:
+    """The Kafka key of an outbox row's record: the row's key, its aggregate id, so one
+    aggregate's events share a partition (``shared.pitfalls.unkeyed`` drops it)."""
+    return message_key
+
+
 class OutboxRelay:
-    def __init__(self, settings: ServiceSettings, pool: asyncpg.Pool, producer: Producer) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        pool: asyncpg.Pool,
+        producer: Producer,
+        key_of: Callable[[str], str | None] = aggregate_key,
+    ) -> None:
         self._settings = settings
         self._pool = pool
         self._producer = producer
         self._service = settings.service_name
-        self._keyed = not settings.pitfall_unkeyed
+        self._key_of = key_of
         self._wake = asyncio.Event()
         self.is_leader = False
 
@@ -190,8 +204,3 @@ class OutboxRelay:
         propagate.inject(headers, context=trace.set_span_in_context(span))
         message = OutgoingMessage(row["topic"], key, bytes(row["value"]), headers)
         return message, span
-
-    def _key_of(self, message_key: str) -> str | None:
-        """The Kafka key of an outbox row's record: the row's key (its aggregate id), or none
-        at all in the pitfall mode ``PITFALL_UNKEYED``; the one place that mode acts."""
-        return message_key if self._keyed else None

@@ -11,33 +11,44 @@ unit tests is :class:`shared.testing.fakes.InMemoryUnitOfWork`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from shared.consuming.inbox import Inbox
+from shared.contracts import IntegrationEvent
 from shared.writing.aggregate import Aggregate, DomainEvent
-from shared.writing.outbox import Outbox, OutgoingMessage
+from shared.writing.outbox import Outbox
 from shared.writing.pending import PendingEvents
 from shared.writing.storm import FanOutGuard
 
-DirectPublish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
+
+class Coarse(Protocol):
+    """Where the integration event that a domain event is published as goes; returns how
+    many events it put in the outbox now."""
+
+    async def __call__(
+        self, uow: UnitOfWork, event: IntegrationEvent, aggregate_id: str
+    ) -> int: ...
+
+
+async def debounced(uow: UnitOfWork, event: IntegrationEvent, aggregate_id: str) -> int:
+    """Held, merged with the aggregate's next changes, emitted once it goes quiet (see
+    :mod:`shared.writing.debounce`)."""
+    await uow.pending.hold(event, aggregate_id=aggregate_id)
+    return 0
 
 
 class UnitOfWork(ABC):
-    """``debounce=False`` is the pitfall mode PITFALL_NO_DEBOUNCE: the integration event of
-    every domain event goes to the outbox at once, instead of being held (see
-    :mod:`shared.writing.debounce`)."""
-
     outbox: Outbox
     inbox: Inbox
     pending: PendingEvents
 
-    def __init__(self, *, debounce: bool = True, fanout: FanOutGuard | None = None) -> None:
+    def __init__(self, *, coarse: Coarse = debounced, fanout: FanOutGuard | None = None) -> None:
         self._tracked: list[Aggregate] = []
         self._after_commit: list[Callable[[], None]] = []
         self._committed = False
-        self._debounce = debounce
+        self._coarse = coarse
         self._fanout = fanout
 
     def track(self, aggregate: Aggregate) -> None:
@@ -70,10 +81,9 @@ class UnitOfWork(ABC):
                 event = recorded.published_as() if isinstance(recorded, DomainEvent) else recorded
                 if event is None:
                     continue  # a domain event that stays inside
-                if event is not recorded and self._debounce:
-                    await self.pending.hold(event, aggregate_id=aggregate.aggregate_id)
+                if event is not recorded:
+                    emitted += await self._coarse(self, event, aggregate.aggregate_id)
                     continue
-                # An integration event, or (pitfall: no debounce) every change's coarse one.
                 await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
                 emitted += 1
             aggregate.events.clear()
