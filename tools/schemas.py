@@ -1,15 +1,22 @@
 """The committed event contracts: one JSON Schema per event type and version, and the gate.
 
 ``python -m tools.schemas`` (``make schemas``) writes ``shared/schemas/<Event>/v<N>.json``
-for every registered event version. ``--check`` (``make schema-check``, run by ``make
-test``) writes nothing: it compares the models with each version's *published* schema, its
-first committed form in git history (the commit that added the file: rewriting a file later,
-``make schemas`` included, moves nothing), under each topic's compatibility rule, never
-lower than the strongest rule any committed schema of the topic recorded. It exits 1 naming
-the event, the version, the field and the rule of every breaking change. Without git or the
-full history (a shallow clone) it warns and falls back to the schemas in the working tree.
-A compatible change not committed yet (a new optional field, a new version, a new
-description) passes, and asks for the files to be regenerated.
+for every event version that has a model (:func:`shared.contracts.registered`: the current
+one of each event, and an older one kept for an upcaster). It never deletes a file: an older
+version without a model is still published, and its file is what the gate holds the models
+to.
+
+``--check`` (``make schema-check``, run by ``make test``) writes nothing. The versions it
+holds are the *published* ones, enumerated from the files committed in git history, not from
+the models: each one's first committed form (the commit that added the file: rewriting a
+file later, ``make schemas`` included, moves nothing). It compares every model with them
+under each topic's compatibility rule, never lower than the strongest rule any committed
+schema of the topic recorded, and requires every published version to stay readable by a
+model (:func:`shared.contracts.compatibility.check`). It exits 1 naming the event, the
+version, the field and the rule of every breaking change. Without git or the full history (a
+shallow clone) it warns and falls back to the schemas in the working tree. A compatible
+change not committed yet (a new optional field, a new version, a new description) passes,
+and asks for the files to be regenerated.
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ def load(folder: Path) -> dict[Key, Schema]:
 
 def write(folder: Path, schemas: Mapping[Key, Schema]) -> list[Path]:
     """Write every schema whose file differs; returns the files written. Never deletes one:
-    a version whose model is gone is for the gate to refuse, not for this to hide."""
+    a version whose model is gone is still published, read by a later model, and its file is
+    the gate's record of it (the gate refuses it only once no model can read it)."""
     written = []
     for key, schema in sorted(schemas.items()):
         path = path_of(folder, key)
@@ -181,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         print(
-            f"schema check passed: {len(current)} event versions, {len(history.schemas)} "
-            "published (held to their first committed form), all committed."
+            f"schema check passed: {len(history.schemas)} published event versions (held to "
+            f"their first committed form) read by the {len(current)} models, all committed."
         )
     return 0
 

@@ -117,22 +117,39 @@ def test_an_optional_addition_passes_and_asks_for_the_files_to_be_regenerated(
     assert report.uncommitted == ["OrderPlaced v1 (changed)"]
 
 
+def next_version(current: dict[Key, Schema], key: Key) -> Schema:
+    """The model of ``key`` replaced by that of the next version, as a new version is made:
+    the older one keeps no model, only its committed file."""
+    event_type, version = key
+    schema = copy.deepcopy(current.pop(key))
+    schema["x-schema-version"] = version + 1
+    current[(event_type, version + 1)] = schema
+    return schema
+
+
 def test_a_new_version_is_held_to_every_earlier_one_under_full_transitive(
     committed: Path,
 ) -> None:
-    def drop_reason(schema: Schema) -> None:
-        schema["x-schema-version"] = 3
-        del schema["properties"]["reason"]
-        schema["required"].remove("reason")
-
     current = current_schemas()
-    v3 = copy.deepcopy(current[("InventoryRejected", 2)])
-    drop_reason(v3)
-    report = check({**current, ("InventoryRejected", 3): v3}, schemas.load(committed))
+    v3 = next_version(current, ("InventoryRejected", 2))
+    del v3["properties"]["reason"]
+    v3["required"].remove("reason")
+    report = check(current, schemas.load(committed))
     assert broken(report) == [
         ("InventoryRejected", 3, 1, "reason", "removed field"),
         ("InventoryRejected", 3, 2, "reason", "removed field"),
     ]
+
+
+def test_published_versions_without_a_model_are_read_by_the_current_one_under_full_transitive(
+    committed: Path,
+) -> None:
+    published, current = schemas.load(committed), current_schemas()
+    without_model = sorted(published.keys() - current.keys())
+    assert without_model == [("InventoryRejected", 1), ("ShipmentDispatched", 1)]
+    assert check(current, published).ok
+    next_version(current, ("InventoryRejected", 2))  # an optional-only v3 reads v1 and v2
+    assert check(current, published).ok
 
 
 def test_a_backward_topic_lets_a_field_go_but_not_a_new_required_one(committed: Path) -> None:
@@ -143,11 +160,52 @@ def test_a_backward_topic_lets_a_field_go_but_not_a_new_required_one(committed: 
     ]
 
 
-def test_a_published_version_whose_model_is_gone_fails_the_gate(committed: Path) -> None:
+def unreadable(report: Report) -> list[tuple[str, int, str]]:
+    return [
+        (b.event_type, b.version, b.detail)
+        for b in report.breaches
+        if b.rule == "unreadable version"
+    ]
+
+
+def test_a_version_without_a_model_on_a_topic_without_a_backward_promise_fails_the_gate(
+    committed: Path,
+) -> None:
+    forward = Compatibility.FORWARD_TRANSITIVE
+    published = on_topic(schemas.load(committed), "inventory", forward)
+    report = check(on_topic(current_schemas(), "inventory", forward), published)
+    assert broken(report) == [("InventoryRejected", 1, 1, "(all)", "unreadable version")]
+    assert "topic `inventory` is FORWARD_TRANSITIVE" in unreadable(report)[0][2]
+    assert "does not promise that v2 reads it" in unreadable(report)[0][2]
+
+
+def test_a_non_transitive_rule_lets_a_model_read_only_the_version_just_before_it(
+    committed: Path,
+) -> None:
+    backward = Compatibility.BACKWARD
+    published = on_topic(schemas.load(committed), "inventory", backward)
+    current = on_topic(current_schemas(), "inventory", backward)
+    next_version(current, ("InventoryRejected", 2))
+    report = check(current, published)
+    assert [(event, version) for event, version, _ in unreadable(report)] == [
+        ("InventoryRejected", 1)  # v2 is read by v3, the next version; v1 by none
+    ]
+
+
+def test_a_published_version_whose_every_model_is_gone_fails_the_gate(committed: Path) -> None:
     current = current_schemas()
-    del current[("InventoryRejected", 1)]
+    del current[PLACED]
     assert broken(check(current, schemas.load(committed))) == [
-        ("InventoryRejected", 1, 1, "(all)", "removed version")
+        ("OrderPlaced", 1, 1, "(all)", "unreadable version")
+    ]
+
+
+def test_a_published_version_newer_than_the_newest_model_fails_the_gate(committed: Path) -> None:
+    current = current_schemas()
+    v2 = current.pop(("InventoryRejected", 2))
+    current[("InventoryRejected", 1)] = {**v2, "x-schema-version": 1}
+    assert unreadable(check(current, schemas.load(committed))) == [
+        ("InventoryRejected", 2, "published, but newer than v1, the newest model")
     ]
 
 
@@ -295,7 +353,7 @@ def test_a_rule_raised_in_history_cannot_be_lowered_back_later(
 def test_a_new_version_with_an_optional_field_passes_and_is_published_once_committed(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before_v2 = current_schemas()
+    before_v2 = schemas.load(schemas.SCHEMAS)  # v1's model is gone, its file is not
     del before_v2[("InventoryRejected", 2)]
     commit(repo, "InventoryRejected v1 published", before_v2)
     code, out = run_gate(repo / "schemas", capsys)
@@ -303,11 +361,14 @@ def test_a_new_version_with_an_optional_field_passes_and_is_published_once_commi
     assert "compatible changes not committed yet: InventoryRejected v2 (new)" in out
 
     commit(repo, "InventoryRejected v2: optional shortfalls; make schemas")
-    assert schemas.load(repo / "schemas") == current_schemas()
+    written = schemas.load(repo / "schemas")
+    assert written == schemas.load(schemas.SCHEMAS)  # v1's file kept, v2's added
     code, out = run_gate(repo / "schemas", capsys)
     assert code == 0
-    count = len(current_schemas())
-    assert f"schema check passed: {count} event versions, {count} published" in out
+    assert (
+        f"schema check passed: {len(written)} published event versions (held to their first "
+        f"committed form) read by the {len(current_schemas())} models, all committed."
+    ) in out
 
 
 def test_outside_a_git_repository_the_gate_warns_and_holds_to_the_working_tree(

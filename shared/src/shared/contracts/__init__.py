@@ -1,27 +1,33 @@
 """The integration events that cross Kafka: the contract between the services.
 
 Each event is a frozen pydantic model registered with its topic, name, schema version and the
-aggregate it belongs to. An event type may have several versions; the highest is *current*:
-producers publish it, handlers receive it. Consumers decode with :func:`decode_payload`,
-which ignores unknown fields (tolerant reader) and returns the current model whatever version
-was written:
+aggregate it belongs to. An event type's versions are 1, 2, ... up to the highest registered,
+the *current* one: producers publish it, handlers receive it. Consumers decode with
+:func:`decode_payload`, which ignores unknown fields (tolerant reader) and returns the current
+model whatever version was written:
 
-- an older version is validated against its own model, then upcast one version at a time by
-  the pure functions registered with :func:`upcaster`;
+- an older version is read with the current model, when the topic's :class:`Compatibility`
+  promises that readers of the current version read data of that one (BACKWARD or FULL,
+  transitive unless it is the very previous version). ``tools/schemas.py`` (``make
+  schema-check``) proves it against each version's JSON Schema as first committed, so an
+  older version needs no model: adding a field is a new version with a default, and nothing
+  else;
+- an older version whose data must be *transformed* on the way (a value derived or
+  converted, not copied) keeps its model, registered with ``name=`` and its ``version``,
+  next to a pure function from it to the next version (:func:`upcaster`): it is validated
+  with that model, then upcast. The rule above then reads a model-less version with the
+  next model up, which may be such a kept one;
 - a newer version than any this code knows is read with the current model when the topic's
-  :class:`Compatibility` promises that old readers can read new data (FORWARD or FULL,
-  transitive or not); on any other topic it is refused (:class:`UnknownEventError`);
-- a payload that does not validate raises :class:`InvalidPayloadError`.
-
-``tools/schemas.py`` (``make schema-check``) keeps the models compatible with the JSON
-Schemas of every earlier version as first committed, under each topic's rule.
+  rule promises that old readers can read new data (FORWARD or FULL, transitive or not);
+- any other version is refused (:class:`UnknownEventError`); a payload that does not
+  validate raises :class:`InvalidPayloadError`.
 """
 
 from __future__ import annotations
 
 import enum
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -107,9 +113,10 @@ New = TypeVar("New", bound=IntegrationEvent)
 def integration_event(
     *, topic: str, aggregate_type: str, version: int = 1, name: str | None = None
 ) -> Callable[[type[P]], type[P]]:
-    """Register a payload model as the schema of one event type and version. An older
-    version's model keeps its own class name (``InventoryRejectedV1``) and names the event
-    with ``name=``; the current version's class is the event's name."""
+    """Register a payload model as the schema of one event type and version: the current
+    version's class is the event's name. An older version has a model only when an
+    :func:`upcaster` transforms its data; that model keeps a class name of its own
+    (``...V1``) and names the event with ``name=``."""
 
     def register(model: type[P]) -> type[P]:
         if not issubclass(model, IntegrationEvent):
@@ -196,12 +203,42 @@ def decode_payload(
     latest = current(event_type)
     if schema_version > latest.schema_version:
         return _read_newer(latest, schema_version, payload)
-    spec = lookup(event_type, schema_version)
+    rule = compatibility_of(latest.topic)
+    models = [version for (name, version) in _REGISTRY if name == event_type]
+    reader = reader_of(schema_version, models, rule)
+    if reader is None:
+        raise UnknownEventError(
+            f"no schema for event_type={event_type!r} schema_version={schema_version}: it has "
+            f"no upcaster, and topic {latest.topic!r} is {rule}, which does not promise that "
+            f"v{min(v for v in models if v > schema_version)} reads it"
+        )
+    spec = lookup(event_type, reader)
+    read = f"{event_type} v{schema_version}"
+    if reader != schema_version:
+        read += f" (read as v{reader})"
     try:
         event = spec.model.model_validate(payload)
     except ValidationError as exc:
-        raise InvalidPayloadError(f"{event_type} v{schema_version}: {exc}") from exc
+        raise InvalidPayloadError(f"{read}: {exc}") from exc
     return upcast(event)
+
+
+def reader_of(written: int, models: Iterable[int], rule: Compatibility) -> int | None:
+    """The version whose model reads data written as version ``written`` (not newer than the
+    current one) of an event whose models are ``models``, on a topic under ``rule``: its own
+    model when it kept one (for an upcaster); else the next version with a model when ``rule``
+    promises that its readers read ``written``'s data: BACKWARD or FULL, and transitive
+    unless it is the very next version. ``None`` when no model may read it.
+
+    :func:`decode_payload` reads by this, and the schema gate
+    (:func:`shared.contracts.compatibility.check`) refuses a published version it leaves
+    unread, so what the gate lets through the consumers can read."""
+    reader = min((version for version in models if version >= written), default=None)
+    if reader is None or reader == written:
+        return reader
+    if rule.backward and (rule.transitive or reader == written + 1):
+        return reader
+    return None
 
 
 def _read_newer(
@@ -223,7 +260,8 @@ def _read_newer(
 
 
 def upcast(event: IntegrationEvent) -> IntegrationEvent:
-    """``event`` turned into the current version of its type, one upcaster at a time."""
+    """``event`` turned into the current version of its type, one upcaster at a time (none
+    for the current version itself)."""
     spec = spec_of(event)
     while spec.schema_version < current(spec.event_type).schema_version:
         event = _UPCASTERS[(spec.event_type, spec.schema_version)](event)
@@ -232,7 +270,10 @@ def upcast(event: IntegrationEvent) -> IntegrationEvent:
 
 
 def registered() -> list[EventSpec]:
-    """Every version of every event, by topic, event type and version."""
+    """Every event version that has a model (the current one of each event, and an older one
+    kept for its upcaster), by topic, event type and version. The versions before the
+    current one without a model are still published: their JSON Schemas are committed in
+    ``shared/schemas``, and :func:`decode_payload` reads them with a later model."""
     return sorted(_REGISTRY.values(), key=lambda s: (s.topic, s.event_type, s.schema_version))
 
 
@@ -241,18 +282,22 @@ def current_events() -> list[EventSpec]:
     return [spec for spec in registered() if spec is _CURRENT[spec.event_type]]
 
 
-def _check_upcasters() -> None:
-    """Every version but the current one must be upcast to the next: a consumer decoding an
-    old event must never find the chain broken."""
+def check_upcasters() -> None:
+    """An older version keeps its model only for its upcaster: a model without one would be
+    a second way to read that version. (An upcaster's own registration checks that it goes
+    to the next version's model, so a chain cannot break.) Run once the catalog is imported,
+    and by whoever registers events of their own afterwards (a test)."""
     for spec in registered():
-        if spec is not _CURRENT[spec.event_type]:
-            if (spec.event_type, spec.schema_version) not in _UPCASTERS:
-                raise ValueError(f"{spec.event_type} v{spec.schema_version} has no upcaster")
-            if (spec.event_type, spec.schema_version + 1) not in _REGISTRY:
-                raise ValueError(f"{spec.event_type} skips v{spec.schema_version + 1}")
+        key = (spec.event_type, spec.schema_version)
+        if spec is not _CURRENT[spec.event_type] and key not in _UPCASTERS:
+            raise ValueError(
+                f"{spec.event_type} v{spec.schema_version} has a model but no upcaster: a "
+                "version whose data is not transformed needs no model (the current one reads "
+                "it); remove the model, or register the upcaster that transforms it"
+            )
 
 
 # Importing the catalog registers every event.
 from shared.contracts import catalog as catalog  # noqa: E402
 
-_check_upcasters()
+check_upcasters()

@@ -4,8 +4,10 @@ Topics ``orders``, ``inventory`` and ``shipping`` are keyed by order id; ``stock
 Every topic is FULL_TRANSITIVE (see :class:`shared.contracts.Compatibility`): a new field is
 optional with a default; a field is never removed, renamed, retyped or narrowed. A breaking
 change is a new event type. Each version is committed as a JSON Schema in ``shared/schemas``
-(``make schemas``) and ``make schema-check`` holds the models to it. An older version keeps
-its model here, named ``...V<n>``, next to the upcaster that turns it into the next one.
+(``make schemas``) and ``make schema-check`` holds the models to it, so the current model
+reads every older version: a new version replaces its model here, and the older one's
+schema file stays. Only an older version whose data must be transformed (derived, converted)
+keeps a model, named ``...V<n>``, next to the upcaster that turns it into the next one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from shared.contracts import IntegrationEvent, Payload, integration_event, upcaster
+from shared.contracts import IntegrationEvent, Payload, integration_event
 from shared.service.text import Text
 
 ORDER_ID = "The order's id; also the record key on this topic."
@@ -102,12 +104,6 @@ class InventoryReserved(IntegrationEvent):
     items: tuple[OrderLine, ...] = Field(description="The lines reserved.")
 
 
-@integration_event(topic="inventory", aggregate_type="reservation", name="InventoryRejected")
-class InventoryRejectedV1(IntegrationEvent):
-    order_id: UUID = Field(description=ORDER_ID)
-    reason: str = Field(description="Why, for people: every shortfall, joined by '; '.")
-
-
 @integration_event(topic="inventory", aggregate_type="reservation", version=2)
 class InventoryRejected(IntegrationEvent):
     """v2 adds ``shortfalls``, optional: a v1 reader ignores it, a v2 reader of a v1 event
@@ -118,11 +114,6 @@ class InventoryRejected(IntegrationEvent):
     shortfalls: tuple[Shortfall, ...] = Field(
         default=(), description="Since v2: each line that could not be reserved; empty in v1."
     )
-
-
-@upcaster
-def inventory_rejected_v1_to_v2(old: InventoryRejectedV1) -> InventoryRejected:
-    return InventoryRejected(order_id=old.order_id, reason=old.reason)
 
 
 @integration_event(topic="inventory", aggregate_type="reservation")
@@ -158,12 +149,6 @@ class ShipmentScheduled(IntegrationEvent):
     dispatch_at: datetime = Field(description="When the dispatcher will send it (UTC).")
 
 
-@integration_event(topic="shipping", aggregate_type="shipment", name="ShipmentDispatched")
-class ShipmentDispatchedV1(IntegrationEvent):
-    order_id: UUID = Field(description=ORDER_ID)
-    shipment_id: UUID = Field(description="The shipment's own id.")
-
-
 @integration_event(topic="shipping", aggregate_type="shipment", version=2)
 class ShipmentDispatched(IntegrationEvent):
     """v2 adds ``shipping_address``, optional: where the parcel went. It settles the race of
@@ -177,11 +162,6 @@ class ShipmentDispatched(IntegrationEvent):
         description="Since v2: the address the parcel was dispatched to; null in v1 or when"
         " shipping did not know it.",
     )
-
-
-@upcaster
-def shipment_dispatched_v1_to_v2(old: ShipmentDispatchedV1) -> ShipmentDispatched:
-    return ShipmentDispatched(order_id=old.order_id, shipment_id=old.shipment_id)
 
 
 @integration_event(topic="shipping", aggregate_type="shipment")

@@ -14,6 +14,13 @@ data): a removed or renamed field, a widened constraint or an added enum value. 
 type breaks both. A topic's rule says which directions it checks, and whether against every
 earlier version (transitive) or only the last. A rule is never lowered below the strongest
 one history recorded for its topic: that is a breach too, and the recorded rule still applies.
+
+An older version needs no model of its own: the current model reads its data, and the
+comparison above is what proves it can. :func:`check` also refuses a published version that
+no model reads any more (by :func:`~shared.contracts.reader_of`, the rule that
+:func:`~shared.contracts.decode_payload` reads by): one of an event whose every model is
+gone, one newer than its event's newest model, or an older one without a model of its own
+on a topic whose rule does not promise that the next model up reads it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.contracts import Compatibility, EventSpec, compatibility_of, registered
+from shared.contracts import Compatibility, EventSpec, compatibility_of, reader_of, registered
 
 Schema = dict[str, Any]
 Key = tuple[str, int]  # (event_type, schema_version)
@@ -41,7 +48,10 @@ RULES: dict[str, str] = {
     "narrowed constraint": "constraints are never narrowed (old events may not meet them)",
     "widened constraint": "constraints are never widened (earlier readers refuse the new values)",
     "added enum value": "enum values are added only where every reader tolerates them",
-    "removed version": "a published version stays readable: keep its model and its upcaster",
+    "unreadable version": (
+        "a published version stays readable: by a later model on a topic whose rule is BACKWARD "
+        "or FULL (transitive beyond the next version), else by its own model and an upcaster"
+    ),
     "lowered compatibility": (
         "a topic's rule is never lowered (readers rely on every promise it made); "
         "an event that needs a weaker one is a new event type on a topic of its own"
@@ -98,6 +108,9 @@ def schema_of(spec: EventSpec) -> Schema:
 
 
 def current_schemas() -> dict[Key, Schema]:
+    """The schema of every event version that has a model (see
+    :func:`~shared.contracts.registered`): the published versions without one are read from
+    their committed files."""
     return {(s.event_type, s.schema_version): schema_of(s) for s in registered()}
 
 
@@ -108,7 +121,9 @@ def check(
     recorded: Mapping[str, Compatibility] | None = None,
     written: Mapping[Key, Schema] | None = None,
 ) -> Report:
-    """Every current schema against the published ones of its event, up to its version.
+    """Every current schema (one per model) against the published ones of its event, up to
+    its version; and every published version without a model must be one a model reads
+    (:func:`~shared.contracts.reader_of`).
 
     ``recorded`` is the strongest rule per topic that history recorded (by default, that of
     the published schemas). A current rule that checks less is a breach, and the recorded one
@@ -118,20 +133,11 @@ def check(
     if recorded is None:
         recorded = _recorded(published.values())
     written = published if written is None else written
-    breaches: list[Breach] = []
-    for event_type, version in sorted(set(published) - set(current)):
-        old = published[(event_type, version)]
-        breaches.append(
-            Breach(
-                event_type,
-                version,
-                version,
-                "(all)",
-                "removed version",
-                "published, but no model is registered for it",
-                Compatibility(old.get(RULE_FIELD, Compatibility.FULL_TRANSITIVE)),
-            )
-        )
+    breaches: list[Breach] = [
+        unread
+        for key in sorted(set(published) - set(current))
+        if (unread := _unread(key, current, published))
+    ]
     uncommitted = []
     for (event_type, version), new in sorted(current.items()):
         declared = Compatibility(new[RULE_FIELD])
@@ -160,6 +166,32 @@ def check(
             state = "changed" if (event_type, version) in written else "new"
             uncommitted.append(f"{event_type} v{version} ({state})")
     return Report(breaches, uncommitted)
+
+
+def _unread(
+    key: Key, current: Mapping[Key, Schema], published: Mapping[Key, Schema]
+) -> Breach | None:
+    """The breach when no model reads the published version ``key``, which has none of its
+    own; the topic's rule is the one the models declare, which decoding reads by."""
+    event_type, version = key
+    models = [v for (name, v) in current if name == event_type]
+    if not models:
+        rule = Compatibility(published[key].get(RULE_FIELD, Compatibility.FULL_TRANSITIVE))
+        detail = "published, but no model of its event is registered"
+    else:
+        newest = current[(event_type, max(models))]
+        rule = Compatibility(newest[RULE_FIELD])
+        if reader_of(version, models, rule) is not None:
+            return None
+        if version > max(models):
+            detail = f"published, but newer than v{max(models)}, the newest model"
+        else:
+            reader = min(v for v in models if v > version)
+            detail = (
+                f"published without a model of its own (for an upcaster), and topic "
+                f"`{newest['x-topic']}` is {rule}, which does not promise that v{reader} reads it"
+            )
+    return Breach(event_type, version, version, "(all)", "unreadable version", detail, rule)
 
 
 def strongest(*rules: Compatibility) -> Compatibility:
