@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.service.runtime import Runtime, ServiceDefinition
-from shipping import handlers
 from shipping.api import router as api_router
+from shipping.dispatcher import DispatchAlarm, run_dispatcher
+from shipping.handlers import ShippingDeps, router_for
 from shipping.postgres import PostgresShippingUnitOfWork
 from shipping.settings import Settings
 
@@ -17,11 +18,17 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 def bootstrap(settings: Settings | None = None) -> ServiceDefinition[PostgresShippingUnitOfWork]:
     settings = settings or Settings()
-    handlers.DISPATCH_DELAY = timedelta(seconds=settings.dispatch_delay_seconds)
+    # One alarm per service: the handlers ring it, the dispatcher waits on it.
+    deps = ShippingDeps(
+        dispatch_delay=timedelta(seconds=settings.dispatch_delay_seconds), alarm=DispatchAlarm()
+    )
 
     async def dispatcher(runtime: Runtime[Any]) -> None:
-        await handlers.run_dispatcher(
-            runtime.new_uow, settings.dispatch_poll_interval_seconds, settings.service_name
+        await run_dispatcher(
+            runtime.new_uow,
+            deps.alarm,
+            settings.dispatch_poll_interval_seconds,
+            settings.service_name,
         )
 
     return ServiceDefinition(
@@ -29,7 +36,7 @@ def bootstrap(settings: Settings | None = None) -> ServiceDefinition[PostgresShi
         title="Shipping service",
         description="Schedules a shipment per confirmed order and dispatches it after a delay;"
         " decides the race between cancellation and dispatch.",
-        router=handlers.router,  # type: ignore[arg-type]
+        router=router_for(deps),  # type: ignore[arg-type]
         new_uow=PostgresShippingUnitOfWork,
         migrations=MIGRATIONS,
         api_routers=[api_router],

@@ -16,8 +16,8 @@ from shared.observability.correlation import correlated
 from shared.testing.infra import migrated_pool
 from shipping.api import ShipmentView
 from shipping.bootstrap import MIGRATIONS
+from shipping.dispatcher import dispatch_due_shipments
 from shipping.domain.shipment import Shipment
-from shipping.handlers import dispatch_due_shipments
 from shipping.postgres import PostgresShippingUnitOfWork
 
 NewUow = Callable[[], PostgresShippingUnitOfWork]

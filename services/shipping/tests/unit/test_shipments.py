@@ -16,11 +16,10 @@ from shared.contracts.catalog import (
 )
 from shared.observability.correlation import correlated
 from shared.testing.fakes import InMemoryState
-from shipping import handlers
+from shipping.dispatcher import SHIPMENTS_SET_ASIDE, DispatchAlarm, dispatch_due_shipments
 from shipping.domain.shipment import Shipment, ShipmentStatus
 from shipping.handlers import (
-    SHIPMENTS_SET_ASIDE,
-    dispatch_due_shipments,
+    ShippingDeps,
     when_order_cancellation_requested_cancel_shipment,
     when_order_confirmed_schedule_shipment,
     when_order_shipping_address_changed_redirect_shipment,
@@ -41,6 +40,33 @@ async def run(state: InMemoryState, handler, event) -> None:  # type: ignore[no-
         await uow.commit()
 
 
+class RecordingAlarm(DispatchAlarm):
+    """An alarm that keeps the dispatch times it was rung for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rung: list[datetime] = []
+
+    def ring_at(self, due: datetime) -> None:
+        self.rung.append(due)
+        super().ring_at(due)
+
+
+def deps(
+    delay: timedelta = timedelta(seconds=10), alarm: DispatchAlarm | None = None
+) -> ShippingDeps:
+    return ShippingDeps(dispatch_delay=delay, alarm=alarm or DispatchAlarm())
+
+
+async def confirm(
+    state: InMemoryState, order_id: object, given: ShippingDeps | None = None
+) -> None:
+    """Shipping hears that the order was confirmed."""
+    async with FakeShippingUnitOfWork(state, "shipping") as uow:
+        await when_order_confirmed_schedule_shipment(confirmed(order_id), uow, given or deps())
+        await uow.commit()
+
+
 async def dispatch(state: InMemoryState) -> int:
     return await dispatch_due_shipments(lambda: FakeShippingUnitOfWork(state, "shipping"))
 
@@ -57,8 +83,8 @@ def types(state: InMemoryState) -> list[str]:
 async def test_a_confirmed_order_is_scheduled_once_and_dispatched_when_due() -> None:
     state = InMemoryState()
     order_id = uuid4()
-    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
-    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    await confirm(state, order_id)
+    await confirm(state, order_id)
     assert await dispatch(state) == 0  # not due yet
     make_due(state)
     assert await dispatch(state) == 1
@@ -70,7 +96,7 @@ async def test_a_confirmed_order_is_scheduled_once_and_dispatched_when_due() -> 
 async def test_a_cancel_before_dispatch_wins_and_the_shipment_never_leaves() -> None:
     state = InMemoryState()
     order_id = uuid4()
-    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    await confirm(state, order_id)
     await run(state, when_order_cancellation_requested_cancel_shipment,
               OrderCancellationRequested(order_id=order_id))  # fmt: skip
     make_due(state)
@@ -81,7 +107,7 @@ async def test_a_cancel_before_dispatch_wins_and_the_shipment_never_leaves() -> 
 async def test_a_cancel_after_dispatch_loses_and_changes_nothing() -> None:
     state = InMemoryState()
     order_id = uuid4()
-    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    await confirm(state, order_id)
     make_due(state)
     await dispatch(state)
     await run(state, when_order_cancellation_requested_cancel_shipment,
@@ -100,7 +126,7 @@ def address_changed(order_id: object) -> OrderShippingAddressChanged:
 async def test_the_shipment_keeps_the_address_of_the_confirmation_and_applies_a_change() -> None:
     state = InMemoryState()
     order_id = uuid4()
-    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    await confirm(state, order_id)
     assert state.tables["shipments"][order_id].shipping_address == ADDRESS
     await run(
         state, when_order_shipping_address_changed_redirect_shipment, address_changed(order_id)
@@ -116,7 +142,7 @@ async def test_the_shipment_keeps_the_address_of_the_confirmation_and_applies_a_
 async def test_a_change_after_dispatch_is_not_applied_and_the_dispatch_said_where_it_went() -> None:
     state = InMemoryState()
     order_id = uuid4()
-    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+    await confirm(state, order_id)
     make_due(state)
     await dispatch(state)
     await run(
@@ -138,7 +164,7 @@ async def test_a_change_before_the_confirmation_reached_shipping_is_a_no_op() ->
 
 
 async def test_the_alarm_wakes_the_dispatcher_when_a_shipment_it_scheduled_is_due() -> None:
-    alarm = handlers.DispatchAlarm()
+    alarm = DispatchAlarm()
     loop = asyncio.get_running_loop()
     started = loop.time()
     await alarm.wait(0.05)  # nothing rung: the poll interval
@@ -155,19 +181,24 @@ async def test_the_alarm_wakes_the_dispatcher_when_a_shipment_it_scheduled_is_du
     await asyncio.wait_for(waiting, 5)
 
 
-async def test_scheduling_a_shipment_rings_the_alarm_only_once_committed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    rung: list[datetime] = []
-    monkeypatch.setattr(handlers.ALARM, "ring_at", rung.append)
+async def test_scheduling_a_shipment_rings_the_alarm_only_once_committed() -> None:
+    alarm = RecordingAlarm()
     state = InMemoryState()
     async with FakeShippingUnitOfWork(state, "shipping") as uow:
-        await when_order_confirmed_schedule_shipment(confirmed(uuid4()), uow)
+        await when_order_confirmed_schedule_shipment(confirmed(uuid4()), uow, deps(alarm=alarm))
         # no commit: rolled back
-    assert rung == []
+    assert alarm.rung == []
     order_id = uuid4()
-    await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
-    assert rung == [state.tables["shipments"][order_id].dispatch_at]
+    await confirm(state, order_id, deps(alarm=alarm))
+    assert alarm.rung == [state.tables["shipments"][order_id].dispatch_at]
+
+
+async def test_a_shipment_is_scheduled_the_given_delay_after_the_confirmation() -> None:
+    state = InMemoryState()
+    order_id = uuid4()
+    await confirm(state, order_id, deps(timedelta(minutes=5)))
+    shipment = state.tables["shipments"][order_id]
+    assert shipment.dispatch_at - shipment.created_at == timedelta(minutes=5)
 
 
 async def test_one_pass_dispatches_each_shipment_within_its_own_flow() -> None:
@@ -175,7 +206,7 @@ async def test_one_pass_dispatches_each_shipment_within_its_own_flow() -> None:
     flows = {uuid4(): "flow-a", uuid4(): "flow-b"}
     for order_id, flow in flows.items():
         with correlated(flow, "confirmed"):
-            await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+            await confirm(state, order_id)
     make_due(state)
     assert await dispatch(state) == 2  # one pass, one transaction
     dispatched = {
@@ -199,7 +230,7 @@ async def test_a_shipment_that_cannot_be_dispatched_is_set_aside_and_the_ones_be
     state = InMemoryState()
     good = [uuid4(), uuid4()]
     for order_id in good:
-        await run(state, when_order_confirmed_schedule_shipment, confirmed(order_id))
+        await confirm(state, order_id)
     make_due(state)
     bad = uuid4()
     earliest = datetime.now(UTC) - timedelta(minutes=1)  # first in line
@@ -209,7 +240,7 @@ async def test_a_shipment_that_cannot_be_dispatched_is_set_aside_and_the_ones_be
     state.tables["shipment_contexts"][bad] = ("flow-of-the-bad-one", {})
     set_aside = SHIPMENTS_SET_ASIDE.labels("shipping")._value.get()
 
-    with caplog.at_level(logging.ERROR, logger="shipping.handlers"):
+    with caplog.at_level(logging.ERROR, logger="shipping.dispatcher"):
         assert await dispatch(state) == 2
 
     shipments = state.tables["shipments"]

@@ -1,15 +1,22 @@
 """The shipping service as the consumer and the launcher see it: its routing table, its
 composition root, and events delivered through the routing table (not to a handler)."""
 
+import asyncio
+import contextlib
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any, cast
 from uuid import uuid4
 
 from shared.consuming.processing import Outcome
 from shared.contracts.catalog import OrderCancellationRequested
+from shared.service.runtime import Runtime
 from shared.testing.fakes import InMemoryDelivery, InMemoryState
 from shipping.bootstrap import MIGRATIONS, bootstrap
 from shipping.domain.shipment import ShipmentStatus
 from shipping.handlers import router
 from shipping.postgres import PostgresShippingUnitOfWork
+from shipping.repository import ShippingUnitOfWork
 from shipping.settings import Settings
 from shipping.testing import FakeShippingUnitOfWork
 
@@ -27,11 +34,15 @@ def test_the_routing_table_names_each_reaction() -> None:
     assert router.topics == ["orders"]
 
 
-def test_bootstrap_wires_the_routing_table_the_dispatcher_and_the_migrations() -> None:
-    definition = bootstrap(
-        Settings(database_url="postgresql://nowhere/shipping", admin_token="unit-test-token")
+def settings(**overrides: Any) -> Settings:
+    return Settings(
+        database_url="postgresql://nowhere/shipping", admin_token="unit-test-token", **overrides
     )
-    assert definition.router is router
+
+
+def test_bootstrap_wires_the_routing_table_the_dispatcher_and_the_migrations() -> None:
+    definition = bootstrap(settings())
+    assert definition.router.describe() == router.describe()
     assert definition.new_uow is PostgresShippingUnitOfWork
     assert definition.migrations == MIGRATIONS
     assert (MIGRATIONS / "env.py").is_file()
@@ -53,3 +64,30 @@ async def test_a_cancel_that_arrives_before_its_confirmation_waits_for_it() -> N
     assert await delivery.deliver(confirmation) is Outcome.APPLIED  # and the cancel after it
     assert state.tables["shipments"][order_id].status is ShipmentStatus.CANCELLED
     assert types(state) == ["ShipmentScheduled", "ShipmentCancelled"]
+
+
+async def test_the_handlers_take_the_delay_of_the_settings_and_ring_the_dispatchers_alarm() -> None:
+    definition = bootstrap(settings(dispatch_delay_seconds=0.2, dispatch_poll_interval_seconds=60))
+    state = InMemoryState()
+
+    def new_uow() -> ShippingUnitOfWork:
+        return FakeShippingUnitOfWork(state, "shipping")
+
+    runtime = cast("Runtime[Any]", SimpleNamespace(new_uow=new_uow))  # all the dispatcher uses
+    dispatcher = asyncio.ensure_future(definition.workers["dispatcher"](runtime))
+    try:
+        await asyncio.sleep(0.05)  # its first pass found nothing due: it sleeps up to 60 s
+        delivery = InMemoryDelivery(definition.router, new_uow)  # type: ignore[arg-type]
+        order_id = uuid4()
+        await delivery.deliver(
+            delivery.envelope(confirmed(order_id), source="order", aggregate_id=str(order_id))
+        )
+        scheduled = state.tables["shipments"][order_id]
+        assert scheduled.dispatch_at - scheduled.created_at == timedelta(seconds=0.2)
+        async with asyncio.timeout(5):  # rung by the handler: dispatched when due, not in 60 s
+            while state.tables["shipments"][order_id].status is not ShipmentStatus.DISPATCHED:
+                await asyncio.sleep(0.02)
+    finally:
+        dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dispatcher
