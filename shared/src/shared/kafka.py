@@ -212,13 +212,21 @@ class Producer:
         await stop_abandoning(producer)
 
 
-def new_consumer(settings: ServiceSettings) -> AIOKafkaConsumer:
+def new_consumer(
+    settings: ServiceSettings, *, auto_commit_interval_ms: int | None = None
+) -> AIOKafkaConsumer:
+    """A consumer in the service's group. Kafka commits its offsets itself every
+    ``auto_commit_interval_ms``, what was fetched whether done or not, when that is given;
+    by default it does not, and its runner's offset policy commits
+    (:mod:`shared.consuming.offsets`)."""
+    auto_commit = auto_commit_interval_ms is not None
+    interval_ms = auto_commit_interval_ms if auto_commit_interval_ms is not None else 5000
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group,
         client_id=f"{settings.service_name}-consumer",
-        enable_auto_commit=settings.pitfall_auto_commit,
-        auto_commit_interval_ms=100,
+        enable_auto_commit=auto_commit,
+        auto_commit_interval_ms=interval_ms,  # read only when it commits itself
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=settings.consumer_max_poll_records,

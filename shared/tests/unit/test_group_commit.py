@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from shared.consuming.consumer import _GroupCommit, _Joined
+from shared.consuming.group_commit import GroupCommit, Joined
 from shared.consuming.processing import Delivery
 from shared.contracts.catalog import OrderRejected
 from shared.contracts.envelope import new_envelope
@@ -45,7 +45,7 @@ async def test_runs_handed_in_during_a_transaction_go_together_in_the_next_one()
             first_started.set()
             await release_first.wait()
 
-    group = _GroupCommit(apply)
+    group = GroupCommit(apply)
     committer = asyncio.create_task(group.run())
     try:
         first = asyncio.create_task(group.join(run_of("a", 2)))
@@ -57,14 +57,14 @@ async def test_runs_handed_in_during_a_transaction_go_together_in_the_next_one()
     finally:
         committer.cancel()
     assert transactions == [["a1", "a2"], ["b1", "c1"]]
-    assert results == [_Joined.COMMITTED] * 3
+    assert results == [Joined.COMMITTED] * 3
 
 
 @pytest.mark.parametrize(
-    ("names", "expected"), [(["a"], _Joined.FAILED_ALONE), (["a", "b"], _Joined.FAILED_WITH_OTHERS)]
+    ("names", "expected"), [(["a"], Joined.FAILED_ALONE), (["a", "b"], Joined.FAILED_WITH_OTHERS)]
 )
 async def test_a_failed_transaction_tells_each_run_whether_others_were_in_it(
-    names: list[str], expected: _Joined
+    names: list[str], expected: Joined
 ) -> None:
     gate = asyncio.Event()
 
@@ -72,7 +72,7 @@ async def test_a_failed_transaction_tells_each_run_whether_others_were_in_it(
         await gate.wait()
         raise RuntimeError("a poison record somewhere in here")
 
-    group = _GroupCommit(apply)
+    group = GroupCommit(apply)
     joined = [asyncio.create_task(group.join(run_of(name))) for name in names]
     committer = asyncio.create_task(group.run())  # starts with every run already handed in
     try:
