@@ -32,19 +32,13 @@ async def post_order(
     correlation_id: str | None = None,
     timeout: float = 30,
 ) -> httpx.Response:
-    """``POST /orders`` once the order service has heard of its SKUs (the catalog replica
-    follows the ``stock`` topic), answered 202. One Idempotency-Key makes the retries safe."""
+    """``POST /orders``, answered 202 (at once, even right after the SKU was first stocked:
+    the order service lets inventory decide)."""
     headers = {"Idempotency-Key": str(uuid4())}
     if correlation_id:
         headers["X-Correlation-ID"] = correlation_id
     body = {"customer_id": "cust-e2e", "items": items, "shipping_address": ADDRESS}
-
-    async def attempt() -> httpx.Response:
-        return await http.post(f"{order}/orders", json=body, headers=headers)
-
-    response = await eventually(
-        attempt, lambda r: r.status_code != 422 or "unknown SKU" not in r.text, timeout
-    )
+    response = await http.post(f"{order}/orders", json=body, headers=headers, timeout=timeout)
     assert response.status_code == 202, response.text
     return response
 

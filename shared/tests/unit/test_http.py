@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import asyncpg
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from shared.consuming.routing import Router
 from shared.observability.correlation import current_correlation_id
 from shared.persistence.postgres import PostgresUnitOfWork
-from shared.service.http import create_app
+from shared.service.http import (
+    ApiError,
+    ErrorCode,
+    code_of_status,
+    create_app,
+    with_idempotency_key,
+)
 from shared.service.runtime import ServiceDefinition
 from shared.service.settings import ServiceSettings
+from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
+
+API_DOCS = Path(__file__).resolve().parents[3] / "docs" / "api.md"
 
 routes = APIRouter()
 
@@ -49,6 +59,16 @@ async def broken_connection() -> None:
 @routes.get("/database-down")
 async def database_down() -> None:
     raise ConnectionRefusedError("connect call failed")
+
+
+@routes.get("/teapot")
+async def teapot() -> None:
+    raise HTTPException(418, "a status no code has")
+
+
+@routes.get("/limited")
+async def limited() -> None:
+    raise ApiError(ErrorCode.RATE_LIMITED, "slow down", headers={"Retry-After": "3"}, retry_after=3)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +167,96 @@ def test_unknown_paths_are_json_404(client: TestClient) -> None:
     response = client.get("/nope")
     assert response.status_code == 404
     assert response.json() == {"error": "not_found", "message": "Not Found"}
+
+
+def test_an_api_error_answers_its_code_s_status_with_its_fields_and_headers(
+    client: TestClient,
+) -> None:
+    response = client.get("/limited")
+    assert response.status_code == 429
+    assert response.json() == {"error": "rate_limited", "message": "slow down", "retry_after": 3}
+    assert response.headers["retry-after"] == "3"
+
+
+def test_a_wrong_method_is_named_method_not_allowed(client: TestClient) -> None:
+    response = client.delete("/echo")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+
+
+def test_a_status_no_code_has_is_still_named_by_a_code_not_a_generic_error(
+    client: TestClient,
+) -> None:
+    response = client.get("/teapot")
+    assert response.status_code == 418
+    assert response.json() == {"error": "bad_request", "message": "a status no code has"}
+    assert {code_of_status(status) for status in range(400, 600)} <= set(ErrorCode)
+
+
+def documented_codes() -> dict[str, int]:
+    """The codes of the table in docs/api.md's "Errors" section, with their statuses."""
+    section = API_DOCS.read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.finditer(r"^\| `([a-z_]+)` \| `(\d{3})` \|", section, re.MULTILINE)
+    return {row[1]: int(row[2]) for row in rows}
+
+
+def test_every_error_code_is_documented_in_api_md_with_its_status() -> None:
+    assert documented_codes() == {code.value: code.status for code in ErrorCode}
+
+
+class LostRaceError(Exception):
+    pass
+
+
+class UsedWithAnotherBodyError(Exception):
+    pass
+
+
+async def test_a_write_that_lost_the_race_for_its_key_runs_once_more_in_a_new_unit_of_work() -> (
+    None
+):
+    state, units = InMemoryState(), []
+
+    def new_uow() -> InMemoryUnitOfWork:
+        units.append(InMemoryUnitOfWork(state, "test"))
+        return units[-1]
+
+    async def write(uow: InMemoryUnitOfWork) -> str:
+        if len(units) == 1:
+            raise LostRaceError
+        return "the winner's record"
+
+    answer = await with_idempotency_key(
+        new_uow, write, lost_race=LostRaceError, conflict=UsedWithAnotherBodyError
+    )
+    assert answer == "the winner's record"
+    assert len(units) == 2
+
+
+async def test_a_write_that_loses_the_race_twice_fails() -> None:
+    async def write(uow: InMemoryUnitOfWork) -> str:
+        raise LostRaceError
+
+    with pytest.raises(LostRaceError):
+        await with_idempotency_key(
+            lambda: InMemoryUnitOfWork(InMemoryState(), "test"),
+            write,
+            lost_race=LostRaceError,
+            conflict=UsedWithAnotherBodyError,
+        )
+
+
+async def test_a_key_used_with_another_body_is_an_idempotency_key_conflict() -> None:
+    async def write(uow: InMemoryUnitOfWork) -> str:
+        raise UsedWithAnotherBodyError("Idempotency-Key 'k' was used for another request")
+
+    with pytest.raises(ApiError) as refused:
+        await with_idempotency_key(
+            lambda: InMemoryUnitOfWork(InMemoryState(), "test"),
+            write,
+            lost_race=LostRaceError,
+            conflict=UsedWithAnotherBodyError,
+        )
+    assert refused.value.code is ErrorCode.IDEMPOTENCY_KEY_CONFLICT
+    assert refused.value.code.status == 409
+    assert refused.value.message == "Idempotency-Key 'k' was used for another request"

@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from inventory.commands import AddStock, SetStock, add_stock, set_stock
+from inventory.commands import (
+    AddStock,
+    IdempotencyConflictError,
+    SetStock,
+    add_stock,
+    set_stock,
+)
 from inventory.domain.stock import MAX_STOCK_UNITS, StockOverflowError
 from inventory.repository import DuplicateIdempotencyKeyError, InventoryUnitOfWork
-from shared.service.http import unit_of_work
+from shared.service.http import ApiError, ErrorCode, unit_of_work, with_idempotency_key
 from shared.service.text import Text
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
@@ -84,7 +90,7 @@ async def put_stock(sku: Sku, body: StockLevel, uow: UowDep) -> StockView:
     try:
         levels = await set_stock(SetStock(sku, body.available), uow)
     except StockOverflowError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise ApiError(ErrorCode.STOCK_LIMIT_EXCEEDED, str(exc)) from exc
     return StockView.model_validate(levels)
 
 
@@ -132,18 +138,16 @@ async def post_restock(
     a key every request adds."""
     command = AddStock(sku, body.quantity, idempotency_key)
     # Restocks of one SKU queue on its stock row, so a retry waits for its first attempt and
-    # then finds its record. Should two ever race past that, the loser's retry finds the
-    # winner's record.
-    for attempt in (1, 2):
-        try:
-            async with new_uow() as uow:
-                restocked = await add_stock(command, uow)
-            break
-        except DuplicateIdempotencyKeyError:
-            if attempt == 2:
-                raise
-        except StockOverflowError as exc:
-            raise HTTPException(422, str(exc)) from exc
+    # then finds its record; should two ever race past that, the helper runs the loser again.
+    try:
+        restocked = await with_idempotency_key(
+            new_uow,
+            lambda uow: add_stock(command, uow),
+            lost_race=DuplicateIdempotencyKeyError,
+            conflict=IdempotencyConflictError,
+        )
+    except StockOverflowError as exc:
+        raise ApiError(ErrorCode.STOCK_LIMIT_EXCEEDED, str(exc)) from exc
     if restocked.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return StockView.model_validate(restocked.levels)
@@ -153,7 +157,7 @@ async def post_restock(
 async def get_stock(sku: Sku, uow: UowDep) -> StockView:
     stock = await uow.stock.get(sku)
     if stock is None:
-        raise HTTPException(404, f"no SKU {sku}")
+        raise ApiError(ErrorCode.NOT_FOUND, f"no SKU {sku}")
     return StockView.model_validate(stock)
 
 

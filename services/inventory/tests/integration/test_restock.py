@@ -107,7 +107,7 @@ async def test_the_same_key_with_another_quantity_answers_409_and_adds_nothing(
     conflict = await restock(client, "A", 6, "delivery-1")
     assert conflict.status_code == 409
     assert conflict.json() == {
-        "error": "conflict",
+        "error": "idempotency_key_conflict",
         "message": "Idempotency-Key 'delivery-1' was used for a restock of 5 units of A, not 6",
     }
     other_sku = await restock(client, "B", 6, "delivery-1")

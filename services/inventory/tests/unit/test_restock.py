@@ -204,7 +204,7 @@ def test_the_same_key_with_another_quantity_answers_409_and_adds_nothing(
     status, body, _ = restock(client, "A", 7, key="delivery-1")
     assert status == 409
     assert body == {
-        "error": "conflict",
+        "error": "idempotency_key_conflict",
         "message": "Idempotency-Key 'delivery-1' was used for a restock of 5 units of A, not 7",
     }
     assert client.get("/inventory/A").json() == view("A", 5)
@@ -277,6 +277,7 @@ def test_a_restock_past_the_most_a_sku_can_hold_is_refused_with_422_and_not_reco
     client.put("/inventory/A", json={"available": MAX_STOCK_UNITS - 1})
     status, body, _ = restock(client, "A", 2, key="delivery-1")
     assert status == 422
+    assert body["error"] == "stock_limit_exceeded"
     assert "adding 2 to available" in body["message"]
     assert state.tables.get("restocks", {}) == {}
     assert restock(client, "A", 1, key="delivery-1") == (200, view("A", MAX_STOCK_UNITS), None)

@@ -74,4 +74,5 @@ async def test_a_restock_that_would_overflow_what_was_shipped_is_refused_with_42
         await uow.commit()
     response = client.put("/inventory/A", json={"available": 1})
     assert response.status_code == 422, response.text
+    assert response.json()["error"] == "stock_limit_exceeded"
     assert "would exceed the most a SKU can hold" in response.json()["message"]

@@ -6,13 +6,12 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from order.commands import (
+    IdempotencyConflictError,
     PlaceOrder,
-    UnknownSkuError,
     cancel_order,
     change_shipping_address,
     place_order,
@@ -20,11 +19,14 @@ from order.commands import (
 from order.domain.order import OrderStatus
 from order.repository import DuplicateIdempotencyKeyError, OrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine
-from shared.service.http import error_body, unit_of_work
+from shared.service.http import ApiError, ErrorCode, unit_of_work, with_idempotency_key
 from shared.service.text import Text
 from shared.writing.storm import ChangeRateGuard
 
 MAX_LINES = 50
+# The SKUs inventory can hold (its `PUT /inventory/{sku}` takes no other): an order for any
+# other SKU could never be filled, so it is refused here instead of rejected later.
+SKU_PATTERN = r"^[A-Za-z0-9._\-]+$"
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
@@ -39,12 +41,31 @@ def address_change_guard(request: Request) -> ChangeRateGuard:
 AddressGuardDep = Annotated[ChangeRateGuard, Depends(address_change_guard)]
 
 
+class OrderLineRequest(OrderLine):
+    sku: Text = Field(
+        min_length=1,
+        max_length=64,
+        pattern=SKU_PATTERN,
+        description="The stock-keeping unit, 1 to 64 of `A-Z a-z 0-9 . _ -`. One this service"
+        " has not heard of is accepted: inventory decides, and the order ends REJECTED if"
+        " inventory does not hold it.",
+    )
+
+
 class PlaceOrderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: Text = Field(min_length=1, max_length=100)
-    items: list[OrderLine] = Field(min_length=1, max_length=MAX_LINES)
+    items: list[OrderLineRequest] = Field(min_length=1, max_length=MAX_LINES)
     shipping_address: Address
+
+    @field_validator("items")
+    @classmethod
+    def each_sku_on_one_line(cls, items: list[OrderLineRequest]) -> list[OrderLineRequest]:
+        skus = [line.sku for line in items]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each SKU may appear on one line only")
+        return items
 
 
 class OrderAccepted(BaseModel):
@@ -72,31 +93,29 @@ class OrderPage(BaseModel):
     next_after: UUID | None = Field(description="pass as `after` to get the next page")
 
 
-@router.post("", status_code=202, response_model=OrderAccepted)
+@router.post(
+    "",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={409: {"description": "the Idempotency-Key was used with another body"}},
+)
 async def post_order(
     body: PlaceOrderRequest,
     request: Request,
     idempotency_key: Annotated[Text | None, Header(max_length=200)] = None,
 ) -> OrderAccepted:
-    """Place an order. It is PENDING until inventory answers; follow it with GET."""
+    """Place an order. It is PENDING until inventory answers; follow it with GET. Its SKUs are
+    not checked against stock here: inventory reserves every line or none, and an order for
+    a SKU it does not hold (or not enough of) ends REJECTED."""
     command = PlaceOrder(
         body.customer_id, tuple(body.items), body.shipping_address, idempotency_key
     )
-    skus = [line.sku for line in body.items]
-    if len(set(skus)) != len(skus):
-        raise HTTPException(422, "each SKU may appear on one line only")
-    # One retry covers two requests racing with the same Idempotency-Key: the loser sees
-    # the winner's order on its second pass.
-    for attempt in (1, 2):
-        try:
-            async with request.app.state.runtime.new_http_uow() as uow:
-                order = await place_order(command, uow)
-            break
-        except DuplicateIdempotencyKeyError:
-            if attempt == 2:
-                raise
-        except UnknownSkuError as exc:
-            raise HTTPException(422, str(exc)) from exc
+    order = await with_idempotency_key(
+        request.app.state.runtime.new_http_uow,
+        lambda uow: place_order(command, uow),
+        lost_race=DuplicateIdempotencyKeyError,
+        conflict=IdempotencyConflictError,
+    )
     return OrderAccepted(
         order_id=order.order_id, status=order.status, correlation_id=order.correlation_id
     )
@@ -106,7 +125,7 @@ async def post_order(
 async def get_order(order_id: UUID, uow: UowDep) -> OrderView:
     order = await uow.orders.read(order_id)
     if order is None:
-        raise HTTPException(404, f"no order {order_id}")
+        raise ApiError(ErrorCode.NOT_FOUND, f"no order {order_id}")
     return OrderView.model_validate(order)
 
 
@@ -144,7 +163,7 @@ async def post_cancel(order_id: UUID, uow: UowDep) -> OrderView:
 )
 async def put_shipping_address(
     order_id: UUID, body: Address, request: Request, guard: AddressGuardDep
-) -> OrderView | JSONResponse:
+) -> OrderView:
     """Ship somewhere else. 202 with the order as changed; shipping hears of it once the
     edits stop (one `OrderShippingAddressChanged` per burst, after `DEBOUNCE_QUIET_SECONDS`).
     409 once the order ended (shipped, rejected or cancelled); a change that reaches
@@ -154,17 +173,14 @@ async def put_shipping_address(
     # the database nothing past the limit.
     retry_after = guard.admit(str(order_id))
     if retry_after is not None:
-        return JSONResponse(
-            error_body(
-                "rate_limited",
-                f"the address of order {order_id} is changing faster than"
-                f" ADDRESS_CHANGE_RATE_LIMIT ({guard.limit_per_second:g} a second over"
-                f" {guard.window_seconds:g} s); send the latest address again in"
-                f" {retry_after} s",
-                retry_after=retry_after,
-            ),
-            status_code=429,
+        raise ApiError(
+            ErrorCode.RATE_LIMITED,
+            f"the address of order {order_id} is changing faster than"
+            f" ADDRESS_CHANGE_RATE_LIMIT ({guard.limit_per_second:g} a second over"
+            f" {guard.window_seconds:g} s); send the latest address again in"
+            f" {retry_after} s",
             headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
         )
     # The unit of work is opened here, not as a dependency: a bad body is refused (422)
     # before a database connection is taken, as for POST /orders.

@@ -18,12 +18,6 @@ from shared.observability.correlation import (
 from shared.writing.aggregate import DomainError, NotFoundError
 
 
-class UnknownSkuError(DomainError):
-    def __init__(self, skus: list[str]) -> None:
-        super().__init__(f"unknown SKU(s): {', '.join(skus)}")
-        self.skus = skus
-
-
 class IdempotencyConflictError(DomainError):
     pass
 
@@ -54,6 +48,10 @@ async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
     """Write the order and its OrderPlaced event in one transaction. The same idempotency
     key with the same request returns the first order; with another request it conflicts.
 
+    Its SKUs are not checked here: this service hears of a SKU only a moment after inventory
+    has it (the catalog follows ``stock``), and inventory decides anyway, reserving every
+    line or none; an order for a SKU it does not hold ends REJECTED with the reason.
+
     The order joins the correlation in effect (see :mod:`shared.observability.correlation`),
     the same one the outbox stamps on OrderPlaced: one source, so the two cannot disagree."""
     if command.idempotency_key is not None:
@@ -65,9 +63,6 @@ async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
                     f"Idempotency-Key {command.idempotency_key!r} was used for another request"
                 )
             return order
-    unknown = await uow.catalog.unknown([line.sku for line in command.items])
-    if unknown:
-        raise UnknownSkuError(unknown)
     order = Order.place(
         uuid4(),
         command.customer_id,

@@ -112,10 +112,11 @@ class PostgresCatalog(Catalog):
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def unknown(self, skus: list[str]) -> list[str]:
-        known = await self._conn.fetch("SELECT sku FROM known_skus WHERE sku = ANY($1)", skus)
-        found = {r["sku"] for r in known}
-        return [sku for sku in skus if sku not in found]
+    async def available(self, sku: str) -> int | None:
+        available: int | None = await self._conn.fetchval(
+            "SELECT available FROM known_skus WHERE sku = $1", sku
+        )
+        return available
 
     async def update(self, sku: str, available: int) -> None:
         await self._conn.execute(

@@ -82,10 +82,13 @@ class OrderRepository(TrackingRepository[Order]):
 
 
 class Catalog(ABC):
-    """The SKUs inventory has announced on the ``stock`` topic (a local read model)."""
+    """The SKUs inventory has announced on the ``stock`` topic, with the stock it last said
+    is free (a local read model). Orders are not checked against it: it learns of a SKU a
+    moment after inventory has it, and inventory decides every reservation."""
 
     @abstractmethod
-    async def unknown(self, skus: list[str]) -> list[str]: ...
+    async def available(self, sku: str) -> int | None:
+        """The stock free to reserve as inventory last announced it; None before it has."""
 
     @abstractmethod
     async def update(self, sku: str, available: int) -> None: ...

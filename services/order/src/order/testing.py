@@ -71,8 +71,8 @@ class InMemoryCatalog(Catalog):
     def __init__(self, uow: InMemoryUnitOfWork) -> None:
         self._rows: dict[str, int] = uow.table("known_skus")
 
-    async def unknown(self, skus: list[str]) -> list[str]:
-        return [sku for sku in skus if sku not in self._rows]
+    async def available(self, sku: str) -> int | None:
+        return self._rows.get(sku)
 
     async def update(self, sku: str, available: int) -> None:
         self._rows[sku] = available

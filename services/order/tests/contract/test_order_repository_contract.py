@@ -130,12 +130,14 @@ async def test_the_list_pages_in_creation_order_and_filters_by_status(new_uow: N
     assert shipped == []
 
 
-async def test_the_catalog_knows_the_skus_it_was_told_about(new_uow: NewUow) -> None:
+async def test_the_catalog_holds_the_last_level_it_was_told_of_each_sku(new_uow: NewUow) -> None:
     async with new_uow() as uow:
         await uow.catalog.update("A", 3)
+        await uow.catalog.update("A", 2)
         await uow.commit()
     async with new_uow() as uow:
-        assert await uow.catalog.unknown(["A", "B"]) == ["B"]
+        assert await uow.catalog.available("A") == 2
+        assert await uow.catalog.available("B") is None
 
 
 async def test_the_catalog_holds_a_stock_level_past_2_to_the_31(new_uow: NewUow) -> None:
@@ -143,7 +145,7 @@ async def test_the_catalog_holds_a_stock_level_past_2_to_the_31(new_uow: NewUow)
         await uow.catalog.update("BIG", 2**31 + 7)
         await uow.commit()
     async with new_uow() as uow:
-        assert await uow.catalog.unknown(["BIG", "NONE"]) == ["NONE"]
+        assert await uow.catalog.available("BIG") == 2**31 + 7
 
 
 async def test_a_burst_of_address_changes_is_held_as_one_event_with_the_last_address(

@@ -37,7 +37,7 @@ def settings(**overrides: Any) -> Settings:
 
 
 def client_of(config: Settings) -> TestClient:
-    state = InMemoryState(tables={"known_skus": {"SKU-1": 1000}})
+    state = InMemoryState()
     app = create_app(bootstrap(config))
     app.state.runtime.new_http_uow = lambda: FakeOrderUnitOfWork(state, "order")
     return TestClient(app, raise_server_exceptions=False)

@@ -4,7 +4,7 @@ from uuid import uuid4
 
 import pytest
 
-from order.commands import IdempotencyConflictError, PlaceOrder, UnknownSkuError, place_order
+from order.commands import IdempotencyConflictError, PlaceOrder, place_order
 from order.domain.order import OrderStatus
 from order.handlers import (
     UnknownOrderError,
@@ -33,22 +33,12 @@ def uow(state: InMemoryState) -> FakeOrderUnitOfWork:
     return FakeOrderUnitOfWork(state, "order")
 
 
-async def known(state: InMemoryState, *skus: str) -> None:
-    for sku in skus:
-        async with uow(state) as u:
-            await when_stock_level_changed_update_catalog(
-                StockLevelChanged(sku=sku, available=10, reserved=0, shipped=0), u
-            )
-            await u.commit()
-
-
 def command(key: str | None = None, customer: str = "cust-1") -> PlaceOrder:
     return PlaceOrder(customer, LINES, ADDRESS, key)
 
 
 async def test_placing_an_order_writes_it_and_its_event_in_one_commit() -> None:
     state = InMemoryState()
-    await known(state, "SKU-1")
     async with uow(state) as u:
         order = await place_order(command(), u)
     assert [e.event_type for e in state.outbox.envelopes] == ["OrderPlaced"]
@@ -59,7 +49,6 @@ async def test_placing_an_order_writes_it_and_its_event_in_one_commit() -> None:
 
 async def test_the_order_and_its_order_placed_carry_the_correlation_in_effect() -> None:
     state = InMemoryState()
-    await known(state, "SKU-1")
     with correlated("corr-of-this-request", "request:1"):
         async with uow(state) as u:
             order = await place_order(command(), u)
@@ -72,7 +61,6 @@ async def test_the_order_and_its_order_placed_carry_the_correlation_in_effect() 
 
 async def test_placing_an_order_outside_any_correlation_is_refused_and_writes_nothing() -> None:
     state = InMemoryState()
-    await known(state, "SKU-1")
     token = correlation_id_var.set(None)
     try:
         async with uow(state) as u:
@@ -84,18 +72,31 @@ async def test_placing_an_order_outside_any_correlation_is_refused_and_writes_no
     assert state.tables.get("orders", {}) == {}
 
 
-async def test_an_unknown_sku_is_refused_and_nothing_is_written() -> None:
-    state = InMemoryState()
+async def test_an_order_for_a_sku_not_heard_of_yet_is_placed_for_inventory_to_decide() -> None:
+    state = InMemoryState()  # the catalog is empty: no StockLevelChanged has arrived yet
     async with uow(state) as u:
-        with pytest.raises(UnknownSkuError, match="SKU-1"):
-            await place_order(command(), u)
-    assert state.outbox.envelopes == []
-    assert state.tables.get("orders", {}) == {}
+        order = await place_order(command(), u)
+    assert state.tables["orders"][order.order_id].order.status is OrderStatus.PENDING
+    [placed] = state.outbox.envelopes
+    assert placed.event_type == "OrderPlaced"
+    assert placed.payload["items"] == [{"sku": "SKU-1", "quantity": 2}]
+
+
+async def test_a_stock_level_change_sets_the_catalog_s_level_of_its_sku() -> None:
+    state = InMemoryState()
+    for available in (10, 7):
+        async with uow(state) as u:
+            await when_stock_level_changed_update_catalog(
+                StockLevelChanged(sku="SKU-1", available=available, reserved=0, shipped=0), u
+            )
+            await u.commit()
+    async with uow(state) as u:
+        assert await u.catalog.available("SKU-1") == 7
+        assert await u.catalog.available("SKU-2") is None
 
 
 async def test_the_same_idempotency_key_and_body_return_the_first_order() -> None:
     state = InMemoryState()
-    await known(state, "SKU-1")
     async with uow(state) as u:
         first = await place_order(command("k1"), u)
     async with uow(state) as u:
@@ -106,7 +107,6 @@ async def test_the_same_idempotency_key_and_body_return_the_first_order() -> Non
 
 async def test_the_same_idempotency_key_with_another_body_conflicts() -> None:
     state = InMemoryState()
-    await known(state, "SKU-1")
     async with uow(state) as u:
         await place_order(command("k1"), u)
     async with uow(state) as u:
@@ -116,7 +116,6 @@ async def test_the_same_idempotency_key_with_another_body_conflicts() -> None:
 
 async def test_a_reservation_confirms_the_order_and_records_order_confirmed() -> None:
     state = InMemoryState()
-    await known(state, "SKU-1")
     async with uow(state) as u:
         order = await place_order(command(), u)
     async with uow(state) as u:
@@ -136,7 +135,6 @@ async def test_a_reservation_confirms_the_order_and_records_order_confirmed() ->
 async def rejected_reason(rejection: InventoryRejected) -> str:
     """The reason of the OrderRejected that order records for ``rejection``."""
     state = InMemoryState()
-    await known(state, "SKU-1")
     async with uow(state) as u:
         order = await place_order(command(), u)
     async with uow(state) as u:

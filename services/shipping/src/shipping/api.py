@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts.catalog import Address
-from shared.service.http import unit_of_work
+from shared.service.http import ApiError, ErrorCode, unit_of_work
 from shipping.domain.shipment import ShipmentStatus
 from shipping.repository import ShippingUnitOfWork
 
@@ -42,5 +42,5 @@ class ShipmentView(BaseModel):
 async def get_shipment(order_id: UUID, uow: UowDep) -> ShipmentView:
     shipment = await uow.shipments.read(order_id)
     if shipment is None:
-        raise HTTPException(404, f"no shipment for order {order_id}")
+        raise ApiError(ErrorCode.NOT_FOUND, f"no shipment for order {order_id}")
     return ShipmentView.model_validate(shipment)

@@ -3,11 +3,12 @@ health, readiness, metrics and the dead-letter admin API; services add their own
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -25,15 +26,89 @@ from shared.persistence.db import LOST_RACE_ERRORS, TRANSIENT_DATABASE_ERRORS
 from shared.service.admin import router as admin_router
 from shared.service.runtime import Runtime, ServiceDefinition
 from shared.writing.aggregate import DomainError, NotFoundError
+from shared.writing.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "x-correlation-id"
 _VALID_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
+U = TypeVar("U", bound=UnitOfWork)
+T = TypeVar("T")
 
-def error_body(error: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": error, "message": message, **extra}
+
+class ErrorCode(enum.StrEnum):
+    """The ``error`` of every error answer, with its HTTP status: what went wrong, for a
+    program to act on (the ``message`` is for people). No answer carries any other code;
+    docs/api.md lists each one, and a unit test fails when one is missing there."""
+
+    status: int
+
+    def __new__(cls, code: str, status: int) -> ErrorCode:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.status = status
+        return member
+
+    BAD_REQUEST = "bad_request", 400
+    UNAUTHORIZED = "unauthorized", 401
+    FORBIDDEN = "forbidden", 403
+    NOT_FOUND = "not_found", 404
+    METHOD_NOT_ALLOWED = "method_not_allowed", 405
+    CONFLICT = "conflict", 409  # the state of what it names refuses the request
+    IDEMPOTENCY_KEY_CONFLICT = "idempotency_key_conflict", 409
+    PAYLOAD_TOO_LARGE = "payload_too_large", 413
+    VALIDATION_ERROR = "validation_error", 422
+    STOCK_LIMIT_EXCEEDED = "stock_limit_exceeded", 422
+    RATE_LIMITED = "rate_limited", 429
+    INTERNAL_ERROR = "internal_error", 500
+    BAD_GATEWAY = "bad_gateway", 502
+    UNAVAILABLE = "unavailable", 503
+
+
+# The code of an HTTPException, which carries only a status (FastAPI and Starlette raise them
+# for an unknown path or a wrong method; the admin API and the flow view raise them too): the
+# first code listed with that status, its most general.
+_CODE_OF_STATUS = {code.status: code for code in reversed(ErrorCode)}
+
+
+def code_of_status(status: int) -> ErrorCode:
+    """The code of an error answer that has only a status. A status no code has is still
+    named by a code, never a generic ``error``: a client's mistake or ours."""
+    if status in _CODE_OF_STATUS:
+        return _CODE_OF_STATUS[status]
+    return ErrorCode.BAD_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR
+
+
+class ApiError(Exception):
+    """An error answer a route raises: its code decides the status; ``extra`` joins the body
+    and ``headers`` the response."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers
+        self.extra = extra
+
+
+def error_body(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "message": message, **extra}
+
+
+def error_response(
+    code: ErrorCode, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, message, **extra), status_code=code.status, headers=headers
+    )
 
 
 class CorrelationMiddleware:
@@ -75,9 +150,8 @@ class CorrelationMiddleware:
                 log.exception("unhandled error")
                 if started:
                     raise
-                response = JSONResponse(
-                    error_body("internal_error", "unexpected error; the log has the details"),
-                    status_code=500,
+                response = error_response(
+                    ErrorCode.INTERNAL_ERROR, "unexpected error; the log has the details"
                 )
                 await response(scope, receive, send_with_header)
 
@@ -110,9 +184,8 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            error_body("payload_too_large", f"request body larger than {self.max_bytes} bytes"),
-            status_code=413,
+        response = error_response(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"request body larger than {self.max_bytes} bytes"
         )
         await response(scope, receive, send)
 
@@ -149,25 +222,28 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            error_body(
-                "validation_error", _validation_message(exc), details=jsonable_encoder(exc.errors())
-            ),
-            status_code=422,
+        return error_response(
+            ErrorCode.VALIDATION_ERROR,
+            _validation_message(exc),
+            details=jsonable_encoder(exc.errors()),
         )
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.code, exc.message, headers=exc.headers, **exc.extra)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(
-            error_body(_error_name(exc.status_code), str(exc.detail)),
+            error_body(code_of_status(exc.status_code), str(exc.detail)),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     async def on_database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            error_body("unavailable", f"the database is unavailable ({type(exc).__name__})"),
-            status_code=503,
+        return error_response(
+            ErrorCode.UNAVAILABLE,
+            f"the database is unavailable ({type(exc).__name__})",
             headers={"Retry-After": "2"},
         )
 
@@ -176,13 +252,10 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
 
     async def on_lost_race(_: Request, exc: Exception) -> JSONResponse:
         # A deadlock's or serialization conflict's victim: rolled back, nothing changed.
-        return JSONResponse(
-            error_body(
-                "unavailable",
-                f"the transaction lost a race with a concurrent one and changed nothing"
-                f" ({type(exc).__name__}); send it again",
-            ),
-            status_code=503,
+        return error_response(
+            ErrorCode.UNAVAILABLE,
+            f"the transaction lost a race with a concurrent one and changed nothing"
+            f" ({type(exc).__name__}); send it again",
             headers={"Retry-After": "1"},
         )
 
@@ -191,11 +264,11 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def on_domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse(error_body("conflict", str(exc)), status_code=409)
+        return error_response(ErrorCode.CONFLICT, str(exc))
 
     @app.exception_handler(NotFoundError)
     async def on_not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse(error_body("not_found", str(exc)), status_code=404)
+        return error_response(ErrorCode.NOT_FOUND, str(exc))
 
     @app.get("/health", tags=["operations"], summary="The process is alive")
     async def health() -> dict[str, str]:
@@ -229,21 +302,32 @@ def create_app(definition: ServiceDefinition[Any]) -> FastAPI:
     return app
 
 
-def _error_name(status: int) -> str:
-    return {
-        400: "bad_request",
-        401: "unauthorized",
-        403: "forbidden",
-        404: "not_found",
-        405: "method_not_allowed",
-        409: "conflict",
-        413: "payload_too_large",
-        422: "validation_error",
-        429: "rate_limited",
-    }.get(status, "error")
-
-
 async def unit_of_work(request: Request) -> AsyncIterator[Any]:
     """FastAPI dependency: a unit of work for the request, rolled back unless committed."""
     async with request.app.state.runtime.new_http_uow() as uow:
         yield uow
+
+
+async def with_idempotency_key(
+    new_uow: Callable[[], U],
+    write: Callable[[U], Awaitable[T]],
+    *,
+    lost_race: type[Exception],
+    conflict: type[Exception],
+) -> T:
+    """Run ``write`` (a command that honours an ``Idempotency-Key``) in a unit of work of its
+    own, and answer for the key.
+
+    Two requests with one key may race past each other's check: the loser's insert of the
+    key's record raises ``lost_race``, and it runs once more, in a new unit of work, where it
+    finds the winner's record and answers as a retry. ``conflict`` (the key was used with
+    another body) answers 409 ``idempotency_key_conflict``."""
+    try:
+        try:
+            async with new_uow() as uow:
+                return await write(uow)
+        except lost_race:
+            async with new_uow() as uow:
+                return await write(uow)
+    except conflict as exc:
+        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_CONFLICT, str(exc)) from exc
