@@ -155,6 +155,8 @@ async def test_v2_records_are_read_by_yesterday_s_consumer_that_knows_only_v1(
     pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    key = str(uuid4())
+    records = [raw_v1(key, 1, "old"), today_v2(key, 2, "new")]  # written by today's producer
     # Yesterday's catalog: InventoryRejected v1 is the newest version it has.
     today = current("InventoryRejected")
     for name in ("_REGISTRY", "_BY_MODEL", "_CURRENT"):
@@ -177,8 +179,7 @@ async def test_v2_records_are_read_by_yesterday_s_consumer_that_knows_only_v1(
         await uow.conn.execute("INSERT INTO seen (reason) VALUES ($1)", event.reason)
 
     run_consumer(yesterday)
-    key = str(uuid4())
-    await produce(key, [raw_v1(key, 1, "old"), today_v2(key, 2, "new")])
+    await produce(key, records)
     rows = await eventually(lambda: seen(pool), lambda rows: len(rows) >= 2)
     assert rows == [("old", None), ("new", None)]  # the v2 field ignored, the event applied
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
