@@ -175,19 +175,16 @@ class RetryPolicy:
         """The pause after failed attempt number ``attempt`` (1, 2, ...)."""
         return min(self.max_backoff, self.first_backoff * 2.0 ** (attempt - 1))
 
-    def again(self, status: int, text: str, attempt: int, elapsed: float) -> bool:
+    def again(self, status: int, attempt: int, elapsed: float) -> bool:
         """Whether to send attempt ``attempt + 1`` after this answer."""
-        if not retryable(status, text):
+        if not retryable(status):
             return False
         return attempt < self.attempts and elapsed + self.backoff(attempt) < self.budget
 
 
-def retryable(status: int, text: str = "") -> bool:
-    """No answer, a server error or overload, and the order service's "unknown SKU" while
-    its replica of the catalog lags (docs/api.md: retry with the same key)."""
-    if status in {0, 429} or status >= 500:
-        return True
-    return status == 422 and "unknown SKU" in text
+def retryable(status: int) -> bool:
+    """No answer, a server error or overload (docs/api.md: retry with the same key)."""
+    return status in {0, 429} or status >= 500
 
 
 def expected(op: Op, status: int) -> bool:

@@ -163,7 +163,7 @@ class Writer(FastHttpUser):
         attempt = 1
         while True:
             status, text = self.send(op, method, url, name, attempt=attempt, **kwargs)
-            if not retry.again(status, text, attempt, time.monotonic() - started):
+            if not retry.again(status, attempt, time.monotonic() - started):
                 return status, text
             gevent.sleep(retry.backoff(attempt) * self.jitter.uniform(0.75, 1.25))
             attempt += 1

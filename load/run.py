@@ -170,7 +170,7 @@ class Runner:
             run.append("journal.jsonl", entry)
             if 200 <= status < 300:
                 return
-            if not STOCKING.again(status, text, attempt, time.monotonic() - started):
+            if not STOCKING.again(status, attempt, time.monotonic() - started):
                 raise RuntimeError(f"stocking {sku}: {status} {text[:200]!r}")
             await asyncio.sleep(STOCKING.backoff(attempt))
             attempt += 1

@@ -52,7 +52,6 @@ async def test_without_kafka_services_are_not_ready_and_an_order_placed_meanwhil
 ) -> None:
     sku = new_sku()
     await restock(http, suite.inventory, sku, 3)
-    await place(http, suite.order, [{"sku": sku, "quantity": 1}])  # the catalog knows the SKU
     components.stop(*KAFKA_NODES)  # every node: the whole cluster away
     try:
         for base in (suite.order, suite.inventory, suite.shipping):
@@ -76,7 +75,6 @@ async def test_with_the_first_node_of_three_killed_services_stay_ready_and_order
 ) -> None:
     sku = new_sku()
     await restock(http, suite.inventory, sku, 3)
-    await place(http, suite.order, [{"sku": sku, "quantity": 1}])  # the catalog knows the SKU
     # The whole cluster restarted first: a client that reconnects while node 1 alone is up
     # learns of node 1 only, and without re-bootstrapping (shared.kafka.rebootstrapping)
     # asks only it, forever, once it dies (seen: an order PENDING for a minute).
