@@ -54,7 +54,7 @@ async def when_inventory_rejected_reject_order(
 
 def _rejection_reason(event: InventoryRejected) -> str:
     """For the customer: the SKUs short, from the structured shortfalls when inventory sent
-    them (v2); else inventory's own text (a v1 event, upcast with no shortfalls)."""
+    them (v2); else inventory's own text (a v1 event, read with no shortfalls)."""
     if not event.shortfalls:
         return event.reason
     short = ", ".join(

@@ -153,7 +153,7 @@ async def test_a_v2_rejection_names_the_short_skus_from_its_shortfalls() -> None
     assert await rejected_reason(rejection) == "not enough stock: SKU-1 (1 of 2), X (unknown)"
 
 
-async def test_a_v1_rejection_upcast_without_shortfalls_keeps_inventory_s_reason() -> None:
+async def test_a_v1_rejection_read_without_shortfalls_keeps_inventory_s_reason() -> None:
     raw_v1 = {"order_id": str(uuid4()), "reason": "SKU-1: 2 wanted, 1 available"}
     rejection = decode_payload("InventoryRejected", 1, raw_v1)
     assert isinstance(rejection, InventoryRejected)

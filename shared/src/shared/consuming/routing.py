@@ -47,7 +47,7 @@ class Router(Generic[U]):
     def subscriber(self, event: type[P]) -> Callable[[Handler[P, U]], Handler[P, U]]:
         spec = spec_of(event)
         if current(spec.event_type) is not spec:
-            # decode_payload upcasts every version to the current model: that is what
+            # decode_payload returns every version as the current model: that is what
             # the handler receives, so that is what it must be declared for.
             raise ValueError(
                 f"{event.__name__} is {spec.event_type} v{spec.schema_version}; handlers "
