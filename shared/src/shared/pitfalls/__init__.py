@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.consuming.offsets import CommitWhatIsDone, OffsetPolicy
 from shared.consuming.processing import Dedup, SequenceCheck
 from shared.persistence.postgres import OutboxFactory, PostgresOutbox
+from shared.pitfalls.auto_commit import KafkaAutoCommits
 from shared.pitfalls.naive_dual_write import Publish, publishing_after_commit
 from shared.pitfalls.no_debounce import published_at_once
 from shared.pitfalls.no_dedup import NoDedup
@@ -33,6 +35,7 @@ class Strategies:
     dedup: Dedup
     sequence_check: SequenceCheck
     key_of: Callable[[str], str | None]
+    new_offsets: Callable[[], OffsetPolicy]  # one per consumer: it keeps what is done
 
 
 def strategies(settings: ServiceSettings, publish: Publish) -> Strategies:
@@ -50,4 +53,5 @@ def strategies(settings: ServiceSettings, publish: Publish) -> Strategies:
             NoSequenceCheck() if settings.pitfall_no_sequence_check else SequenceCheck()
         ),
         key_of=no_key if settings.pitfall_unkeyed else aggregate_key,
+        new_offsets=KafkaAutoCommits if settings.pitfall_auto_commit else CommitWhatIsDone,
     )

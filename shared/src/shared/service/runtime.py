@@ -132,7 +132,11 @@ class Runtime(Generic[U]):
             sequence_check=self.strategies.sequence_check,
         )
         self.consumer = ConsumerRunner(
-            self.settings, processor, self.definition.router.topics, self.dead_letters
+            self.settings,
+            processor,
+            self.definition.router.topics,
+            self.dead_letters,
+            offsets=self.strategies.new_offsets(),
         )
         self.debounce = DebounceEmitter(
             self.pool,

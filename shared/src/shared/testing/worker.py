@@ -167,7 +167,8 @@ async def consume(settings: ServiceSettings) -> None:
         sequence_check=chosen.sequence_check,
     )
     sink = DeadLetterSink(pool, producer, settings.service_name)
-    await ConsumerRunner(settings, processor, router.topics, sink).run()
+    offsets = chosen.new_offsets()
+    await ConsumerRunner(settings, processor, router.topics, sink, offsets=offsets).run()
 
 
 def main(argv: list[str]) -> None:
