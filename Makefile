@@ -65,17 +65,17 @@ fmt: deps
 	@$(PY) -m ruff check --fix .
 
 typecheck: deps ## mypy --strict
-	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra tools bench load
+	@$(PY) -m mypy shared/src services/order/src services/inventory/src services/shipping/src infra load
 	@$(PY) -m mypy shared/tests services/order/tests services/inventory/tests services/shipping/tests tests
 
 schema-check: deps ## the schema gate: the event models against their first committed JSON Schemas (git history)
-	@$(PY) -m tools.schemas --check
+	@$(PY) -m infra.schemas --check
 
 schemas: deps ## write the JSON Schema of every event version into shared/schemas
-	@$(PY) -m tools.schemas
+	@$(PY) -m infra.schemas
 
-docs: deps ## regenerate the tables in docs/ from the code (python -m tools.docs)
-	@$(PY) -m tools.docs
+docs: deps ## regenerate the tables in docs/ from the code (python -m infra.docs)
+	@$(PY) -m infra.docs
 
 load: deps ## Locust customers + chaos nemesis + consistency check, headless; report in reports/load/ (LOAD_ARGS="--duration 600 --rate 15")
 	@$(PY) -m load run $(LOAD_ARGS)
@@ -90,7 +90,7 @@ down:
 	docker compose down -v
 
 bench: deps ## the benchmark: rising open-model load, table + JSON + plot in reports/bench (BENCH_ARGS=--help)
-	@$(PY) -m bench $(BENCH_ARGS)
+	@$(PY) -m load.bench $(BENCH_ARGS)
 
 clean: stop ## stop and delete state (data, logs); keeps the download cache
 	rm -rf .state

@@ -27,11 +27,11 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from bench.httpclient import Client, HttpError
-from bench.probe import Samples, gauge_sum, scrape
 from infra import components
 from infra.settings import DLQ_TOPICS, HOST, INFRA, REPO, SERVICES, TOPICS
 from load import checker, report
+from load.bench.httpclient import Client, HttpError
+from load.bench.probe import Samples, gauge_sum, scrape
 from load.customers import RetryPolicy, idempotency_key, journal_entry
 from load.nemesis import ACTIONS, LiveActuator, Nemesis
 from load.runinfo import REPORTS, RunDir, RunInfo, Sample, Verdict, now

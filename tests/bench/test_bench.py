@@ -8,11 +8,11 @@ from uuid import uuid4
 
 import pytest
 
-from bench.httpclient import Client, HttpError
-from bench.load import Sent, schedule
-from bench.probe import Histogram, percentile
-from bench.report import highest_sustained, summary
-from bench.run import Step, _figures
+from load.bench.httpclient import Client, HttpError
+from load.bench.load import Sent, schedule
+from load.bench.probe import Histogram, percentile
+from load.bench.report import highest_sustained, summary
+from load.bench.run import Step, _figures
 
 
 def test_the_schedule_is_seeded_and_offers_the_rate() -> None:

@@ -8,10 +8,10 @@ import json
 import random
 from pathlib import Path
 
-from bench.report import write
-from bench.run import Suite as Bench
-from bench.run import run_step
 from infra.settings import SERVICES
+from load.bench.report import write
+from load.bench.run import Suite as Bench
+from load.bench.run import run_step
 from tests.e2e.conftest import Suite
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from infra import docs
 from infra import settings as infra
 from shared.contracts import registered
-from tools import docs
 
 REPO = docs.REPO
 PAGES = docs.documents()

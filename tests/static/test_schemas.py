@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from infra import schemas
 from shared.contracts import Compatibility, compatibility_of, topic_compatibility
 from shared.contracts.compatibility import (
     Key,
@@ -22,7 +23,6 @@ from shared.contracts.compatibility import (
     current_schemas,
     strongest,
 )
-from tools import schemas
 
 PLACED: Key = ("OrderPlaced", 1)
 

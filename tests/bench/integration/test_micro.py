@@ -1,4 +1,4 @@
-"""``python -m bench.micro`` against the real database, for a few events, so it cannot rot.
+"""``python -m load.bench.micro`` against the real database, for a few events, so it cannot rot.
 In a process of its own: it sets the process's logging and tracer provider."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 def test_the_micro_benchmark_prints_cpu_per_event_for_each_combination() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.micro", "--events", "20"],
+        [sys.executable, "-m", "load.bench.micro", "--events", "20"],
         capture_output=True,
         text=True,
         timeout=120,

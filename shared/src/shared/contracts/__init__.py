@@ -8,7 +8,7 @@ model whatever version was written:
 
 - an older version is read with the current model, when the topic's :class:`Compatibility`
   promises that readers of the current version read data of that one (BACKWARD or FULL,
-  transitive unless it is the very previous version). ``tools/schemas.py`` (``make
+  transitive unless it is the very previous version). ``infra/schemas.py`` (``make
   schema-check``) proves it against each version's JSON Schema as first committed, so an
   older version needs no model: adding a field is a new version with a default, and nothing
   else;

@@ -2,7 +2,7 @@
 
 Every event version is exported as a JSON Schema (:func:`schema_of`). What producers and
 consumers out there were built with is each version's *published* schema: its first
-committed form (``tools/schemas.py`` reads it from git history). :func:`check` compares the
+committed form (``infra/schemas.py`` reads it from git history). :func:`check` compares the
 current models with them under each topic's :class:`~shared.contracts.Compatibility` and names
 every breach: the event, the version, the field and the rule broken. Fields a reader does not
 know are ignored (tolerant reader), so adding an optional field is the one change that is

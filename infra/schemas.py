@@ -1,6 +1,6 @@
 """The committed event contracts: one JSON Schema per event type and version, and the gate.
 
-``python -m tools.schemas`` (``make schemas``) writes ``shared/schemas/<Event>/v<N>.json``
+``python -m infra.schemas`` (``make schemas``) writes ``shared/schemas/<Event>/v<N>.json``
 for every event version that has a model (:func:`shared.contracts.registered`: the current
 one of each event, and an older one kept for an upcaster). It never deletes a file: an older
 version without a model is still published, and its file is what the gate holds the models
@@ -144,7 +144,7 @@ def git(folder: Path, *args: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.schemas", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.schemas", description=__doc__)
     parser.add_argument("--check", action="store_true", help="the gate: compare, write nothing")
     parser.add_argument(
         "--dir", type=Path, default=SCHEMAS, help="the schemas folder, in a full git clone"

@@ -7,8 +7,8 @@ ignores and an ``OrderConfirmed`` that schedules a shipment), one at a time or i
 with or without the per-event middleware (span, metrics, log line). Every figure is CPU time
 of this process (its span-exporting thread included) per event::
 
-    python -m bench.micro                       # the four combinations, 1,000 events each
-    python -m bench.micro --events 200 --batch 10 --observed
+    python -m load.bench.micro                       # the four combinations, 1,000 events each
+    python -m load.bench.micro --events 200 --batch 10 --observed
 
 It needs the suite's PostgreSQL (``make start``) and makes a throwaway database; spans go to
 the configured OTLP endpoint when ``--observed``, log lines to nowhere.
@@ -99,7 +99,7 @@ async def run(events: int, batches: Sequence[int], observed: Sequence[bool]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m load.bench.micro", description=__doc__)
     parser.add_argument("--events", type=int, default=1000, help="events per measurement")
     parser.add_argument("--batch", type=int, help="one batch size (default: 1 and 10)")
     parser.add_argument("--observed", action="store_true", help="only with the middleware")

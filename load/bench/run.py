@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from bench.httpclient import Client
-from bench.load import Sent, offer
-from bench.probe import (
+from infra import components
+from infra.settings import HOST, INFRA, SECOND_INSTANCES, SERVICES, first_instance
+from load.bench.httpclient import Client
+from load.bench.load import Sent, offer
+from load.bench.probe import (
     TERMINAL,
     Histogram,
     Outcome,
@@ -26,8 +28,6 @@ from bench.probe import (
     percentile,
     scrape,
 )
-from infra import components
-from infra.settings import HOST, INFRA, SECOND_INSTANCES, SERVICES, first_instance
 
 SKUS = [f"BENCH-{i:02d}" for i in range(20)]
 # What every variant runs with: shipments leave at once (the dispatcher's alarm rings as

@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.httpclient import Client
+from load.bench.httpclient import Client
 
 TICKS = os.sysconf("SC_CLK_TCK")
 TERMINAL = ("SHIPPED", "REJECTED", "CANCELLED")

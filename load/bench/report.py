@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.run import SETTLE_SECONDS, SHIPPED_P99_LIMIT, Step
 from infra.settings import KAFKA_BROKERS, REPO, SERVICES
+from load.bench.run import SETTLE_SECONDS, SHIPPED_P99_LIMIT, Step
 
 REPORTS = REPO / "reports" / "bench"
 HEADER = (

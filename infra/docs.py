@@ -4,7 +4,7 @@ A generated region of a ``docs/*.md`` file (or the README) sits between
 ``<!-- generated: NAME -->`` and ``<!-- /generated -->``; NAME picks one of :data:`TABLES`.
 Each table has **one home page**, where the region is rendered in full; a region of the same
 name in any other page renders a link to it, so a generated fact is written in one place and
-linked from the others. ``python -m tools.docs`` (``make docs``) rewrites every region from
+linked from the others. ``python -m infra.docs`` (``make docs``) rewrites every region from
 the code; ``--check`` only lists the stale files and exits 1. ``tests/static/test_docs.py``
 fails when a region is stale. Everything outside the markers is prose and is left alone.
 
@@ -485,7 +485,7 @@ def stale_files() -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.docs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.docs", description=__doc__)
     parser.add_argument("--check", action="store_true", help="list stale files, write nothing")
     args = parser.parse_args(argv)
     stale = stale_files()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
-from bench.httpclient import Client, HttpError
+from load.bench.httpclient import Client, HttpError
 
 ADDRESS = {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench`` (``make bench``)."""
+"""Command line: ``python -m load.bench`` (``make bench``)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import asyncio
 from collections.abc import Sequence
 
-from bench.report import HEADER, row, summary, write
-from bench.run import VARIANTS, Plan, run
+from load.bench.report import HEADER, row, summary, write
+from load.bench.run import VARIANTS, Plan, run
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog="python -m load.bench",
         description="Open-model load at rising rates over the running suite (docs/benchmark.md).",
     )
     parser.add_argument(

@@ -1,1 +1,0 @@
-"""Project tooling run from the repository root (``python -m tools.<name>``)."""
