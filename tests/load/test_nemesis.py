@@ -934,7 +934,7 @@ def test_a_record_that_is_no_envelope_is_dead_lettered_by_every_consumer_of_its_
     topic: str, kind: Any
 ) -> None:
     poison = Poison("poison-t1-1", topic, kind)
-    with pytest.raises(MalformedEnvelopeError):  # ConsumerRunner._apply dead-letters these
+    with pytest.raises(MalformedEnvelopeError):  # Applier.apply dead-letters these
         parse_envelope(poison.value())
     assert poison.expect_letters() == subscribers(topic)
     assert poison.expect_letters()
