@@ -189,8 +189,8 @@ class Poison:
     shared/processing.py, shared/contracts):
 
     - ``not_json`` and ``not_envelope``: ``parse_envelope`` raises ``MalformedEnvelopeError``
-      and ``shared.consuming.applying.Applier.apply`` dead-letters the record at once, in every service that
-      consumes the topic, whatever it handles;
+      and ``Applier.apply`` (:mod:`shared.consuming.applying`) dead-letters the record at once,
+      in every service that consumes the topic, whatever it handles;
     - ``unknown_version``: a valid envelope of ``event_type`` at schema version 99 whose
       payload is no valid event. ``EventProcessor.decode`` returns None (ignored, the stream
       moved on) in a service with no handler for the type, before looking at the version;
