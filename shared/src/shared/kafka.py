@@ -95,17 +95,24 @@ def rebootstrapping(client: AIOKafkaClient) -> None:
     clients re-bootstrap in that case (KIP-1102); this gives aiokafka's client the same
     fallback: when every known node failed a metadata request, bootstrap again."""
     from_known_nodes = client._metadata_update
+    failed = 0  # bootstraps in a row that found no node: one warning per outage, not per try
 
     async def update(cluster: ClusterMetadata, topics: object) -> bool:
+        nonlocal failed
         if await from_known_nodes(cluster, topics):
             return True
         if cluster is not client.cluster:
             return False
-        log.warning("no known Kafka node answers; bootstrapping again from %s", client.hosts)
+        if failed == 0:
+            log.warning("no known Kafka node answers; bootstrapping again from %s", client.hosts)
         try:
             await client.bootstrap()
         except KafkaConnectionError:
+            failed += 1
             return False
+        if failed:
+            log.info("Kafka answers again, after %d bootstrap(s) that found no node", failed + 1)
+        failed = 0
         return True
 
     client._metadata_update = update
