@@ -41,6 +41,7 @@ from pydantic_core import PydanticUndefined
 
 import shared.observability.metrics
 from infra import settings as infra
+from infra.services import router_of, settings_of
 from shared.consuming.routing import Router
 from shared.contracts import EventSpec, compatibility_of, current_events, registered
 from shared.service.settings import ServiceSettings
@@ -87,30 +88,6 @@ def services() -> tuple[Service, ...]:
 
 def service_names() -> list[str]:
     return [service.name for service in services()]
-
-
-def router_of(service: str) -> Router[Any]:
-    """The router the service's composition root registers: ``bootstrap()`` called as the
-    tests call it, with the settings' defaults (not the environment's)."""
-    bootstrap = importlib.import_module(f"{service}.bootstrap").bootstrap
-    router = bootstrap(settings_of(service).model_construct()).router
-    if not isinstance(router, Router):
-        raise ValueError(f"{service}.bootstrap.bootstrap() registers no Router")
-    return router
-
-
-def settings_of(service: str) -> type[ServiceSettings]:
-    """The settings class that the service's ``bootstrap(settings: ...)`` takes."""
-    bootstrap = importlib.import_module(f"{service}.bootstrap").bootstrap
-    hint = typing.get_type_hints(bootstrap).get("settings")
-    found = [
-        cls
-        for cls in (*typing.get_args(hint), hint)
-        if isinstance(cls, type) and issubclass(cls, ServiceSettings)
-    ]
-    if len(found) != 1:
-        raise ValueError(f"{service}.bootstrap.bootstrap() takes no ServiceSettings subclass")
-    return found[0]
 
 
 def published_by(service: str) -> frozenset[str]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 import sys
+import typing
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from infra.base import Component, Launch
 from infra.jaeger import http_ok
@@ -22,6 +25,10 @@ from infra.settings import (
     topic_partitions,
     via_proxy,
 )
+
+if TYPE_CHECKING:
+    from shared.consuming.routing import Router
+    from shared.service.settings import ServiceSettings
 
 
 def python() -> str:
@@ -118,3 +125,31 @@ class Service(Component):
 
     def is_ready(self, ports: Ports) -> bool:
         return http_ok(f"http://{HOST}:{ports.of(self.name)}/ready")
+
+
+def router_of(service: str) -> Router[Any]:
+    """The router the service's composition root registers: ``bootstrap()`` called as the
+    tests call it, with the settings' defaults (not the environment's)."""
+    bootstrap = importlib.import_module(f"{service}.bootstrap").bootstrap
+    from shared.consuming.routing import Router  # noqa: PLC0415  (the launcher needs none)
+
+    router = bootstrap(settings_of(service).model_construct()).router
+    if not isinstance(router, Router):
+        raise ValueError(f"{service}.bootstrap.bootstrap() registers no Router")
+    return router
+
+
+def settings_of(service: str) -> type[ServiceSettings]:
+    """The settings class that the service's ``bootstrap(settings: ...)`` takes."""
+    bootstrap = importlib.import_module(f"{service}.bootstrap").bootstrap
+    from shared.service.settings import ServiceSettings  # noqa: PLC0415
+
+    hint = typing.get_type_hints(bootstrap).get("settings")
+    found = [
+        cls
+        for cls in (*typing.get_args(hint), hint)
+        if isinstance(cls, type) and issubclass(cls, ServiceSettings)
+    ]
+    if len(found) != 1:
+        raise ValueError(f"{service}.bootstrap.bootstrap() takes no ServiceSettings subclass")
+    return found[0]

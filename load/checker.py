@@ -68,12 +68,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from infra.services import router_of
 from infra.settings import DLQ_TOPICS, SERVICES, TOPICS, ports
 from inventory.domain.stock import ReservationStatus
-from inventory.handlers import router as inventory_router
 from load.runinfo import Check, Injected, JournalEntry, RunDir, RunInfo, Verdict
 from order.domain.order import TERMINAL, OrderStatus
-from order.handlers import router as order_router
 from shared.consuming.inbox import Stream
 from shared.contracts import IntegrationEvent, spec_of
 from shared.contracts.catalog import (
@@ -96,7 +95,6 @@ from shared.contracts.catalog import (
 from shared.contracts.envelope import MalformedEnvelopeError, parse_envelope
 from shared.service.settings import ServiceSettings
 from shipping.domain.shipment import ShipmentStatus
-from shipping.handlers import router as shipping_router
 
 # Seconds after the load stopped (Locust exited) by which every order must have ended. The
 # window holds the undoing of whatever fault was in progress at the end (a Kafka restart and
@@ -295,11 +293,7 @@ class Facts:
 
 def _routed_topics() -> dict[str, tuple[str, ...]]:
     """Consuming service -> the topics it reads, from each service's routing."""
-    return {
-        "order": tuple(order_router.topics),
-        "inventory": tuple(inventory_router.topics),
-        "shipping": tuple(shipping_router.topics),
-    }
+    return {service: tuple(router_of(service).topics) for service in SERVICES}
 
 
 def _consumed_topics() -> dict[str, tuple[str, ...]]:

@@ -67,6 +67,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from infra import components
 from infra.jaeger import http_ok
 from infra.kafka import active_controller, partition_states
+from infra.services import router_of
 from infra.settings import (
     HOST,
     INFRA,
@@ -82,7 +83,6 @@ from infra.settings import (
 )
 from infra.toxiproxy import POSTGRES_PROXY, ToxiproxyApi, proxy_name
 from load.runinfo import Injected, NemesisEntry, RunDir, RunInfo, now
-from shared.consuming.routing import Router
 from shared.contracts import current_events
 from shared.contracts.envelope import Envelope, MalformedEnvelopeError, parse_envelope
 
@@ -149,19 +149,10 @@ class NemesisError(RuntimeError):
 @cache
 def _handled() -> dict[str, frozenset[str]]:
     """Service -> the event types its router handles (imported late: the services' code)."""
-    from inventory.handlers import router as inventory  # noqa: PLC0415
-    from order.handlers import router as order  # noqa: PLC0415
-    from shipping.handlers import router as shipping  # noqa: PLC0415
-
-    routers: dict[str, Router[Any]] = {
-        "order": order,
-        "inventory": inventory,
-        "shipping": shipping,
-    }
     types = [spec.event_type for spec in current_events()]
     return {
-        service: frozenset(t for t in types if router.handler_for(t) is not None)
-        for service, router in routers.items()
+        service: frozenset(t for t in types if router_of(service).handler_for(t) is not None)
+        for service in SERVICES
     }
 
 

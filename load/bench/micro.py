@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from uuid import uuid4
 
 import uvloop
@@ -35,8 +36,9 @@ from shared.observability.tracing import new_tracer_provider
 from shared.persistence.db import create_pool
 from shared.testing.infra import create_database, drop_database
 from shared.writing.outbox import to_message
-from shipping import handlers
 from shipping.bootstrap import MIGRATIONS
+from shipping.dispatcher import DispatchAlarm
+from shipping.handlers import ShippingDeps, router_for
 from shipping.postgres import PostgresShippingUnitOfWork
 from shipping.settings import Settings
 
@@ -70,8 +72,9 @@ async def measure(url: str, events: int, batch: int, observed: bool) -> float:
     """Microseconds of CPU per event, over ``events`` events after a warm-up."""
     pool = await create_pool(url)
     try:
+        deps = ShippingDeps(dispatch_delay=timedelta(seconds=10), alarm=DispatchAlarm())
         processor = EventProcessor(
-            handlers.router, lambda: PostgresShippingUnitOfWork(pool, "shipping")
+            router_for(deps), lambda: PostgresShippingUnitOfWork(pool, "shipping")
         )
         observe = compose([traced(processor.handles), measured("shipping")] if observed else [])
         warm_up, measured_run = deliveries(200), deliveries(events // 2)

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra import components
 from infra.kafka import server_properties
+from infra.services import router_of
 from infra.settings import (
     KAFKA_BROKERS,
     KAFKA_NODES,
@@ -34,7 +35,6 @@ from infra.settings import (
     ports,
 )
 from infra.toxiproxy import lane_proxies
-from inventory.handlers import router as inventory_router
 from load import nemesis as nemesis_module
 from load.nemesis import (
     ACTIONS,
@@ -59,24 +59,18 @@ from load.nemesis import (
     subscribers,
 )
 from load.runinfo import Injected, NemesisEntry, RunDir, RunInfo, now
-from order.handlers import router as order_router
 from shared.consuming.processing import EventProcessor, PermanentError
 from shared.consuming.routing import Router
 from shared.contracts.envelope import Envelope, MalformedEnvelopeError, parse_envelope
 from shared.kafka import new_consumer
 from shared.service.settings import ServiceSettings
 from shared.testing.infra import create_topics, eventually, kafka_bootstrap, unique
-from shipping.handlers import router as shipping_router
 
 # The node actions need a cluster of three (the default); a test run with KAFKA_BROKERS=1 skips.
 cluster = pytest.mark.skipif(KAFKA_BROKERS < 3, reason="needs KAFKA_BROKERS >= 3")
 # The pretend world's pids, one per process the nemesis may signal.
 PIDS = {name: 4001 + n for n, name in enumerate((*KAFKA_NODES, *SERVICE_PROCESSES))}
-ROUTERS: dict[str, Router[Any]] = {
-    "order": order_router,
-    "inventory": inventory_router,
-    "shipping": shipping_router,
-}
+ROUTERS: dict[str, Router[Any]] = {service: router_of(service) for service in SERVICES}
 
 
 def run_info(actions: Sequence[str], seed: int = 7, **overrides: Any) -> RunInfo:

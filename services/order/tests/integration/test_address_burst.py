@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -33,7 +33,8 @@ from shared.testing.infra import (
     unique,
 )
 from shipping.bootstrap import MIGRATIONS as SHIPPING_MIGRATIONS
-from shipping.handlers import router as shipping_router
+from shipping.dispatcher import DispatchAlarm
+from shipping.handlers import ShippingDeps, router_for
 from shipping.postgres import PostgresShippingUnitOfWork
 
 BURST = 1000
@@ -129,8 +130,9 @@ async def test_1000_address_changes_cross_kafka_as_one_event_and_shipping_holds_
     url = await create_database(SHIPPING_MIGRATIONS)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
+        deps = ShippingDeps(dispatch_delay=timedelta(seconds=10), alarm=DispatchAlarm())
         delivery = InMemoryDelivery(
-            shipping_router, lambda: PostgresShippingUnitOfWork(pool, "shipping")
+            router_for(deps), lambda: PostgresShippingUnitOfWork(pool, "shipping")
         )
         confirmed = OrderConfirmed(order_id=order_id, items=LINES, shipping_address=ADDRESS)
         await delivery.deliver(confirmed, source=envelopes[0]["source"], key=str(order_id))

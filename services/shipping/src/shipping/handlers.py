@@ -20,7 +20,6 @@ from shared.contracts.catalog import (
 from shipping.dispatcher import DispatchAlarm
 from shipping.domain.shipment import Shipment
 from shipping.repository import ShippingUnitOfWork
-from shipping.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +96,3 @@ def _given(
         await handler(event, uow, deps)
 
     return given
-
-
-# The routing table as tools read it (the generated docs, the load checker) and as tests
-# drive it without a dispatcher: the settings' default delay, and an alarm no dispatcher
-# waits on. The service runs the table its bootstrap builds from its settings.
-router = router_for(
-    ShippingDeps(
-        dispatch_delay=timedelta(seconds=Settings.model_fields["dispatch_delay_seconds"].default),
-        alarm=DispatchAlarm(),
-    )
-)

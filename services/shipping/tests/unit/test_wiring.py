@@ -13,14 +13,17 @@ from shared.contracts.catalog import OrderCancellationRequested
 from shared.service.runtime import Runtime
 from shared.testing.fakes import InMemoryDelivery, InMemoryState
 from shipping.bootstrap import MIGRATIONS, bootstrap
+from shipping.dispatcher import DispatchAlarm
 from shipping.domain.shipment import ShipmentStatus
-from shipping.handlers import router
+from shipping.handlers import ShippingDeps, router_for
 from shipping.postgres import PostgresShippingUnitOfWork
 from shipping.repository import ShippingUnitOfWork
 from shipping.settings import Settings
 from shipping.testing import FakeShippingUnitOfWork
 
 from .test_shipments import confirmed, types
+
+router = router_for(ShippingDeps(dispatch_delay=timedelta(seconds=10), alarm=DispatchAlarm()))
 
 
 def test_the_routing_table_names_each_reaction() -> None:
