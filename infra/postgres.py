@@ -76,6 +76,10 @@ class Postgres(Component):
             "max_connections=200",
             "-c",
             "shared_buffers=128MB",
+            # Statement counts per order for `make bench` (docs/benchmark.md); the extension
+            # itself is created by whoever reads it.
+            "-c",
+            "shared_preload_libraries=pg_stat_statements",
         ]
         return Launch(argv=argv, env=dict(os.environ), cwd=Path("/"), user=server_user())
 

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(VARIANTS),
         help=f"comma-separated, from: {', '.join(VARIANTS)} (the first is the baseline)",
     )
+    parser.add_argument(
+        "--idle", type=float, default=10, help="seconds of no load measured before the steps"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--instances",
@@ -51,11 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants=variants,
         seed=args.seed,
         warmup_seconds=args.warmup,
+        idle_seconds=args.idle,
         instances=args.instances,
     )
     print(HEADER, flush=True)
-    steps = asyncio.run(run(plan, lambda step: print(row(step), flush=True)))
-    path = write(steps, vars(args))
+    steps, calibration = asyncio.run(run(plan, lambda step: print(row(step), flush=True)))
+    path = write(steps, vars(args), calibration=calibration)
+    print(f"calibration: {calibration.describe()}")
     for key, value in summary(steps).items():
         print(f"{key}: {value}")
     print(f"report: {path} and {path.with_suffix('.png').name}")

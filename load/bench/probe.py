@@ -134,19 +134,19 @@ class Outcome:
     seconds: float  # created_at -> updated_at: placed -> its current status
 
 
-async def outcomes(database_url: str, order_ids: Iterable[UUID]) -> dict[UUID, Outcome]:
-    """Status of each order and how long after its placing it reached it."""
-    connection = await asyncpg.connect(database_url)
-    try:
-        rows = await connection.fetch(
-            """
-            SELECT order_id, status, extract(epoch FROM updated_at - created_at) AS seconds
-            FROM orders WHERE order_id = ANY($1::uuid[])
-            """,
-            list(order_ids),
-        )
-    finally:
-        await connection.close()
+async def outcomes(
+    connection: asyncpg.Connection, order_ids: Iterable[UUID]
+) -> dict[UUID, Outcome]:
+    """Status of each order and how long after its placing it reached it. Marked, and on a
+    connection kept open, so the statement census can tell it from the suite's."""
+    rows = await connection.fetch(
+        """
+        SELECT /* load.bench */ order_id, status,
+            extract(epoch FROM updated_at - created_at) AS seconds
+        FROM orders WHERE order_id = ANY($1::uuid[])
+        """,
+        list(order_ids),
+    )
     return {row["order_id"]: Outcome(row["status"], float(row["seconds"])) for row in rows}
 
 
@@ -155,7 +155,7 @@ async def known_skus(database_url: str, skus: list[str]) -> int:
     connection = await asyncpg.connect(database_url)
     try:
         count = await connection.fetchval(
-            "SELECT count(*) FROM known_skus WHERE sku = ANY($1::text[])", skus
+            "SELECT /* load.bench */ count(*) FROM known_skus WHERE sku = ANY($1::text[])", skus
         )
     finally:
         await connection.close()

@@ -12,18 +12,40 @@ from pathlib import Path
 from typing import Any
 
 from infra.settings import KAFKA_BROKERS, REPO, SERVICES
+from load.bench.calibrate import Calibration
 from load.bench.run import SETTLE_SECONDS, SHIPPED_P99_LIMIT, Step
 
 REPORTS = REPO / "reports" / "bench"
 HEADER = (
     f"{'variant':<20} {'offered':>7} {'achieved':>8} {'POST p50/p99':>13} "
     f"{'CONFIRMED p50/p99':>17} {'SHIPPED p50/p95/p99':>19} {'relay p50/p99':>13} "
-    f"{'lag':>5} {'drained':>7} {'svc CPU':>7} {'pg CPU':>6}  ok"
+    f"{'lag':>5} {'drained':>7} {'svc CPU':>7} {'pg CPU':>6}  ok  | per order: "
+    f"{'stmts':>6} {'xacts':>5} {'relay':>5} {'fetch':>5} {'spans':>5} {'logs':>5} "
+    f"{'CPU ms':>6} {'>idle':>6} {'/loop':>6}"
 )
+# The per-order counts, in the order of the table's columns.
+COUNTS = ("statements", "transactions", "relay_batches", "fetches", "spans", "log_lines")
 
 
 def _pair(*values: float | None) -> str:
     return "/".join("-" if v is None else f"{v:.0f}" for v in values)
+
+
+def _number(value: float | None, width: int, places: int = 1) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{places}f}"
+
+
+def counts(step: Step) -> str:
+    """The columns that do not move with the machine's speed, then the CPU beside them."""
+    widths = (6, 5, 5, 5, 5, 5)
+    cells = [_number(step.per_order.get(n), w) for n, w in zip(COUNTS, widths, strict=True)]
+    machine = step.machine
+    cells += [
+        _number(None if machine is None else machine.ms_per_order, 6),
+        _number(None if machine is None else machine.marginal_ms_per_order, 6),
+        _number(None if machine is None else machine.per_python_loop, 6, 3),
+    ]
+    return " ".join(cells)
 
 
 def row(step: Step) -> str:
@@ -36,7 +58,7 @@ def row(step: Step) -> str:
         f"{_pair(step.relay_ms['p50'], step.relay_ms['p99']):>13} "
         f"{step.lag_after_settle:>5.0f} {drained:>7} {step.service_cpu_ms:>7.1f} "
         f"{step.cpu_ms_per_order.get('postgres', 0.0):>6.1f}  "
-        f"{'yes' if step.sustained else 'NO'}"
+        f"{'yes' if step.sustained else 'NO ':<3} | per order: {counts(step)}"
     )
 
 
@@ -86,7 +108,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write(steps: list[Step], plan: dict[str, Any], folder: Path = REPORTS) -> Path:
+def write(
+    steps: list[Step],
+    plan: dict[str, Any],
+    folder: Path = REPORTS,
+    calibration: Calibration | None = None,
+) -> Path:
     """The JSON file and its plot; returns the JSON file's path."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -98,6 +125,7 @@ def write(steps: list[Step], plan: dict[str, Any], folder: Path = REPORTS) -> Pa
             "settle_seconds": SETTLE_SECONDS,
             "shipped_p99_limit_seconds": SHIPPED_P99_LIMIT,
         },
+        "calibration": None if calibration is None else asdict(calibration),
         "summary": summary(steps),
         "steps": [asdict(s) | {"sustained": s.sustained} for s in steps],
     }

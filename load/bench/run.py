@@ -4,16 +4,20 @@ while, wait for the orders to finish, and read what it cost and how long it took
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from infra import components
 from infra.settings import HOST, INFRA, SECOND_INSTANCES, SERVICES, first_instance
+from load.bench import calibrate, census
+from load.bench.calibrate import Baseline, Calibration, Idle
 from load.bench.httpclient import Client
 from load.bench.load import Sent, offer
 from load.bench.probe import (
@@ -60,6 +64,9 @@ class Step:
     lag_after_settle: float
     drained_seconds: float | None
     cpu_ms_per_order: dict[str, float]
+    # Counts that do not move with the machine's speed (census.Counters, spans), per order.
+    per_order: dict[str, float | None] = field(default_factory=dict)
+    machine: calibrate.MachineCpu | None = None
     sustained: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +96,9 @@ class Suite:
         self.processes = (*SERVICES, *SECOND_INSTANCES) if instances == 2 else SERVICES
         self.clients = {name: Client(HOST, self.ports.of(name)) for name in self.processes}
         self.order_db = components.service_env("order")["DATABASE_URL"]
+        self.database = census.Database(self.order_db)
+        self.jaeger = f"http://{HOST}:{self.ports.jaeger_ui}"
+        self._order_connection: asyncpg.Connection | None = None
 
     @property
     def order_clients(self) -> list[Client]:
@@ -124,6 +134,19 @@ class Suite:
     async def scrape_all(self) -> dict[str, Samples]:
         return {name: await scrape(client) for name, client in self.clients.items()}
 
+    async def outcomes(self, ids: list[UUID]) -> dict[UUID, Outcome]:
+        """On one connection, kept open: its statement is prepared once, so each read is
+        one statement and one transaction, which the census takes out."""
+        if self._order_connection is None or self._order_connection.is_closed():
+            self._order_connection = await asyncpg.connect(self.order_db)
+        return await outcomes(self._order_connection, ids)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        if self._order_connection is not None:
+            await self._order_connection.close()
+
 
 async def run_step(
     suite: Suite,
@@ -132,12 +155,17 @@ async def run_step(
     seconds: float,
     rng: random.Random,
     drain_seconds: float = 60.0,
-    during: Callable[[], Any] | None = None,
+    baseline: Baseline | None = None,
 ) -> Step:
     """Offer ``rate`` orders/s for ``seconds``, then wait for every order to be terminal
     (judged after ``SETTLE_SECONDS``, waited for up to ``drain_seconds``)."""
     pids = suite.pids()
+    await suite.database.reset()
+    statements_before, transactions_before = await suite.database.counts()
+    logs = census.log_sizes(suite.processes)
     cpu_before, metrics_before = cpu_snapshot(pids), await suite.scrape_all()
+    busy_before, _ = calibrate.machine_busy_seconds()
+    started, wall_started = time.monotonic(), time.time()
     sent = await offer(suite.order_clients, rate, seconds, SKUS, rng)
     ended = time.monotonic()
     ids = [s.order_id for s in sent if s.order_id is not None]
@@ -145,7 +173,7 @@ async def run_step(
     finished: dict[UUID, Outcome] = {}
     settled, lag, drained = 0.0, 0.0, None
     while True:
-        finished = await outcomes(suite.order_db, ids)
+        finished = await suite.outcomes(ids)
         terminal = sum(1 for o in finished.values() if o.status in TERMINAL)
         waited = time.monotonic() - ended
         if waited <= SETTLE_SECONDS:
@@ -157,11 +185,37 @@ async def run_step(
         if waited > drain_seconds:
             break
         await asyncio.sleep(0.2)
+    busy_after, _ = calibrate.machine_busy_seconds()
+    wall = time.monotonic() - started
     cpu_after, metrics_after = cpu_snapshot(pids), await suite.scrape_all()
-    return _figures(
+    statements_after, _ = await suite.database.counts()
+    log_lines = census.log_lines_since(logs)
+    wall_ended = time.time()
+    # pg_stat_database hears of a backend's transactions when it next goes idle (within 1 s).
+    await asyncio.sleep(1.1)
+    _, transactions_after = await suite.database.counts()
+    spans = await census.spans_after_export(suite.jaeger, wall_started, wall_ended, time.time())
+
+    step = _figures(
         variant, rate, seconds, sent, finished, (settled, lag, drained),
         (cpu_before, cpu_after), (metrics_before, metrics_after),
     )  # fmt: skip
+    relay_before, fetches_before = census.kafka_counts(metrics_before)
+    relay_after, fetches_after = census.kafka_counts(metrics_after)
+    before = census.Counters(
+        statements_before, transactions_before, relay_before, fetches_before, 0
+    )
+    after = census.Counters(
+        statements_after, transactions_after, relay_after, fetches_after, log_lines
+    )
+    own = cpu_after["load generator"] - cpu_before["load generator"]
+    return dataclasses.replace(
+        step,
+        per_order=census.per_order(before, after, step.accepted, spans),
+        machine=calibrate.machine_cpu(
+            busy_after - busy_before, own, wall, step.accepted, baseline or Baseline()
+        ),
+    )
 
 
 def _figures(
@@ -221,12 +275,16 @@ class Plan:
     warmup_seconds: float = 5.0
     stock: int = 10_000_000
     instances: int = 1
+    idle_seconds: float = 10.0
 
 
-async def run(plan: Plan, report: Callable[[Step], None]) -> list[Step]:
-    """Every variant over the rising rates, each until its first unsustained step."""
+async def run(plan: Plan, report: Callable[[Step], None]) -> tuple[list[Step], Calibration]:
+    """Every variant over the rising rates, each until its first unsustained step; the
+    calibration once, with the first variant's services running idle."""
     suite = Suite(plan.instances)
     steps: list[Step] = []
+    calibration: Calibration | None = None
+    idles: dict[str, Idle] = {}
     for variant in plan.variants:
         print(f"==> {variant}: restarting the services", flush=True)
         suite.restart_services(BENCH_ENV | VARIANTS[variant])
@@ -234,12 +292,18 @@ async def run(plan: Plan, report: Callable[[Step], None]) -> list[Step]:
         rng = random.Random(plan.seed)
         print(f"    warming up for {plan.warmup_seconds:.0f} s", flush=True)
         await run_step(suite, variant, min(plan.rates), plan.warmup_seconds, rng)
+        idles[variant] = await calibrate.idle(plan.idle_seconds)
+        print(f"    idle: {idles[variant].busy_cores:.3f} cores busy", flush=True)
+        if calibration is None:
+            calibration = await asyncio.to_thread(calibrate.calibrate, suite.ports)
+            print(f"    calibration: {calibration.describe()}", flush=True)
+        baseline = calibration.baseline(idles[variant])
         for rate in plan.rates:
-            step = await run_step(suite, variant, rate, plan.seconds, rng)
+            step = await run_step(suite, variant, rate, plan.seconds, rng, baseline=baseline)
             steps.append(step)
             report(step)
             if not step.sustained:
                 break
-    for client in suite.clients.values():
-        client.close()
-    return steps
+    await suite.close()
+    assert calibration is not None or not plan.variants
+    return steps, calibration or Calibration(None, None)

@@ -20,7 +20,10 @@ async def test_one_short_step_measures_every_figure_and_writes_the_report(
 ) -> None:
     bench = Bench()
     await bench.stock_up(1000)
-    step = await run_step(bench, "smoke", rate=10, seconds=2, rng=random.Random(1))
+    try:
+        step = await run_step(bench, "smoke", rate=10, seconds=2, rng=random.Random(1))
+    finally:
+        await bench.close()
 
     assert step.sent > 5
     assert step.accepted == step.sent
@@ -32,8 +35,22 @@ async def test_one_short_step_measures_every_figure_and_writes_the_report(
     assert set(step.cpu_ms_per_order) >= {*SERVICES, "postgres", "kafka", "load generator"}
     assert all(ms > 0 for name, ms in step.cpu_ms_per_order.items() if name in SERVICES)
 
+    # The counts per order: every order takes statements and transactions in each database,
+    # a relay batch and a fetch per hop at this rate, spans across three services.
+    counted = step.per_order
+    least = {"statements": 10, "transactions": 3, "relay_batches": 1, "fetches": 1, "spans": 3}
+    short = {
+        name: counted[name] for name, floor in least.items() if not (counted[name] or 0) >= floor
+    }
+    assert short == {}
+    assert counted["log_lines"] is not None
+    assert step.machine is not None
+    assert step.machine.ms_per_order is not None
+    assert step.machine.ms_per_order > 0
+
     path = write([step], {"smoke": True}, tmp_path)
     document = json.loads(path.read_text())
     assert document["steps"][0]["accepted"] == step.accepted
+    assert document["steps"][0]["per_order"] == counted
     assert document["summary"]["highest_sustained_orders_per_s"] == {"smoke": 0.0}
     assert path.with_suffix(".png").stat().st_size > 10_000

@@ -33,6 +33,7 @@ from shared.consuming.processing import EventProcessor
 from shared.consuming.retries import HandOver
 from shared.consuming.routing import U
 from shared.kafka import new_consumer, stop_consumer_within
+from shared.observability.metrics import CONSUMER_FETCHES
 from shared.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,14 @@ class ConsumerRunner(Generic[U]):
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         interval = self._settings.consumer_commit_interval_seconds
         committed = time.monotonic()
+        fetches = CONSUMER_FETCHES.labels(self._settings.service_name)
         while True:
             wanted = await self._partitions.allowance(consumer)
             if not wanted:
                 continue  # throttled: no tokens yet
             batches = await consumer.getmany(timeout_ms=200, max_records=wanted)
+            if batches:
+                fetches.inc()
             self._partitions.queue(consumer, batches)
             self._partitions.start_due(consumer)
             if time.monotonic() - committed >= interval:

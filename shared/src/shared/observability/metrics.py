@@ -31,6 +31,11 @@ CONSUMER_TRANSACTION_EVENTS = Histogram(
     ["service"],
     buckets=(1, 2, 3, 5, 10, 20, 50, 100, 200),
 )
+CONSUMER_FETCHES = Counter(
+    "consumer_fetches_total",
+    "Fetches (getmany calls) that returned records: the benchmark counts them per order",
+    ["service"],
+)
 CONSUMER_LAG = Gauge(
     "consumer_lag",
     "Records behind the partition's high watermark",
