@@ -1121,9 +1121,9 @@ def terminal_in_time(info: RunInfo, facts: Facts) -> Check:
     healing = (
         "" if info.healed_at is None else f"; healing took {info.healed_at - info.ended_at:.1f} s"
     )
+    when = f"{after:.1f} s after" if after >= 0 else f"{-after:.1f} s before"
     figure = (
-        f"the last order ended {after:.1f} s after the load stopped (bound"
-        f" {TERMINAL_WITHIN:.0f} s{healing})"
+        f"the last order ended {when} the load stopped (bound {TERMINAL_WITHIN:.0f} s{healing})"
     )
     if open_:
         return Check(name, False, f"{len(open_)} orders never ended; {figure}", open_[:SAMPLE])

@@ -884,6 +884,15 @@ def test_an_order_that_ended_late_fails_the_bound() -> None:
     assert f"{late:.1f} s after the load stopped" in checks[10].detail
 
 
+def test_an_order_that_ended_before_the_load_stopped_is_said_to_have() -> None:
+    """The fixture's last order ends 5 s after ``ENDED``; this load stopped 10.4 s after it."""
+    stopped = ENDED + 10.4
+    checks = by_number(verdict(info=run_info(ended_at=stopped, healed_at=stopped)))
+
+    assert checks[10].ok
+    assert "ended 5.4 s before the load stopped" in checks[10].detail
+
+
 def test_the_bound_counts_from_the_end_of_the_load_not_from_the_healing() -> None:
     """Healing took 50 s; an order that ended 45 s later ended 95 s after the load."""
     late = replace_order(REJECTED, updated_at=ENDED + 95)
