@@ -221,7 +221,10 @@ async def test_a_write_that_lost_the_race_for_its_key_runs_once_more_in_a_new_un
         units.append(InMemoryUnitOfWork(state, "test"))
         return units[-1]
 
-    async def write(uow: InMemoryUnitOfWork) -> str:
+    looked_first: list[bool] = []
+
+    async def write(uow: InMemoryUnitOfWork, look_first: bool) -> str:
+        looked_first.append(look_first)
         if len(units) == 1:
             raise LostRaceError
         return "the winner's record"
@@ -231,10 +234,12 @@ async def test_a_write_that_lost_the_race_for_its_key_runs_once_more_in_a_new_un
     )
     assert answer == "the winner's record"
     assert len(units) == 2
+    # The first attempt lets the key's unique index decide; the second looks for the record.
+    assert looked_first == [False, True]
 
 
 async def test_a_write_that_loses_the_race_twice_fails() -> None:
-    async def write(uow: InMemoryUnitOfWork) -> str:
+    async def write(uow: InMemoryUnitOfWork, look_first: bool) -> str:
         raise LostRaceError
 
     with pytest.raises(LostRaceError):
@@ -247,7 +252,7 @@ async def test_a_write_that_loses_the_race_twice_fails() -> None:
 
 
 async def test_a_key_used_with_another_body_is_an_idempotency_key_conflict() -> None:
-    async def write(uow: InMemoryUnitOfWork) -> str:
+    async def write(uow: InMemoryUnitOfWork, look_first: bool) -> str:
         raise UsedWithAnotherBodyError("Idempotency-Key 'k' was used for another request")
 
     with pytest.raises(ApiError) as refused:

@@ -138,11 +138,12 @@ async def post_restock(
     a key every request adds."""
     command = AddStock(sku, body.quantity, idempotency_key)
     # Restocks of one SKU queue on its stock row, so a retry waits for its first attempt and
-    # then finds its record; should two ever race past that, the helper runs the loser again.
+    # then finds its record (it always looks first: it reads the row anyway); should two ever
+    # race past that, the helper runs the loser again.
     try:
         restocked = await with_idempotency_key(
             new_uow,
-            lambda uow: add_stock(command, uow),
+            lambda uow, _look_first: add_stock(command, uow),
             lost_race=DuplicateIdempotencyKeyError,
             conflict=IdempotencyConflictError,
         )

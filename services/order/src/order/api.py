@@ -112,7 +112,7 @@ async def post_order(
     )
     order = await with_idempotency_key(
         request.app.state.runtime.new_http_uow,
-        lambda uow: place_order(command, uow),
+        lambda uow, look_first: place_order(command, uow, look_first=look_first),
         lost_race=DuplicateIdempotencyKeyError,
         conflict=IdempotencyConflictError,
     )

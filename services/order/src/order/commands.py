@@ -44,9 +44,14 @@ class PlaceOrder:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
+async def place_order(
+    command: PlaceOrder, uow: OrderUnitOfWork, *, look_first: bool = True
+) -> Order:
     """Write the order and its OrderPlaced event in one transaction. The same idempotency
     key with the same request returns the first order; with another request it conflicts.
+    With ``look_first=False`` the key's record is not read first: a key already taken
+    raises DuplicateIdempotencyKeyError when the order is inserted (see
+    ``shared.service.http.with_idempotency_key``, which then calls again, looking first).
 
     Its SKUs are not checked here: this service hears of a SKU only a moment after inventory
     has it (the catalog follows ``stock``), and inventory decides anyway, reserving every
@@ -54,7 +59,7 @@ async def place_order(command: PlaceOrder, uow: OrderUnitOfWork) -> Order:
 
     The order joins the correlation in effect (see :mod:`shared.observability.correlation`),
     the same one the outbox stamps on OrderPlaced: one source, so the two cannot disagree."""
-    if command.idempotency_key is not None:
+    if command.idempotency_key is not None and look_first:
         existing = await uow.orders.by_idempotency_key(command.idempotency_key)
         if existing is not None:
             order, request_hash = existing

@@ -12,7 +12,7 @@ from order.bootstrap import MIGRATIONS
 from order.commands import OrderNotFoundError, change_shipping_address
 from order.domain.order import AddressChangeTooLateError, Order, OrderStatus
 from order.postgres import PostgresOrderUnitOfWork
-from order.repository import IdempotencyRecord, OrderUnitOfWork
+from order.repository import DuplicateIdempotencyKeyError, IdempotencyRecord, OrderUnitOfWork
 from order.testing import FakeOrderUnitOfWork
 from shared.contracts.catalog import Address, OrderLine, OrderShippingAddressChanged
 from shared.testing.backends import units
@@ -112,6 +112,22 @@ async def test_an_order_is_found_by_its_idempotency_key(new_uow: NewUow) -> None
     assert found is not None
     assert (found[0].order_id, found[1]) == (order.order_id, "hash")
     assert missing is None
+
+
+async def test_a_second_order_with_a_taken_key_is_refused_and_nothing_of_it_is_kept(
+    new_uow: NewUow,
+) -> None:
+    # POST /orders inserts without looking for the key first: this refusal is what answers
+    # a retry (order.commands.place_order, shared.service.http.with_idempotency_key).
+    first, second = an_order(), an_order()
+    await add(new_uow, first, key="k-1")
+    with pytest.raises(DuplicateIdempotencyKeyError):
+        await add(new_uow, second, key="k-1")
+    async with new_uow() as uow:
+        assert await uow.orders.get(second.order_id) is None
+        found = await uow.orders.by_idempotency_key("k-1")
+    assert found is not None
+    assert found[0].order_id == first.order_id
 
 
 async def test_the_list_pages_in_creation_order_and_filters_by_status(new_uow: NewUow) -> None:

@@ -12,6 +12,7 @@ from order.handlers import (
     when_inventory_reserved_confirm_order,
     when_stock_level_changed_update_catalog,
 )
+from order.repository import DuplicateIdempotencyKeyError
 from order.testing import FakeOrderUnitOfWork
 from shared.contracts import decode_payload
 from shared.contracts.catalog import (
@@ -102,6 +103,16 @@ async def test_the_same_idempotency_key_and_body_return_the_first_order() -> Non
     async with uow(state) as u:
         again = await place_order(command("k1"), u)
     assert again.order_id == first.order_id
+    assert len(state.outbox.envelopes) == 1
+
+
+async def test_without_looking_first_a_taken_key_fails_at_the_insert_and_writes_nothing() -> None:
+    state = InMemoryState()
+    async with uow(state) as u:
+        await place_order(command("k1"), u, look_first=False)
+    async with uow(state) as u:
+        with pytest.raises(DuplicateIdempotencyKeyError):
+            await place_order(command("k1"), u, look_first=False)
     assert len(state.outbox.envelopes) == 1
 
 

@@ -310,24 +310,27 @@ async def unit_of_work(request: Request) -> AsyncIterator[Any]:
 
 async def with_idempotency_key(
     new_uow: Callable[[], U],
-    write: Callable[[U], Awaitable[T]],
+    write: Callable[[U, bool], Awaitable[T]],
     *,
     lost_race: type[Exception],
     conflict: type[Exception],
 ) -> T:
-    """Run ``write`` (a command that honours an ``Idempotency-Key``) in a unit of work of its
-    own, and answer for the key.
+    """Run ``write(uow, look_first)`` (a command that honours an ``Idempotency-Key``) in a
+    unit of work of its own, and answer for the key.
 
-    Two requests with one key may race past each other's check: the loser's insert of the
-    key's record raises ``lost_race``, and it runs once more, in a new unit of work, where it
-    finds the winner's record and answers as a retry. ``conflict`` (the key was used with
+    The first attempt passes ``look_first=False``: a command may then skip reading the key's
+    record and let the key's unique index decide, since most keys are new (one statement
+    less per request). A request whose key is taken, a client's retry or one that raced
+    past another's check, finds out when it inserts the key's record: that raises
+    ``lost_race``, and it runs once more, in a new unit of work, with ``look_first=True``,
+    where it finds the record and answers as a retry. ``conflict`` (the key was used with
     another body) answers 409 ``idempotency_key_conflict``."""
     try:
         try:
             async with new_uow() as uow:
-                return await write(uow)
+                return await write(uow, False)
         except lost_race:
             async with new_uow() as uow:
-                return await write(uow)
+                return await write(uow, True)
     except conflict as exc:
         raise ApiError(ErrorCode.IDEMPOTENCY_KEY_CONFLICT, str(exc)) from exc
