@@ -243,15 +243,28 @@ async def test_the_set_based_inbox_methods_do_what_their_single_forms_do(backend
             c: StreamPosition(0, True),
         }
         assert await uow.inbox.lock_streams([]) == {}
-        assert await uow.inbox.mark_all_processed([seen, new]) == {new}
-        assert await uow.inbox.mark_all_processed([]) == set()
-        await uow.inbox.advance_all({a: 2, b: 7})  # a is never lowered
-        await uow.inbox.advance_all({})
+        # a is never lowered; seen was marked before, so only new comes back
+        assert await uow.inbox.advance_all({a: 2, b: 7}, mark_processed=[seen, new]) == {new}
+        assert await uow.inbox.advance_all({c: 1}) == set()
+        assert await uow.inbox.advance_all({}) == set()
         await uow.commit()
     async with new_uow() as uow:
         assert await uow.inbox.seen(new)
-        positions = await uow.inbox.lock_streams([a, b])
-        assert [positions[a].last_sequence, positions[b].last_sequence] == [4, 7]
+        positions = await uow.inbox.lock_streams([a, b, c])
+        assert [positions[s].last_sequence for s in (a, b, c)] == [4, 7, 1]
+
+
+async def test_advancing_streams_and_marking_events_roll_back_together(backend: Backend) -> None:
+    new_uow, _ = backend
+    stream = ("other", "order", "a")
+    event_id = uuid4()
+    async with new_uow() as uow:
+        assert await uow.inbox.advance_all({stream: 3}, mark_processed=[event_id]) == {event_id}
+        # rolled back: neither the dedup row nor the position stays
+    async with new_uow() as uow:
+        assert not await uow.inbox.seen(event_id)
+        assert (await uow.inbox.lock_stream(stream)).last_sequence == 0
+        assert await uow.inbox.advance_all({stream: 3}, mark_processed=[event_id]) == {event_id}
 
 
 async def test_after_commit_callbacks_run_once_committed_and_never_after_a_rollback(

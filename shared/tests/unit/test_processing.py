@@ -354,7 +354,37 @@ async def test_a_batch_whose_next_event_was_marked_applied_rolls_back_for_one_at
     state = InMemoryState()
     e1, e2 = stream_of(2)
     state.inbox.processed.add(e1.event_id)  # applied, yet its stream's position was lost
+    seen: list[str] = []
     with pytest.raises(Exception, match="marked applied already"):
-        await processor(state).process_batch([Delivery(e1), Delivery(e2)])
+        await processor(state).process_batch(
+            [Delivery(e1), Delivery(e2)], lambda d: Recorder(seen, d)
+        )
+    # Dedup is checked as the batch ends: the handlers ran, and were rolled back.
+    assert seen == ["r1:undone", "r2:undone"]
     assert applied(state) == []
+    assert state.inbox.sequences == {}
+    assert state.inbox.processed == {e1.event_id}
     assert await processor(state).process(Delivery(e1)) is Outcome.DUPLICATE
+
+
+async def test_a_batch_marks_the_events_it_applied_as_its_streams_advance() -> None:
+    state = InMemoryState()
+    e1, e2 = stream_of(2)
+    ignored = unhandled("order-2")
+    outcomes = await processor(state).process_batch(
+        [Delivery(e1), Delivery(ignored), Delivery(e2), Delivery(e1)]
+    )
+    assert outcomes == [Outcome.APPLIED, Outcome.IGNORED, Outcome.APPLIED, Outcome.DUPLICATE]
+    assert state.inbox.processed == {e1.event_id, e2.event_id}
+    assert state.inbox.sequences == {e2.stream: 2, ignored.stream: 1}
+
+
+async def test_without_dedup_a_batch_applies_again_an_event_whose_position_was_lost() -> None:
+    state = InMemoryState()
+    e1, e2 = stream_of(2)
+    await processor(state, NoDedup()).process_batch([Delivery(e1)])
+    assert state.inbox.processed == set()  # no dedup row written
+    state.inbox.sequences.clear()  # the stream's position lost, say to a restore
+    await processor(state, NoDedup()).process_batch([Delivery(e1), Delivery(e2)])
+    assert applied(state) == ["r1", "r1", "r2"]  # the pitfall dedup prevents
+    assert state.inbox.sequences == {e1.stream: 2}

@@ -62,14 +62,15 @@ class Inbox(ABC):
     - ``forget_failures(topic, partition, offset)``: the record was applied or dead-lettered:
       its count goes.
 
-    For a batch of events, three of them have a set-based form, one round trip each however
-    many events the batch holds (this base class loops over the single forms, which is what
-    the in-memory fake needs; the PostgreSQL adapter sends one statement):
+    For a batch of events there are set-based forms, one round trip each however many events
+    the batch holds (this base class loops over the single forms, which is what the in-memory
+    fake needs; the PostgreSQL adapter sends one statement):
 
     - ``lock_streams(streams)``: ``lock_stream`` for each, locked in sorted order (two
       transactions locking overlapping sets cannot deadlock).
-    - ``mark_all_processed(event_ids)``: ``mark_processed`` for each; the ids that were new.
-    - ``advance_all(positions)``: ``advance`` for each stream.
+    - ``advance_all(positions, mark_processed=event_ids)``: ``advance`` for each stream and
+      ``mark_processed`` for each event id, in one round trip; returns the ids that were new
+      (those not returned were marked before).
     """
 
     @abstractmethod
@@ -102,9 +103,10 @@ class Inbox(ABC):
     async def lock_streams(self, streams: Iterable[Stream]) -> dict[Stream, StreamPosition]:
         return {stream: await self.lock_stream(stream) for stream in sorted(set(streams))}
 
-    async def mark_all_processed(self, event_ids: Sequence[UUID]) -> set[UUID]:
-        return {event_id for event_id in event_ids if await self.mark_processed(event_id)}
-
-    async def advance_all(self, positions: Mapping[Stream, int]) -> None:
+    async def advance_all(
+        self, positions: Mapping[Stream, int], *, mark_processed: Sequence[UUID] = ()
+    ) -> set[UUID]:
+        marked = {event_id for event_id in mark_processed if await self.mark_processed(event_id)}
         for stream in sorted(positions):
             await self.advance(stream, positions[stream])
+        return marked

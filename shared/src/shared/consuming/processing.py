@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Generic
@@ -45,7 +45,7 @@ class _SuccessorFailedError(Exception):
 
 
 class _DedupDisagreesError(Exception):
-    """A batch's plan found an event next in its stream already marked applied."""
+    """A batch applied an event, next in its stream by the plan, already marked applied."""
 
 
 class PermanentError(Exception):
@@ -77,13 +77,21 @@ class Delivery:
 
 class Dedup:
     """An event applied before is not applied again: its dedup row (``processed_events``)
-    is written first, in the transaction that applies it."""
+    is written in the transaction that applies it.
+
+    ``first_time`` writes one event's row before it is applied: False, and it is not. For a
+    planned batch, ``all_first_time`` writes the rows once the events are applied, in the
+    statement that advances their streams (``Inbox.advance_all``, one round trip for both):
+    False when any was there already, and the batch rolls back."""
 
     async def first_time(self, inbox: Inbox, event_id: UUID) -> bool:
         return await inbox.mark_processed(event_id)
 
-    async def all_first_time(self, inbox: Inbox, event_ids: Sequence[UUID]) -> bool:
-        return len(await inbox.mark_all_processed(event_ids)) == len(event_ids)
+    async def all_first_time(
+        self, inbox: Inbox, event_ids: Sequence[UUID], *, advancing: Mapping[Stream, int]
+    ) -> bool:
+        marked = await inbox.advance_all(advancing, mark_processed=event_ids)
+        return len(marked) == len(event_ids)
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,10 @@ class SequenceCheck:
         deliveries: Sequence[Delivery],
         payloads: Sequence[IntegrationEvent | None],
     ) -> list[Outcome] | None:
-        """Each delivery's outcome, decided for a whole batch in three round trips, or None
-        when the batch must go event by event (a gap, parked events)."""
+        """Each delivery's outcome, decided for a whole batch in two round trips (its streams
+        locked, then what is parked on them), or None when the batch must go event by event
+        (a gap, parked events). ``dedup`` is not consulted yet: it checks the events planned
+        APPLIED once they are, as the batch ends (``EventProcessor.process_batch``)."""
         positions = await inbox.lock_streams(d.envelope.stream for d in deliveries)
         if any(p.has_parked for p in positions.values()):
             return None
@@ -139,15 +149,6 @@ class SequenceCheck:
             else:
                 last[envelope.stream] = envelope.sequence
                 plan.append(Outcome.IGNORED if payload is None else Outcome.APPLIED)
-        to_apply = [
-            d.envelope.event_id
-            for d, outcome in zip(deliveries, plan, strict=True)
-            if outcome is Outcome.APPLIED
-        ]
-        if not await dedup.all_first_time(inbox, to_apply):
-            # Applied before, yet next in its stream: the stream's position was lost (say, to
-            # a restore). Roll the batch back; event by event, dedup decides each one.
-            raise _DedupDisagreesError(f"{len(to_apply)} events, some marked applied already")
         return plan
 
 
@@ -210,9 +211,10 @@ class EventProcessor(Generic[U]):
         nothing.
 
         The batch's bookkeeping is set-based when it can be: its streams are locked in one
-        statement, what each event is (next in its stream, a duplicate) is decided from their
-        positions, the dedup rows of the events to apply are written in one statement and the
-        streams advanced in one more, so a batch costs its handlers' statements plus a few,
+        statement (and what is parked on them read in a second), what each event is (next in
+        its stream, a duplicate) is decided from their positions, and once the handlers have
+        run, one statement writes the dedup rows of the events applied and advances the
+        streams (``_record_planned``), so a batch costs its handlers' statements plus three,
         not a few per event. A batch with an event ahead of a gap, or on a stream with events
         parked, goes event by event (``_admit``), as a lone event does."""
         payloads = [self.decode(d.envelope) for d in deliveries]  # poison fails before writing
@@ -233,7 +235,7 @@ class EventProcessor(Generic[U]):
                         outcomes.append(outcome)
                         await uow.flush()  # this event's changes, read by the next one
                 if plan is not None:
-                    await uow.inbox.advance_all(_last_applied(deliveries, plan))
+                    await self._record_planned(uow, deliveries, plan)
                 await failpoint("consumer.before_db_commit")
                 await uow.commit()
             except BaseException as exc:
@@ -254,6 +256,29 @@ class EventProcessor(Generic[U]):
         with _rules_are_permanent():
             await _handle(subscription, uow, delivery.envelope, payload)
         return Outcome.APPLIED
+
+    async def _record_planned(
+        self, uow: U, deliveries: Sequence[Delivery], plan: Sequence[Outcome]
+    ) -> None:
+        """The dedup rows of the events applied, written as the streams advance past them.
+
+        Written last, not before the handlers, to save a round trip; nothing that commits
+        changes. When dedup disagrees with the plan (an event next in its stream was applied
+        before: its position was lost, say to a restore), the raise rolls the whole batch
+        back, handlers' work included, and the caller goes event by event, where dedup
+        decides each one; only that rare case pays, in handler work wasted. Nor can a second
+        owner of the partition (a rebalance overlap) slip in between: the stream locks,
+        taken first by ``plan``, make its transaction wait and then plan DUPLICATE from the
+        advanced positions, and ``processed_events``' unique key makes a concurrent insert
+        of the same event id wait too."""
+        applied = [
+            d.envelope.event_id
+            for d, outcome in zip(deliveries, plan, strict=True)
+            if outcome is Outcome.APPLIED
+        ]
+        advancing = _last_applied(deliveries, plan)
+        if not await self._dedup.all_first_time(uow.inbox, applied, advancing=advancing):
+            raise _DedupDisagreesError(f"{len(applied)} events, some marked applied already")
 
     async def count_failure(self, delivery: Delivery, error: str) -> int:
         """One more failed attempt at ``delivery``'s record, recorded in a transaction of its

@@ -171,37 +171,40 @@ class PostgresInbox(Inbox):
         )
         return {(r["source"], r["aggregate_type"], r["aggregate_id"]) for r in rows}
 
-    async def mark_all_processed(self, event_ids: Sequence[UUID]) -> set[UUID]:
-        if not event_ids:
-            return set()
-        rows = await self._conn.fetch(
-            "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::uuid[])"
-            " ON CONFLICT DO NOTHING RETURNING event_id",
-            self._consumer,
-            list(event_ids),
-        )
-        return {r["event_id"] for r in rows}
-
-    async def advance_all(self, positions: Mapping[Stream, int]) -> None:
+    async def advance_all(
+        self, positions: Mapping[Stream, int], *, mark_processed: Sequence[UUID] = ()
+    ) -> set[UUID]:
         keys = sorted(positions)
-        if not keys:
-            return
-        await self._conn.execute(
+        if not keys and not mark_processed:
+            return set()
+        # One statement, two writes: a data-modifying CTE runs whether or not the query
+        # reads it, so the streams advance though only the dedup rows are returned.
+        rows = await self._conn.fetch(
             """
-            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
-                                                 last_sequence)
-            SELECT $1, k.source, k.aggregate_type, k.aggregate_id, k.last_sequence
-            FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[])
-                 AS k(source, aggregate_type, aggregate_id, last_sequence)
-            ORDER BY k.source, k.aggregate_type, k.aggregate_id
-            ON CONFLICT (consumer, source, aggregate_type, aggregate_id) DO UPDATE
-            SET last_sequence = GREATEST(s.last_sequence, EXCLUDED.last_sequence),
-                updated_at = now()
+            WITH marked AS (
+                INSERT INTO processed_events (consumer, event_id)
+                SELECT $1, unnest($6::uuid[])
+                ON CONFLICT DO NOTHING
+                RETURNING event_id
+            ), advanced AS (
+                INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type,
+                                                     aggregate_id, last_sequence)
+                SELECT $1, k.source, k.aggregate_type, k.aggregate_id, k.last_sequence
+                FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[])
+                     AS k(source, aggregate_type, aggregate_id, last_sequence)
+                ORDER BY k.source, k.aggregate_type, k.aggregate_id
+                ON CONFLICT (consumer, source, aggregate_type, aggregate_id) DO UPDATE
+                SET last_sequence = GREATEST(s.last_sequence, EXCLUDED.last_sequence),
+                    updated_at = now()
+            )
+            SELECT event_id FROM marked
             """,
             self._consumer,
             *_columns(keys),
             [positions[k] for k in keys],
+            list(mark_processed),
         )
+        return {r["event_id"] for r in rows}
 
     async def mark_processed(self, event_id: UUID) -> bool:
         inserted = await self._conn.fetchval(
