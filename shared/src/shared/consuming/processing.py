@@ -127,14 +127,13 @@ class SequenceCheck:
     async def plan(
         self,
         inbox: Inbox,
-        dedup: Dedup,
         deliveries: Sequence[Delivery],
         payloads: Sequence[IntegrationEvent | None],
     ) -> list[Outcome] | None:
         """Each delivery's outcome, decided for a whole batch in two round trips (its streams
         locked, then what is parked on them), or None when the batch must go event by event
-        (a gap, parked events). ``dedup`` is not consulted yet: it checks the events planned
-        APPLIED once they are, as the batch ends (``EventProcessor.process_batch``)."""
+        (a gap, parked events). Dedup checks the events planned APPLIED once they are, as the
+        batch ends (``EventProcessor.process_batch``)."""
         positions = await inbox.lock_streams(d.envelope.stream for d in deliveries)
         if any(p.has_parked for p in positions.values()):
             return None
@@ -223,7 +222,7 @@ class EventProcessor(Generic[U]):
         async with self._new_uow() as uow:
             try:
                 await self._router.prepare_batch([p for p in payloads if p is not None], uow)
-                plan = await self._sequence_check.plan(uow.inbox, self._dedup, deliveries, payloads)
+                plan = await self._sequence_check.plan(uow.inbox, deliveries, payloads)
                 for i, (delivery, payload) in enumerate(zip(deliveries, payloads, strict=True)):
                     observation = observe(delivery)
                     observations.append(observation)

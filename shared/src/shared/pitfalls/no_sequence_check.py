@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shared.consuming.inbox import Inbox
-from shared.consuming.processing import Admission, Dedup, Delivery, Outcome, SequenceCheck
+from shared.consuming.processing import Admission, Delivery, Outcome, SequenceCheck
 from shared.contracts import IntegrationEvent
 
 
@@ -24,7 +24,6 @@ class NoSequenceCheck(SequenceCheck):
     async def plan(
         self,
         inbox: Inbox,
-        dedup: Dedup,
         deliveries: Sequence[Delivery],
         payloads: Sequence[IntegrationEvent | None],
     ) -> list[Outcome] | None:
