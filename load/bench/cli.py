@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--idle", type=float, default=10, help="seconds of no load measured before the steps"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the services in every variant, to measure it (repeatable), e.g."
+        " --env CONSUMER_FETCH_MIN_BYTES=1024",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--instances",
@@ -40,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         " the partitions; orders go to both order instances in turn)",
     )
     return parser
+
+
+def settings(items: Sequence[str]) -> dict[str, str]:
+    """``--env`` items as the services' environment (a value may hold ``=``)."""
+    malformed = [item for item in items if "=" not in item]
+    if malformed:
+        raise SystemExit(f"--env takes NAME=VALUE, not {malformed}")
+    return dict(item.split("=", 1) for item in items)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup_seconds=args.warmup,
         idle_seconds=args.idle,
         instances=args.instances,
+        env=settings(args.env),
     )
     print(HEADER, flush=True)
     steps, calibration = asyncio.run(run(plan, lambda step: print(row(step), flush=True)))

@@ -41,6 +41,11 @@ VARIANTS: dict[str, dict[str, str]] = {
     "outbox": {},  # the suite as it ships: outbox, tracing sampled at 100%
     "naive dual write": {"PITFALL_NAIVE_DUAL_WRITE": "true"},
     "tracing off": {"OTEL_SDK_DISABLED": "true"},
+    # One order in ten traced, whole: each hop follows the traceparent it received.
+    "sampled 10%": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
 }
 SETTLE_SECONDS = 5.0  # every order terminal within this after a step, or it is not sustained
 SHIPPED_P99_LIMIT = 1.0
@@ -276,6 +281,7 @@ class Plan:
     stock: int = 10_000_000
     instances: int = 1
     idle_seconds: float = 10.0
+    env: dict[str, str] = field(default_factory=dict)  # on top of each variant's (--env)
 
 
 async def run(plan: Plan, report: Callable[[Step], None]) -> tuple[list[Step], Calibration]:
@@ -287,7 +293,7 @@ async def run(plan: Plan, report: Callable[[Step], None]) -> tuple[list[Step], C
     idles: dict[str, Idle] = {}
     for variant in plan.variants:
         print(f"==> {variant}: restarting the services", flush=True)
-        suite.restart_services(BENCH_ENV | VARIANTS[variant])
+        suite.restart_services(BENCH_ENV | VARIANTS[variant] | plan.env)
         await suite.stock_up(plan.stock)
         rng = random.Random(plan.seed)
         print(f"    warming up for {plan.warmup_seconds:.0f} s", flush=True)

@@ -24,6 +24,7 @@ from load.bench.calibrate import (
     python_loop,
 )
 from load.bench.census import Counters, kafka_counts, per_order
+from load.bench.cli import settings
 from load.bench.httpclient import Client, HttpError
 from load.bench.load import Sent, schedule
 from load.bench.probe import TICKS, Histogram, Samples, percentile
@@ -317,3 +318,12 @@ def test_the_table_row_shows_the_counts_and_the_cpu_beside_the_step() -> None:
     cells = counts(counted).split()
     assert cells == ["77.0", "8.4", "3.0", "2.5", "30.5", "-", "60.0", "40.0", "0.300"]
     assert row(counted).endswith(counts(counted))
+
+
+def test_env_items_become_the_services_settings_and_a_malformed_one_is_refused() -> None:
+    assert settings(["CONSUMER_FETCH_MIN_BYTES=4096", "X=a=b"]) == {
+        "CONSUMER_FETCH_MIN_BYTES": "4096",
+        "X": "a=b",
+    }
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        settings(["CONSUMER_FETCH_MIN_BYTES"])
