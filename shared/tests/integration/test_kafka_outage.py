@@ -129,6 +129,8 @@ async def test_the_relay_holds_no_transaction_while_the_broker_is_unreachable_an
 
         await eventually(published, lambda n: n == 1)
         await read_records("orders", since, lambda rs: key.encode() in keys_of(rs))
+        assert await relay.publish_batch() == 0  # and deletes the row the broker acknowledged
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     finally:
         await within(BOUND, producer.close())
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 from uuid import uuid4
 
 import asyncpg
+import pytest
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaConnectionError
 
 from shared.contracts.catalog import OrderRejected
 from shared.kafka import Producer
@@ -17,6 +23,7 @@ from shared.persistence.postgres import PostgresUnitOfWork
 from shared.service.settings import ServiceSettings
 from shared.testing.infra import end_offsets, eventually, read_records, unique
 from shared.writing.aggregate import Aggregate
+from shared.writing.outbox import OutgoingMessage
 from shared.writing.relay import OutboxRelay
 
 
@@ -48,6 +55,69 @@ async def outbox_count(pool: asyncpg.Pool) -> int:
     return count
 
 
+@dataclass
+class Read:
+    at: float  # time.monotonic() when the statement was sent
+    rows: int
+
+
+@dataclass
+class CountingPool:
+    """The real pool, recording each statement the relay sends through it."""
+
+    pool: asyncpg.Pool
+    statements: list[str] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        self.statements.append(query)
+        at = time.monotonic()
+        rows: list[asyncpg.Record] = await self.pool.fetch(query, *args)
+        self.reads.append(Read(at, len(rows)))
+        return rows
+
+    async def execute(self, query: str, *args: Any) -> str:
+        self.statements.append(query)
+        status: str = await self.pool.execute(query, *args)
+        return status
+
+
+@dataclass
+class Broker:
+    """Stands in for the producer: acknowledges what it is sent, after ``failures`` refusals."""
+
+    failures: int = 0
+    sent: list[OutgoingMessage] = field(default_factory=list)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("the broker is unreachable")
+        self.sent.extend(messages)
+
+    async def count(self) -> int:
+        return len(self.sent)
+
+
+def waiting_long(settings: ServiceSettings, **changes: Any) -> ServiceSettings:
+    """No poll for 30 s: what the relay does next, it does because it was woken."""
+    return settings.model_copy(
+        update={"relay_poll_min_seconds": 30.0, "relay_poll_interval_seconds": 30.0} | changes
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, relay.is_leader), bool, timeout=10)
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_the_relay_publishes_each_aggregate_in_sequence_order_and_empties_the_outbox(
     pool: asyncpg.Pool, settings: ServiceSettings
 ) -> None:
@@ -59,7 +129,7 @@ async def test_the_relay_publishes_each_aggregate_in_sequence_order_and_empties_
     producer = Producer(settings)
     relay = OutboxRelay(settings, pool, producer)
     try:
-        while await relay.publish_batch():
+        while await relay.publish_batch():  # the pass that finds nothing deletes the last batch
             pass
         records = await read_records(
             "orders",
@@ -146,3 +216,98 @@ async def test_a_row_is_stamped_when_it_is_written_not_when_its_transaction_bega
         "DELETE FROM outbox WHERE message_key = $1 RETURNING created_at", key
     )
     assert (stamped - began).total_seconds() >= 0.3
+
+
+async def test_each_pass_is_one_statement_that_deletes_what_the_previous_pass_published(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    for _ in range(3):
+        await write_event(pool, settings.service_name, unique("agg"))
+    counting = CountingPool(pool)
+    relay = OutboxRelay(settings, cast(asyncpg.Pool, counting), cast(Producer, Broker()))
+    assert await relay.publish_batch() == 3
+    assert await outbox_count(pool) == 3  # acknowledged, deleted by the next pass
+    await write_event(pool, settings.service_name, unique("agg"))
+    assert await relay.publish_batch() == 1  # the new row only: the three are not read again
+    assert await outbox_count(pool) == 1
+    assert await relay.publish_batch() == 0
+    assert await outbox_count(pool) == 0
+    assert len(counting.statements) == 3
+
+
+async def test_a_batch_the_broker_did_not_acknowledge_is_not_deleted(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    await write_event(pool, settings.service_name, unique("agg"))
+    broker = Broker(failures=2)
+    relay = OutboxRelay(settings, pool, cast(Producer, broker))
+    for _ in range(2):
+        with pytest.raises(KafkaConnectionError):
+            await relay.publish_batch()  # the second pass reads the row again
+    await relay.delete_published()
+    assert await outbox_count(pool) == 1
+    assert await relay.publish_batch() == 1
+    assert len(broker.sent) == 1
+    await relay.delete_published()
+    assert await outbox_count(pool) == 0
+
+
+async def test_a_stopping_relay_deletes_the_rows_it_published(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    broker = Broker()
+    relay = OutboxRelay(waiting_long(settings), pool, cast(Producer, broker))
+    async with running(relay):
+        await write_event(pool, settings.service_name, unique("agg"))
+        relay.wake()
+        await eventually(broker.count, lambda n: n == 1)
+        assert await outbox_count(pool) == 1  # acknowledged; the next pass is 30 s away
+    assert await outbox_count(pool) == 0
+
+
+async def test_a_woken_relay_lingers_only_while_rows_keep_coming(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    linger = 0.5
+    counting = CountingPool(pool)
+    broker = Broker()
+    relay = OutboxRelay(
+        waiting_long(settings, relay_linger_seconds=linger),
+        cast(asyncpg.Pool, counting),
+        cast(Producer, broker),
+    )
+    async with running(relay):
+        await eventually(lambda: asyncio.sleep(0, len(counting.reads)), lambda n: n == 1)
+        await write_event(pool, settings.service_name, unique("lone"))
+        woken = time.monotonic()
+        relay.wake()
+        await eventually(broker.count, lambda n: n == 1)
+        assert counting.reads[1].at - woken < linger / 2  # after an idle pass: at once
+
+        await write_event(pool, settings.service_name, unique("next"))
+        woken = time.monotonic()
+        relay.wake()
+        await eventually(broker.count, lambda n: n == 2)
+        assert counting.reads[2].at - woken >= linger  # the previous pass published
+
+
+async def test_after_a_full_batch_the_relay_reads_the_next_without_lingering(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    linger = 0.5
+    counting = CountingPool(pool)
+    broker = Broker()
+    relay = OutboxRelay(
+        waiting_long(settings, relay_linger_seconds=linger, relay_batch_size=1),
+        cast(asyncpg.Pool, counting),
+        cast(Producer, broker),
+    )
+    async with running(relay):
+        await eventually(lambda: asyncio.sleep(0, len(counting.reads)), lambda n: n == 1)
+        for _ in range(2):
+            await write_event(pool, settings.service_name, unique("agg"))
+        relay.wake()
+        await eventually(broker.count, lambda n: n == 2)
+    full, next_one = counting.reads[1:3]
+    assert (full.rows, next_one.rows) == (1, 1)
+    assert next_one.at - full.at < linger / 2

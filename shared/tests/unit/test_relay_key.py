@@ -18,7 +18,8 @@ from shared.writing.relay import OutboxRelay
 
 
 class OutboxRows:
-    """Stands in for the pool: the outbox's rows, and the delete that follows a publish."""
+    """Stands in for the pool: the outbox's rows, read by the relay's one statement a pass
+    (which first deletes the ids the broker acknowledged, ``args[0]``, and leaves them out)."""
 
     def __init__(self, *aggregate_ids: str) -> None:
         self.rows = [
@@ -33,12 +34,9 @@ class OutboxRows:
             for n, aggregate_id in enumerate(aggregate_ids, start=1)
         ]
 
-    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        return self.rows
-
-    async def execute(self, query: str, *args: Any) -> str:
-        self.rows = []
-        return "DELETE"
+    async def fetch(self, query: str, published: list[int], limit: int) -> list[dict[str, Any]]:
+        self.rows = [row for row in self.rows if row["id"] not in published]
+        return self.rows[:limit]
 
 
 class Broker:

@@ -72,6 +72,13 @@ class ServiceSettings(BaseSettings):
         description="the relay's wait between polls while rows keep coming (its own process's"
         " commits wake it at once; this catches rows other processes commit)",
     )
+    relay_linger_seconds: float = Field(
+        0.005,
+        ge=0,
+        description="woken while rows keep coming, the relay waits this long before reading, so"
+        " rows of concurrent commits share one produce request (never after an idle pass or a"
+        " full batch; 0: never)",
+    )
     consumer_batch: bool = Field(
         True,
         description="apply the records partitions have in hand together, in one transaction"
