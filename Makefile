@@ -4,7 +4,10 @@
 SHELL := /bin/bash
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
 export UV_PYTHON_DOWNLOADS := never
-export UV_PYTHON := python3.11
+# The system's own CPython 3.11 when there is one: Debian's links libpython statically and ran
+# the suite's Python up to a tenth faster than a shared-library build such as pyenv's
+# (docs/benchmark.md#the-interpreter); otherwise the first python3.11 on the PATH.
+export UV_PYTHON := $(or $(wildcard /usr/bin/python3.11),python3.11)
 BOOTSTRAP := .cache/bootstrap
 UV := $(BOOTSTRAP)/bin/uv
 PY := .venv/bin/python
