@@ -239,15 +239,41 @@ async def shipments_get_an_empty_trace_context(conn: asyncpg.Connection) -> None
     assert (row["correlation_id"], row["trace_headers"]) == ("", "{}")
 
 
+async def streams_with_parked_events(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        """
+        INSERT INTO consumer_sequences (consumer, source, aggregate_type, aggregate_id,
+                                        last_sequence)
+            VALUES ('c', 'order', 'order', 'waits', 1), ('c', 'order', 'order', 'free', 4);
+        INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id, sequence,
+                                   topic, partition, "offset", value, headers)
+            VALUES ('c', 'order', 'order', 'waits', 3, 'orders', 0, 7, '', '{}'),
+                   ('c', 'order', 'order', 'waits', 4, 'orders', 0, 8, '', '{}'),
+                   ('other', 'order', 'order', 'free', 9, 'orders', 0, 9, '', '{}');
+        """
+    )
+
+
+async def streams_count_their_parked_events(conn: asyncpg.Connection) -> None:
+    rows = await conn.fetch("SELECT aggregate_id, parked FROM consumer_sequences")
+    assert {r["aggregate_id"]: r["parked"] for r in rows} == {"waits": 2, "free": 0}
+
+
 # (service, revision) -> rows in that revision's shape, inserted before the next one runs.
 SEEDS: dict[tuple[str, str], list[Seed]] = {
     ("order", "0001"): [machinery_at_0001, order_at_0001],
     ("inventory", "0001"): [machinery_at_0001, inventory_at_0001],
     ("shipping", "0001"): [machinery_at_0001, shipping_at_0001],
+    ("order", "0006"): [streams_with_parked_events],
+    ("inventory", "0007"): [streams_with_parked_events],
+    ("shipping", "0008"): [streams_with_parked_events],
 }
 # (service, revision) -> what must hold after upgrading to it from the seeded revision before.
 CHECKS: dict[tuple[str, str], Seed] = {
     ("shipping", "0002"): shipments_get_an_empty_trace_context,
+    ("order", "0007"): streams_count_their_parked_events,
+    ("inventory", "0008"): streams_count_their_parked_events,
+    ("shipping", "0009"): streams_count_their_parked_events,
 }
 
 

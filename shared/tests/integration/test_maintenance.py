@@ -41,9 +41,12 @@ async def test_an_event_parked_past_the_gap_timeout_is_dead_lettered_with_the_re
     sink = DeadLetterSink(pool, producer, settings.service_name)
     since = await end_offsets(settings.dlq_topic)
     counted = DEAD_LETTERS.labels(settings.service_name, "orders")._value.get()
+    parked_count = "SELECT parked FROM consumer_sequences WHERE aggregate_id = 'agg-1'"
     try:
         assert await expire_gaps(pool, sink, settings.service_name, 3600) == 0  # not yet
+        assert await pool.fetchval(parked_count) == 1
         assert await expire_gaps(pool, sink, settings.service_name, 0) == 1
+        assert await pool.fetchval(parked_count) == 0
         records = await read_records(settings.dlq_topic, since, lambda rs: len(rs) == 1)
     finally:
         await producer.close()

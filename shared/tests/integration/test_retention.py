@@ -55,10 +55,14 @@ async def add_stream(pool: asyncpg.Pool, consumer: str, aggregate_id: str, idle_
 
 
 async def park(pool: asyncpg.Pool, consumer: str, aggregate_id: str) -> None:
+    """An event parked on the stream, counted on its row as ``PostgresInbox.park`` does."""
     await pool.execute(
-        "INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id, sequence,"
-        " topic, partition, \"offset\", value, headers) VALUES ($1, 'order', 'order', $2, 5,"
-        " 'orders', 0, 1, ''::bytea, '{}')",
+        "WITH p AS (INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id,"
+        " sequence, topic, partition, \"offset\", value, headers) VALUES ($1, 'order', 'order',"
+        " $2, 5, 'orders', 0, 1, ''::bytea, '{}'))"
+        " UPDATE consumer_sequences SET parked = parked + 1"
+        " WHERE consumer = $1 AND source = 'order' AND aggregate_type = 'order'"
+        " AND aggregate_id = $2",
         consumer,
         aggregate_id,
     )

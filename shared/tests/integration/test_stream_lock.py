@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 from uuid import uuid4
 
 import asyncpg
@@ -127,3 +127,77 @@ async def test_the_event_that_fills_a_gap_applies_the_successor_parked_while_it_
     reasons = [r["reason"] for r in await pool.fetch("SELECT reason FROM applied ORDER BY id")]
     assert reasons == ["r1", "r2", "r3"]
     assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
+
+
+class CountingConnection:
+    """A connection that counts the statements sent through it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.statements = 0
+
+    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
+        self.statements += 1
+        return await self._conn.fetch(*args)
+
+    async def fetchval(self, *args: Any) -> Any:
+        self.statements += 1
+        return await self._conn.fetchval(*args)
+
+    async def execute(self, *args: Any) -> str:
+        self.statements += 1
+        return await self._conn.execute(*args)
+
+
+async def parked_count(pool: asyncpg.Pool, stream: Stream) -> int:
+    count: int = await pool.fetchval(
+        "SELECT parked FROM consumer_sequences WHERE consumer = $1 AND source = $2"
+        " AND aggregate_type = $3 AND aggregate_id = $4",
+        CONSUMER,
+        *stream,
+    )
+    return count
+
+
+async def test_the_streams_parked_count_goes_up_once_per_event_parked_and_down_as_each_leaves(
+    pool: asyncpg.Pool,
+) -> None:
+    key = unique("order")
+    third, fourth = event(key, 3), event(key, 4)
+    stream = third.stream
+    async with pool.acquire() as conn:
+        inbox = PostgresInbox(cast(asyncpg.Connection, conn), CONSUMER)
+        await inbox.park(ParkedEvent(third, "orders", 0, 3, {}))  # no row for the stream yet
+        assert await parked_count(pool, stream) == 1
+        await inbox.park(ParkedEvent(third, "orders", 0, 3, {}))  # parked already
+        assert await parked_count(pool, stream) == 1
+        await inbox.park(ParkedEvent(fourth, "orders", 0, 4, {}))
+        assert await parked_count(pool, stream) == 2
+        assert await inbox.unpark(stream, 3) is not None
+        assert await parked_count(pool, stream) == 1
+        assert await inbox.unpark(stream, 3) is None  # gone already
+        assert await parked_count(pool, stream) == 1
+        assert (await inbox.lock_stream(stream)).has_parked
+        assert await inbox.unpark(stream, 4) is not None
+        assert await parked_count(pool, stream) == 0
+        assert not (await inbox.lock_stream(stream)).has_parked
+
+
+@pytest.mark.parametrize(
+    "sees_parked",
+    [sees_parked_by_lock_stream, sees_parked_by_lock_streams, sees_parked_by_pass_over],
+    ids=["lock_stream", "lock_streams", "pass_over"],
+)
+async def test_locking_a_stream_and_learning_what_is_parked_is_one_statement(
+    pool: asyncpg.Pool, sees_parked: Callable[[PostgresInbox, Stream], Awaitable[bool]]
+) -> None:
+    parked = event(unique("order"), 3)
+    async with pool.acquire() as setup:
+        inbox = PostgresInbox(cast(asyncpg.Connection, setup), CONSUMER)
+        await inbox.advance(parked.stream, 1)
+        await inbox.park(ParkedEvent(parked, "orders", 0, 3, {}))
+    async with pool.acquire() as conn:
+        counting = CountingConnection(cast(asyncpg.Connection, conn))
+        inbox = PostgresInbox(cast(asyncpg.Connection, counting), CONSUMER)
+        assert await sees_parked(inbox, parked.stream)
+    assert counting.statements == 1

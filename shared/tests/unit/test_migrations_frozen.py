@@ -49,6 +49,10 @@ SHIPPED_STEPS: dict[str, tuple[str, str]] = {
         "9e12bd55ac72c16ef42d8a2aaea3798d9a78a44d748823898400fd5e5157a6f3",
         "6d14aab805b9f33d8a7c86d42d9270736caab3139e761cd358aaeefa1bd777c8",
     ),
+    "0006_parked_count": (
+        "5250aafc8772293ecf912a465ea85f5dc3f7ff56527b69425d99b092b2aff75d",
+        "be3378d61c486c87cedbe7b066f78acf1ccff37a1fc11a640c2ca54c4c869cc2",
+    ),
 }
 
 # (service, revision) -> (sha256 of upgrade() SQL, sha256 of downgrade() SQL)
@@ -136,6 +140,18 @@ SHIPPED_REVISIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("inventory", "0007"): (
         "5b82890be5a25ee245626bb97475df9524a8150135282b021ef1bd4f5fe8d681",
         "c712eebbbf341eb2e7956df8813a3725207835e47d78c612db3dd3483411726e",
+    ),
+    ("order", "0007"): (
+        "dc1879130fed524a313fbe07b092bfacf0b053f4c5325bab7526b3cfd99d6155",
+        "a13c23d18b1719f9042f2169f413bcc26471b756948859773d7fbd88feea407c",
+    ),
+    ("inventory", "0008"): (
+        "dc1879130fed524a313fbe07b092bfacf0b053f4c5325bab7526b3cfd99d6155",
+        "a13c23d18b1719f9042f2169f413bcc26471b756948859773d7fbd88feea407c",
+    ),
+    ("shipping", "0009"): (
+        "dc1879130fed524a313fbe07b092bfacf0b053f4c5325bab7526b3cfd99d6155",
+        "a13c23d18b1719f9042f2169f413bcc26471b756948859773d7fbd88feea407c",
     ),
 }
 

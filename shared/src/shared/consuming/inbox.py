@@ -36,9 +36,9 @@ class StreamPosition:
 
 class Inbox(ABC):
     """Port of one consumer's receiving state. Each method is one round trip to the
-    database in the PostgreSQL adapter, since the consumer calls them for every event;
-    ``lock_stream``, ``lock_streams`` and ``pass_over`` take two, as what is parked must be
-    read after the stream's lock is held (see ``PostgresInbox._parked_among``).
+    database in the PostgreSQL adapter, since the consumer calls them for every event
+    (whether events are parked comes with the stream's lock: see
+    ``PostgresInbox.lock_streams``).
 
     - ``lock_stream(stream)``: the stream's position; the PostgreSQL adapter creates the
       stream's row if needed and locks it until the transaction ends, so two consumers of one

@@ -130,10 +130,10 @@ class SequenceCheck:
         deliveries: Sequence[Delivery],
         payloads: Sequence[IntegrationEvent | None],
     ) -> list[Outcome] | None:
-        """Each delivery's outcome, decided for a whole batch in two round trips (its streams
-        locked, then what is parked on them), or None when the batch must go event by event
-        (a gap, parked events). Dedup checks the events planned APPLIED once they are, as the
-        batch ends (``EventProcessor.process_batch``)."""
+        """Each delivery's outcome, decided for a whole batch in one round trip (locking its
+        streams, which says whether events are parked on them), or None when the batch must
+        go event by event (a gap, parked events). Dedup checks the events planned APPLIED
+        once they are, as the batch ends (``EventProcessor.process_batch``)."""
         positions = await inbox.lock_streams(d.envelope.stream for d in deliveries)
         if any(p.has_parked for p in positions.values()):
             return None
@@ -210,12 +210,13 @@ class EventProcessor(Generic[U]):
         nothing.
 
         The batch's bookkeeping is set-based when it can be: its streams are locked in one
-        statement (and what is parked on them read in a second), what each event is (next in
-        its stream, a duplicate) is decided from their positions, and once the handlers have
-        run, one statement writes the dedup rows of the events applied and advances the
-        streams (``_record_planned``), so a batch costs its handlers' statements plus three,
-        not a few per event. A batch with an event ahead of a gap, or on a stream with events
-        parked, goes event by event (``_admit``), as a lone event does."""
+        statement (which also says whether events are parked on them), what each event is
+        (next in its stream, a duplicate) is decided from their positions, and once the
+        handlers have run, one statement writes the dedup rows of the events applied and
+        advances the streams (``_record_planned``), so a batch costs its handlers'
+        statements plus two, not a few per event. A batch with an event ahead of a gap, or
+        on a stream with events parked, goes event by event (``_admit``), as a lone event
+        does."""
         payloads = [self.decode(d.envelope) for d in deliveries]  # poison fails before writing
         outcomes: list[Outcome] = []
         observations: list[EventObservation] = []

@@ -91,13 +91,21 @@ async def expire_gaps(
             inbox = PostgresInbox(cast(asyncpg.Connection, conn), consumer)
             # Locks the stream, as the consumer does.
             last = (await inbox.lock_stream(stream)).last_sequence
+            # The stream's parked count goes down with the event, in the same statement.
             row = await conn.fetchrow(
                 f"""
-                DELETE FROM parked_events p
-                WHERE consumer = $1 AND source = $3 AND aggregate_type = $4
-                  AND aggregate_id = $5 AND sequence = $6
-                  AND NOT {_PREDECESSOR_IS_A_LETTER.format(last="$7")}
-                RETURNING *
+                WITH expired AS (
+                    DELETE FROM parked_events p
+                    WHERE consumer = $1 AND source = $3 AND aggregate_type = $4
+                      AND aggregate_id = $5 AND sequence = $6
+                      AND NOT {_PREDECESSOR_IS_A_LETTER.format(last="$7")}
+                    RETURNING *
+                ), counted AS (
+                    UPDATE consumer_sequences SET parked = parked - 1
+                    WHERE consumer = $1 AND source = $3 AND aggregate_type = $4
+                      AND aggregate_id = $5 AND EXISTS (SELECT 1 FROM expired)
+                )
+                SELECT * FROM expired
                 """,
                 consumer,
                 timeout_seconds,
@@ -211,10 +219,7 @@ async def purge_consumer_sequences(
             SELECT s.consumer, s.source, s.aggregate_type, s.aggregate_id
             FROM consumer_sequences s
             WHERE s.consumer = $1 AND s.updated_at < now() - make_interval(secs => $2)
-              AND NOT EXISTS (
-                  SELECT 1 FROM parked_events p
-                  WHERE p.consumer = s.consumer AND p.source = s.source
-                    AND p.aggregate_type = s.aggregate_type AND p.aggregate_id = s.aggregate_id)
+              AND s.parked = 0
               AND NOT EXISTS (
                   SELECT 1 FROM dead_letters d
                   WHERE d.consumer = s.consumer AND d.replayed_at IS NULL

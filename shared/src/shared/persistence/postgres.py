@@ -104,23 +104,19 @@ class PostgresInbox(Inbox):
         return found is not None
 
     async def lock_stream(self, stream: Stream) -> StreamPosition:
-        # An upsert that changes nothing still locks the row and returns it: one round trip
-        # where an insert-if-missing and a SELECT ... FOR UPDATE took two.
-        last_sequence = await self._conn.fetchval(
-            """
-            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
-                                                 last_sequence)
-            VALUES ($1, $2, $3, $4, 0)
-            ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
-            DO UPDATE SET last_sequence = s.last_sequence
-            RETURNING s.last_sequence
-            """,
-            self._consumer,
-            *stream,
-        )
-        return StreamPosition(last_sequence, bool(await self._parked_among([stream])))
+        return (await self.lock_streams([stream]))[stream]
 
     async def lock_streams(self, streams: Iterable[Stream]) -> dict[Stream, StreamPosition]:
+        """Lock the streams' rows (creating those missing) and return where each stands, in
+        one statement. An upsert that changes nothing still locks the row and returns it.
+
+        Whether events are parked is the row's own ``parked`` count, not an EXISTS on
+        ``parked_events``: under READ COMMITTED a statement reads other tables as they were
+        when it began, before it waited for a lock, so an event parked by a transaction that
+        committed meanwhile (two owners of one partition, for a moment) would go unseen and
+        stay parked until its gap timeout dead-lettered it. The row an upsert waited for is
+        re-read at its latest committed version, count included; the count changes only
+        while that row is locked (``park``, ``unpark``, the gap expiry)."""
         keys = sorted(set(streams))
         if not keys:
             return {}
@@ -134,42 +130,17 @@ class PostgresInbox(Inbox):
             ORDER BY k.source, k.aggregate_type, k.aggregate_id
             ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
             DO UPDATE SET last_sequence = s.last_sequence
-            RETURNING s.source, s.aggregate_type, s.aggregate_id, s.last_sequence
+            RETURNING s.source, s.aggregate_type, s.aggregate_id, s.last_sequence, s.parked
             """,
             self._consumer,
             *_columns(keys),
         )
-        last = {
-            (r["source"], r["aggregate_type"], r["aggregate_id"]): r["last_sequence"] for r in rows
-        }
-        parked = await self._parked_among(keys)
-        return {stream: StreamPosition(last[stream], stream in parked) for stream in keys}
-
-    async def _parked_among(self, streams: Sequence[Stream]) -> set[Stream]:
-        """The streams, of those this transaction has locked, with events parked.
-
-        A statement of its own, after the locking one, though an EXISTS in that one's
-        RETURNING would save a round trip: under READ COMMITTED a statement sees the database
-        as it was when the statement began, even the rows it reads after waiting for a lock.
-        A transaction that parked sequence N+2 and committed while this one waited for the
-        stream to apply N+1 (two owners of one partition, for a moment) would go unseen, and
-        N+2 would stay parked until its gap timeout dead-lettered it. Parking holds the same
-        lock, so a statement begun once the lock is ours sees every event parked before."""
-        rows = await self._conn.fetch(
-            """
-            SELECT k.source, k.aggregate_type, k.aggregate_id
-            FROM unnest($2::text[], $3::text[], $4::text[]) AS k(source, aggregate_type,
-                                                                aggregate_id)
-            WHERE EXISTS (
-                SELECT 1 FROM parked_events p
-                WHERE p.consumer = $1 AND p.source = k.source
-                  AND p.aggregate_type = k.aggregate_type AND p.aggregate_id = k.aggregate_id
+        return {
+            (r["source"], r["aggregate_type"], r["aggregate_id"]): StreamPosition(
+                r["last_sequence"], r["parked"] > 0
             )
-            """,
-            self._consumer,
-            *_columns(streams),
-        )
-        return {(r["source"], r["aggregate_type"], r["aggregate_id"]) for r in rows}
+            for r in rows
+        }
 
     async def advance_all(
         self, positions: Mapping[Stream, int], *, mark_processed: Sequence[UUID] = ()
@@ -231,29 +202,15 @@ class PostgresInbox(Inbox):
         )
 
     async def pass_over(self, stream: Stream, sequence: int) -> bool:
-        # The lock first, then the check for parked events and the advance: in one statement
-        # the check would see the stream as it was before the wait for the lock (see
-        # _parked_among), and could pass over an event whose successor was parked meanwhile.
-        last_sequence = await self._conn.fetchval(
-            """
-            SELECT last_sequence FROM consumer_sequences
-            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
-            FOR UPDATE
-            """,
-            self._consumer,
-            *stream,
-        )
-        if last_sequence != sequence - 1:
-            return False  # a stream never seen, a duplicate or an event ahead of a gap
+        # One statement: an UPDATE that waited for the row's lock re-evaluates its WHERE on
+        # the row's latest committed version, parked count included (see lock_streams), so
+        # it never passes over an event whose successor was parked meanwhile. A stream never
+        # seen has no row: the slow path creates it.
         result = await self._conn.execute(
             """
             UPDATE consumer_sequences SET last_sequence = $5, updated_at = now()
             WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
-              AND NOT EXISTS (
-                  SELECT 1 FROM parked_events p
-                  WHERE p.consumer = $1 AND p.source = $2 AND p.aggregate_type = $3
-                    AND p.aggregate_id = $4
-              )
+              AND last_sequence = $5 - 1 AND parked = 0
             """,
             self._consumer,
             *stream,
@@ -262,11 +219,21 @@ class PostgresInbox(Inbox):
         return bool(result == "UPDATE 1")
 
     async def park(self, event: ParkedEvent) -> None:
+        # The stream's parked count goes up only when the event was not parked already; an
+        # upsert, so parking counts on a stream whose row does not exist yet too.
         await self._conn.execute(
             """
-            INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id, sequence,
-                                       topic, partition, "offset", value, headers)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
+            WITH parked AS (
+                INSERT INTO parked_events (consumer, source, aggregate_type, aggregate_id,
+                                           sequence, topic, partition, "offset", value, headers)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING
+                RETURNING 1
+            )
+            INSERT INTO consumer_sequences AS s (consumer, source, aggregate_type, aggregate_id,
+                                                 last_sequence, parked)
+            SELECT $1, $2, $3, $4, 0, 1 FROM parked
+            ON CONFLICT (consumer, source, aggregate_type, aggregate_id)
+            DO UPDATE SET parked = s.parked + 1
             """,
             self._consumer,
             *event.envelope.stream,
@@ -281,10 +248,17 @@ class PostgresInbox(Inbox):
     async def unpark(self, stream: Stream, sequence: int) -> ParkedEvent | None:
         row = await self._conn.fetchrow(
             """
-            DELETE FROM parked_events
-            WHERE consumer = $1 AND source = $2 AND aggregate_type = $3 AND aggregate_id = $4
-              AND sequence = $5
-            RETURNING topic, partition, "offset", value, headers
+            WITH unparked AS (
+                DELETE FROM parked_events
+                WHERE consumer = $1 AND source = $2 AND aggregate_type = $3
+                  AND aggregate_id = $4 AND sequence = $5
+                RETURNING topic, partition, "offset", value, headers
+            ), counted AS (
+                UPDATE consumer_sequences SET parked = parked - 1
+                WHERE consumer = $1 AND source = $2 AND aggregate_type = $3
+                  AND aggregate_id = $4 AND EXISTS (SELECT 1 FROM unparked)
+            )
+            SELECT * FROM unparked
             """,
             self._consumer,
             *stream,

@@ -6,7 +6,8 @@ step, never by editing one; see that package for how.
 - ``outbox``: events waiting for the relay, written in the business transaction.
 - ``outbox_sequences``: the last ``sequence`` given per aggregate (the row lock orders writers).
 - ``processed_events``: the dedup row ``(consumer, event_id)`` of every event applied.
-- ``consumer_sequences``: the last sequence applied per ``(consumer, source, aggregate)``.
+- ``consumer_sequences``: the last sequence applied per ``(consumer, source, aggregate)``,
+  and how many events of the stream are ``parked`` (changed only under the row's lock).
 - ``parked_events``: events that arrived ahead of a gap, applied when it fills.
 - ``dead_letters``: what the consumer gave up on, whole, with the reason, its own
   ``letter_id`` and its stream, for ``/admin/dlq`` and replay.

@@ -29,6 +29,7 @@ from shared.persistence.machinery_migrations.step_0002_dead_letter_identity impo
 from shared.persistence.machinery_migrations.step_0003_sequence_retention import MACHINERY_0003
 from shared.persistence.machinery_migrations.step_0004_debounced_events import MACHINERY_0004
 from shared.persistence.machinery_migrations.step_0005_consumer_attempts import MACHINERY_0005
+from shared.persistence.machinery_migrations.step_0006_parked_count import MACHINERY_0006
 
 # Every step, oldest first: a new database (see ``shared.testing.infra.create_database``)
 # applies them in this order, as each service's revision chain does.
@@ -38,6 +39,7 @@ STEPS: tuple[Step, ...] = (
     MACHINERY_0003,
     MACHINERY_0004,
     MACHINERY_0005,
+    MACHINERY_0006,
 )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "MACHINERY_0003",
     "MACHINERY_0004",
     "MACHINERY_0005",
+    "MACHINERY_0006",
     "STEPS",
     "Step",
 ]
