@@ -85,7 +85,7 @@ class Postgres(Component):
 
     def is_ready(self, ports: Ports) -> bool:
         # -U: without it the probe logs "role root does not exist" every time.
-        probe = [str(_client("pg_isready")), "-q", "-h", HOST, "-p", str(ports.postgres)]
+        probe = [str(client("pg_isready")), "-q", "-h", HOST, "-p", str(ports.postgres)]
         probe += ["-U", "postgres", "-d", "postgres"]
         return subprocess.run(probe, check=False, timeout=10).returncode == 0
 
@@ -98,15 +98,16 @@ class Postgres(Component):
                 say(f"    created database {database}")
 
 
-def _client(tool: str) -> Path | str:
-    # Prefer the client of the server's own version; fall back to PATH (pg_wrapper).
+def client(tool: str) -> Path | str:
+    """A PostgreSQL client program (``psql``, ``pgbench``, ...): the server's own version's,
+    else the one on the PATH (pg_wrapper)."""
     candidate = postgres_bin_dir() / tool
     return candidate if candidate.is_file() else tool
 
 
 def psql(ports: Ports, sql: str, database: str = "postgres") -> str:
     """Run one SQL statement as the superuser and return its unaligned output."""
-    argv = [str(_client("psql")), "-h", HOST, "-p", str(ports.postgres), "-U", "postgres"]
+    argv = [str(client("psql")), "-h", HOST, "-p", str(ports.postgres), "-U", "postgres"]
     argv += ["-d", database, "-XtAq", "-v", "ON_ERROR_STOP=1", "-c", sql]
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
     if result.returncode != 0:

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.install import postgres_bin_dir
-from infra.settings import HOST, Ports
+from infra.postgres import client, psql
+from infra.settings import HOST, InfraError, Ports
 from load.bench.probe import TICKS
 
 LOOP_ITERATIONS = 3_000_000  # about half a second on the 2-core VM of 2026-12-07
@@ -56,9 +56,8 @@ def parse_pgbench(output: str, transactions: int) -> Pgbench:
 
 
 def _pgbench_argv(ports: Ports, *args: str) -> list[str]:
-    binary = postgres_bin_dir() / "pgbench"
     connection = ["-h", HOST, "-p", str(ports.postgres), "-U", "postgres"]
-    return [str(binary if binary.is_file() else Path("pgbench")), *connection, *args]
+    return [str(client("pgbench")), *connection, *args]
 
 
 def pgbench(ports: Ports, transactions: int = PGBENCH_TRANSACTIONS) -> Pgbench:
@@ -69,11 +68,7 @@ def pgbench(ports: Ports, transactions: int = PGBENCH_TRANSACTIONS) -> Pgbench:
         capture_output=True, check=False, timeout=60,
     )  # fmt: skip
     if exists.returncode != 0:
-        subprocess.run(
-            [str(postgres_bin_dir() / "createdb"), "-h", HOST, "-p", str(ports.postgres),
-             "-U", "postgres", SCRATCH_DATABASE],
-            capture_output=True, check=False, timeout=60,
-        )  # fmt: skip
+        psql(ports, f"CREATE DATABASE {SCRATCH_DATABASE}")
         subprocess.run(
             _pgbench_argv(ports, "-i", "-q", "-s", "1", SCRATCH_DATABASE),
             capture_output=True, check=True, timeout=300,
@@ -197,6 +192,6 @@ def calibrate(ports: Ports) -> Calibration:
     loop = python_loop()
     try:
         bench: Pgbench | None = pgbench(ports)
-    except (OSError, subprocess.SubprocessError, ValueError):
+    except (OSError, subprocess.SubprocessError, ValueError, InfraError):
         bench = None
     return Calibration(loop, bench)

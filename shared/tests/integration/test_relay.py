@@ -106,6 +106,15 @@ def waiting_long(settings: ServiceSettings, **changes: Any) -> ServiceSettings:
     )
 
 
+def counted_relay(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> tuple[OutboxRelay, CountingPool, Broker]:
+    """A relay whose statements are recorded, publishing to a fake broker."""
+    counting, broker = CountingPool(pool), Broker()
+    relay = OutboxRelay(settings, cast(asyncpg.Pool, counting), cast(Producer, broker))
+    return relay, counting, broker
+
+
 @contextlib.asynccontextmanager
 async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(relay.run())
@@ -223,8 +232,7 @@ async def test_each_pass_is_one_statement_that_deletes_what_the_previous_pass_pu
 ) -> None:
     for _ in range(3):
         await write_event(pool, settings.service_name, unique("agg"))
-    counting = CountingPool(pool)
-    relay = OutboxRelay(settings, cast(asyncpg.Pool, counting), cast(Producer, Broker()))
+    relay, counting, _ = counted_relay(pool, settings)
     assert await relay.publish_batch() == 3
     assert await outbox_count(pool) == 3  # acknowledged, deleted by the next pass
     await write_event(pool, settings.service_name, unique("agg"))
@@ -269,12 +277,8 @@ async def test_a_woken_relay_lingers_only_while_rows_keep_coming(
     pool: asyncpg.Pool, settings: ServiceSettings
 ) -> None:
     linger = 0.5
-    counting = CountingPool(pool)
-    broker = Broker()
-    relay = OutboxRelay(
-        waiting_long(settings, relay_linger_seconds=linger),
-        cast(asyncpg.Pool, counting),
-        cast(Producer, broker),
+    relay, counting, broker = counted_relay(
+        pool, waiting_long(settings, relay_linger_seconds=linger)
     )
     async with running(relay):
         await eventually(lambda: asyncio.sleep(0, len(counting.reads)), lambda n: n == 1)
@@ -295,12 +299,8 @@ async def test_after_a_full_batch_the_relay_reads_the_next_without_lingering(
     pool: asyncpg.Pool, settings: ServiceSettings
 ) -> None:
     linger = 0.5
-    counting = CountingPool(pool)
-    broker = Broker()
-    relay = OutboxRelay(
-        waiting_long(settings, relay_linger_seconds=linger, relay_batch_size=1),
-        cast(asyncpg.Pool, counting),
-        cast(Producer, broker),
+    relay, counting, broker = counted_relay(
+        pool, waiting_long(settings, relay_linger_seconds=linger, relay_batch_size=1)
     )
     async with running(relay):
         await eventually(lambda: asyncio.sleep(0, len(counting.reads)), lambda n: n == 1)
