@@ -3,12 +3,14 @@ consumer commits. Each name says what it reacts to and what it does."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
 from order.domain.order import Order
 from order.repository import OrderUnitOfWork
 from shared.consuming.routing import Router
+from shared.contracts import IntegrationEvent
 from shared.contracts.catalog import (
     InventoryRejected,
     InventoryReserved,
@@ -19,10 +21,18 @@ from shared.contracts.catalog import (
 from shared.writing.aggregate import NotFoundError
 
 router = Router[OrderUnitOfWork]()
+_ABOUT_AN_ORDER = (InventoryReserved, InventoryRejected, ShipmentDispatched, ShipmentCancelled)
 
 
 class UnknownOrderError(NotFoundError):
     pass
+
+
+@router.batch_preparer
+async def load_the_batch_s_orders(events: Sequence[IntegrationEvent], uow: OrderUnitOfWork) -> None:
+    """Every order the batch's events name, loaded and locked in one statement: the
+    handlers then find them in hand, and each is saved once at commit."""
+    await uow.orders.load_all(e.order_id for e in events if isinstance(e, _ABOUT_AN_ORDER))
 
 
 async def _load(uow: OrderUnitOfWork, order_id: UUID) -> Order:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
@@ -40,10 +41,10 @@ class PostgresOrderRepository(OrderRepository):
         super().__init__(uow)
         self._conn = conn
 
-    async def _get(self, order_id: UUID, *, lock: bool) -> Order | None:
-        query = "SELECT * FROM orders WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
-        row = await self._conn.fetchrow(query, order_id)
-        return None if row is None else _order_from_row(row)
+    async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Order]:
+        query = "SELECT * FROM orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id"
+        rows = await self._conn.fetch(query + (" FOR UPDATE" if lock else ""), order_ids)
+        return [_order_from_row(r) for r in rows]
 
     async def _insert_order(self, order: Order, idempotency: IdempotencyRecord | None) -> None:
         try:
@@ -71,21 +72,27 @@ class PostgresOrderRepository(OrderRepository):
                 raise
             raise DuplicateIdempotencyKeyError(idempotency.key) from exc
 
-    async def _update(self, order: Order, expected_version: int) -> None:
+    async def _update_all(self, changes: Sequence[tuple[Order, int]]) -> None:
+        orders = [order for order, _ in changes]
         result = await self._conn.execute(
             """
-            UPDATE orders SET status = $2, shipping_address = $3, version = $4, updated_at = $5
-            WHERE order_id = $1 AND version = $6
+            UPDATE orders AS o
+            SET status = c.status, shipping_address = c.shipping_address::jsonb,
+                version = c.version, updated_at = c.updated_at
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
+                        $6::int[]) AS c(order_id, status, shipping_address, version,
+                                        updated_at, expected_version)
+            WHERE o.order_id = c.order_id AND o.version = c.expected_version
             """,
-            order.order_id,
-            order.status.value,
-            order.shipping_address.model_dump_json(),
-            order.version,
-            order.updated_at,
-            expected_version,
+            [o.order_id for o in orders],
+            [o.status.value for o in orders],
+            [o.shipping_address.model_dump_json() for o in orders],
+            [o.version for o in orders],
+            [o.updated_at for o in orders],
+            [expected for _, expected in changes],
         )
-        if result != "UPDATE 1":
-            raise ConcurrencyError(f"order {order.order_id} changed concurrently")
+        if result != f"UPDATE {len(changes)}":
+            raise ConcurrencyError(f"{len(changes)} orders, some changed concurrently")
 
     async def by_idempotency_key(self, key: str) -> tuple[Order, str] | None:
         row = await self._conn.fetchrow("SELECT * FROM orders WHERE idempotency_key = $1", key)

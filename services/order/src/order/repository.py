@@ -5,6 +5,7 @@ tests in :mod:`order.testing`; the contract tests run the same cases against bot
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -35,15 +36,23 @@ class OrderRepository(TrackingRepository[Order]):
         self._idempotency: dict[UUID, IdempotencyRecord] = {}
 
     async def get(self, order_id: UUID) -> Order | None:
-        order = await self._get(order_id, lock=True)
-        if order is None:
-            return None
-        self._loaded_versions[order_id] = order.version
-        return self.track(order)
+        """Locked until commit; the same object for every ``get`` in the transaction."""
+        if not self.in_hand(str(order_id)):
+            await self.load_all([order_id])
+        return self.held(str(order_id))
+
+    async def load_all(self, order_ids: Iterable[UUID]) -> None:
+        """Load and lock, in one round trip, the orders this transaction has not in hand."""
+        wanted = sorted({i for i in order_ids if not self.in_hand(str(i))})
+        if not wanted:
+            return
+        for order in self.loaded(map(str, wanted), await self._get_all(wanted, lock=True)):
+            self._loaded_versions[order.order_id] = order.version
 
     async def read(self, order_id: UUID) -> Order | None:
         """For display: neither locked nor tracked (changes to it are not saved)."""
-        return await self._get(order_id, lock=False)
+        found = await self._get_all([order_id], lock=False)
+        return found[0] if found else None
 
     def add(self, order: Order, idempotency: IdempotencyRecord | None = None) -> Order:
         if idempotency is not None:
@@ -54,22 +63,28 @@ class OrderRepository(TrackingRepository[Order]):
         await self._insert_order(order, self._idempotency.get(order.order_id))
 
     async def _save(self, order: Order) -> None:
-        await self._update(order, self._loaded_versions[order.order_id])
-        self._loaded_versions[order.order_id] = order.version
-        AGGREGATE_AGE_SECONDS.labels("order", "order", order.status.value).observe(
-            (order.updated_at - order.created_at).total_seconds()
-        )
+        await self._save_all([order])
+
+    async def _save_all(self, orders: Sequence[Order]) -> None:
+        await self._update_all([(o, self._loaded_versions[o.order_id]) for o in orders])
+        for order in orders:
+            self._loaded_versions[order.order_id] = order.version
+            AGGREGATE_AGE_SECONDS.labels("order", "order", order.status.value).observe(
+                (order.updated_at - order.created_at).total_seconds()
+            )
 
     @abstractmethod
-    async def _get(self, order_id: UUID, *, lock: bool) -> Order | None: ...
+    async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Order]:
+        """The orders found, in ``order_ids``' order (locked in that order with ``lock``)."""
 
     @abstractmethod
     async def _insert_order(self, order: Order, idempotency: IdempotencyRecord | None) -> None:
         """Raises DuplicateIdempotencyKeyError when the key is taken."""
 
     @abstractmethod
-    async def _update(self, order: Order, expected_version: int) -> None:
-        """Raises ConcurrencyError when the stored version is not ``expected_version``."""
+    async def _update_all(self, changes: Sequence[tuple[Order, int]]) -> None:
+        """Save each order whose stored version is the one given; raises ConcurrencyError
+        (saving none) when any is not."""
 
     @abstractmethod
     async def by_idempotency_key(self, key: str) -> tuple[Order, str] | None:

@@ -3,6 +3,7 @@ service itself). The contract tests hold them to the PostgreSQL adapters' behavi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -29,9 +30,9 @@ class InMemoryOrderRepository(OrderRepository):
         super().__init__(uow)
         self._rows: dict[UUID, _StoredOrder] = uow.table("orders")
 
-    async def _get(self, order_id: UUID, *, lock: bool) -> Order | None:
-        stored = self._rows.get(order_id)
-        return None if stored is None else stored_copy(stored.order)
+    async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Order]:
+        found = [self._rows[i] for i in sorted(order_ids) if i in self._rows]
+        return [stored_copy(stored.order) for stored in found]
 
     async def _insert_order(self, order: Order, idempotency: IdempotencyRecord | None) -> None:
         if order.order_id in self._rows:
@@ -42,11 +43,11 @@ class InMemoryOrderRepository(OrderRepository):
             raise DuplicateIdempotencyKeyError(idempotency.key)
         self._rows[order.order_id] = _StoredOrder(stored_copy(order), idempotency)
 
-    async def _update(self, order: Order, expected_version: int) -> None:
-        stored = self._rows[order.order_id]
-        if stored.order.version != expected_version:
-            raise ConcurrencyError(f"order {order.order_id} changed concurrently")
-        stored.order = stored_copy(order)
+    async def _update_all(self, changes: Sequence[tuple[Order, int]]) -> None:
+        if any(self._rows[o.order_id].order.version != v for o, v in changes):
+            raise ConcurrencyError(f"{len(changes)} orders, some changed concurrently")
+        for order, _ in changes:
+            self._rows[order.order_id].order = stored_copy(order)
 
     async def by_idempotency_key(self, key: str) -> tuple[Order, str] | None:
         for stored in self._rows.values():

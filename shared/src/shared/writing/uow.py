@@ -46,15 +46,24 @@ class UnitOfWork(ABC):
 
     def __init__(self, *, coarse: Coarse = debounced, fanout: FanOutGuard | None = None) -> None:
         self._tracked: list[Aggregate] = []
+        self._new: list[Aggregate] = []  # created in this transaction: no event stream yet
+        self._changed: list[Aggregate] = []  # recorded events: saved at commit
         self._after_commit: list[Callable[[], None]] = []
         self._committed = False
         self._coarse = coarse
         self._fanout = fanout
 
-    def track(self, aggregate: Aggregate) -> None:
-        """Repositories call this for every aggregate they hand out or add."""
+    def track(self, aggregate: Aggregate, *, new: bool = False) -> None:
+        """Repositories call this for every aggregate they hand out, and with ``new`` for
+        every one they add."""
         if all(a is not aggregate for a in self._tracked):
             self._tracked.append(aggregate)
+        if new and all(a is not aggregate for a in self._new):
+            self._new.append(aggregate)
+
+    def changed(self, aggregate: Aggregate) -> bool:
+        """Whether ``aggregate`` recorded events in this transaction: it is saved at commit."""
+        return any(a is aggregate for a in self._changed)
 
     async def __aenter__(self) -> Self:
         await self._begin()
@@ -70,13 +79,17 @@ class UnitOfWork(ABC):
             await self._rollback()
 
     async def flush(self) -> None:
-        """Save what changed and drain the recorded events into the outbox, without ending
-        the transaction: a consumer applying several events in one transaction flushes after
-        each, so each event's outbox rows carry its own correlation and trace context, and
-        the next event reads what the previous one wrote."""
-        await self._persist()
+        """Drain the recorded events into the outbox (and the debounce hold), noting which
+        aggregates changed, without a round trip: a consumer applying several events in one
+        transaction flushes after each, so each event's outbox rows carry its own
+        correlation and trace context. The aggregates are saved at commit, once each
+        however many events changed them; the next event of the batch finds them in its
+        repository, which hands out each aggregate once per transaction."""
         emitted = 0
         for aggregate in self._tracked:
+            if aggregate.events and not self.changed(aggregate):
+                self._changed.append(aggregate)
+            new = any(a is aggregate for a in self._new)
             for recorded in aggregate.events:
                 event = recorded.published_as() if isinstance(recorded, DomainEvent) else recorded
                 if event is None:
@@ -84,7 +97,9 @@ class UnitOfWork(ABC):
                 if event is not recorded:
                     emitted += await self._coarse(self, event, aggregate.aggregate_id)
                     continue
-                await self.outbox.append(event, aggregate_id=aggregate.aggregate_id)
+                await self.outbox.append(
+                    event, aggregate_id=aggregate.aggregate_id, new_aggregate=new
+                )
                 emitted += 1
             aggregate.events.clear()
         if self._fanout is not None:
@@ -98,14 +113,16 @@ class UnitOfWork(ABC):
 
     async def commit(self) -> None:
         await self.flush()
-        await self.outbox.write()  # every event of the transaction: two round trips in all
+        await self._persist()  # each repository saves what changed in one statement
+        await self.pending.write()  # every hold of the transaction, merged: one statement
+        await self.outbox.write()  # every event of the transaction: one or two statements
         await self._commit()
         self._committed = True
         for callback in self._after_commit:
             callback()
 
     async def _persist(self) -> None:
-        """Save the tracked aggregates that changed; services' units of work override it."""
+        """Save the aggregates added and changed; services' units of work override it."""
 
     @abstractmethod
     async def _begin(self) -> None: ...
