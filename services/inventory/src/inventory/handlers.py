@@ -19,20 +19,20 @@ class UnknownReservationError(NotFoundError):
 
 
 @router.batch_preparer
-async def lock_the_batch_s_stock_in_sku_order(
+async def load_the_batch_s_reservations_and_stock(
     events: Sequence[IntegrationEvent], uow: InventoryUnitOfWork
 ) -> None:
-    """A batch that moves the stock of more than one order locks all the SKUs it touches
-    first, in SKU order: batches of different partitions then queue on the stock rows
-    instead of deadlocking (each handler locks only its own SKUs)."""
+    """Everything the batch's events will touch, loaded and locked in two statements: the
+    reservations of the orders they name, then the stock of every SKU those reservations
+    and the new orders hold, in SKU order. Its handlers then read nothing, and batches of
+    different partitions queue on the stock rows instead of deadlocking (a lone event's
+    handler takes its reservation, then its SKUs, in the same order)."""
     placed = [e for e in events if isinstance(e, OrderPlaced)]
     held = [e.order_id for e in events if isinstance(e, OrderCancelled | ShipmentDispatched)]
-    if len(placed) + len(held) < 2:
-        return
+    reservations = await uow.reservations.load_all([*(e.order_id for e in placed), *held])
     skus = {line.sku for e in placed for line in e.items}
-    if held:
-        skus |= await uow.reservations.skus_of(held)
-    await uow.stock.hold(skus)
+    skus |= {line.sku for r in reservations for line in r.items}
+    await uow.stock.lock(skus)
 
 
 @router.subscriber(OrderPlaced)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
@@ -30,7 +31,7 @@ class PostgresStockRepository(StockRepository):
         super().__init__(uow)
         self._conn = conn
 
-    async def _lock(self, skus: list[str]) -> list[Stock]:
+    async def _lock_all(self, skus: Sequence[str]) -> list[Stock]:
         rows = await self._conn.fetch(
             "SELECT * FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE", skus
         )
@@ -43,17 +44,20 @@ class PostgresStockRepository(StockRepository):
             sku,
         )
 
-    async def _save(self, stock: Stock) -> None:
+    async def _write(self, added: Sequence[Stock], changed: Sequence[Stock]) -> None:
+        stock = sorted([*added, *changed], key=lambda s: s.sku)
         await self._conn.execute(
             """
-            INSERT INTO stock (sku, available, reserved, shipped) VALUES ($1, $2, $3, $4)
+            INSERT INTO stock AS s (sku, available, reserved, shipped)
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
             ON CONFLICT (sku) DO UPDATE
-            SET available = $2, reserved = $3, shipped = $4, updated_at = now()
+            SET available = EXCLUDED.available, reserved = EXCLUDED.reserved,
+                shipped = EXCLUDED.shipped, updated_at = now()
             """,
-            stock.sku,
-            stock.available,
-            stock.reserved,
-            stock.shipped,
+            [s.sku for s in stock],
+            [s.available for s in stock],
+            [s.reserved for s in stock],
+            [s.shipped for s in stock],
         )
 
     async def get(self, sku: str) -> Stock | None:
@@ -74,35 +78,33 @@ class PostgresReservationRepository(ReservationRepository):
         super().__init__(uow)
         self._conn = conn
 
-    async def _get(self, order_id: UUID) -> Reservation | None:
-        row = await self._conn.fetchrow(
-            "SELECT * FROM reservations WHERE order_id = $1 FOR UPDATE", order_id
-        )
-        if row is None:
-            return None
-        items = tuple(OrderLine.model_validate(i) for i in json.loads(row["items"]))
-        return Reservation(row["order_id"], items, ReservationStatus(row["status"]))
-
-    async def skus_of(self, order_ids: list[UUID]) -> set[str]:
+    async def _lock_all(self, order_ids: Sequence[UUID]) -> list[Reservation]:
         rows = await self._conn.fetch(
-            """
-            SELECT DISTINCT line->>'sku' AS sku
-            FROM reservations, jsonb_array_elements(items) AS line
-            WHERE order_id = ANY($1::uuid[])
-            """,
+            "SELECT * FROM reservations WHERE order_id = ANY($1::uuid[]) ORDER BY order_id"
+            " FOR UPDATE",
             order_ids,
         )
-        return {r["sku"] for r in rows}
+        return [
+            Reservation(
+                r["order_id"],
+                tuple(OrderLine.model_validate(i) for i in json.loads(r["items"])),
+                ReservationStatus(r["status"]),
+            )
+            for r in rows
+        ]
 
-    async def _save(self, reservation: Reservation) -> None:
+    async def _write(self, added: Sequence[Reservation], changed: Sequence[Reservation]) -> None:
+        reservations = sorted([*added, *changed], key=lambda r: r.order_id)
         await self._conn.execute(
             """
-            INSERT INTO reservations (order_id, items, status) VALUES ($1, $2, $3)
-            ON CONFLICT (order_id) DO UPDATE SET status = $3, updated_at = now()
+            INSERT INTO reservations (order_id, items, status)
+            SELECT r.order_id, r.items::jsonb, r.status
+            FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(order_id, items, status)
+            ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()
             """,
-            reservation.order_id,
-            json.dumps([line.model_dump() for line in reservation.items]),
-            reservation.status.value,
+            [r.order_id for r in reservations],
+            [json.dumps([line.model_dump() for line in r.items]) for r in reservations],
+            [r.status.value for r in reservations],
         )
 
 

@@ -17,27 +17,18 @@ from shared.writing.repository import TrackingRepository
 from shared.writing.uow import UnitOfWork
 
 
-class StockRepository(TrackingRepository[Stock]):
-    async def lock(self, skus: list[str]) -> dict[str, Stock]:
-        """The stock rows of these SKUs, locked until commit (in SKU order, so two
+class StockRepository(TrackingRepository[str, Stock]):
+    async def lock(self, skus: Iterable[str]) -> dict[str, Stock]:
+        """The stock of these SKUs, locked until commit (``load_all``: in SKU order, so two
         reservations never deadlock). Unknown SKUs are absent from the result."""
-        found = await self._lock(sorted(set(skus)))
-        return {s.sku: self.track(s) for s in found}
-
-    async def hold(self, skus: Iterable[str]) -> None:
-        """Lock these SKUs' rows until commit, in SKU order, without loading them for a
-        change (a batch of events takes every row it will touch at once; see
-        :func:`inventory.handlers.lock_the_batch_s_stock_in_sku_order`)."""
-        await self._lock(sorted(set(skus)))
+        return {s.sku: s for s in await self.load_all(skus)}
 
     async def get_or_create(self, sku: str) -> Stock:
         """The SKU's stock, locked; created empty first if missing, so that two requests
         creating the same SKU at once queue on its row instead of overwriting each other."""
         await self._create_if_missing(sku)
+        self._absent.discard(sku)  # if it was looked for before in this transaction
         return (await self.lock([sku]))[sku]
-
-    @abstractmethod
-    async def _lock(self, skus: list[str]) -> list[Stock]: ...
 
     @abstractmethod
     async def _create_if_missing(self, sku: str) -> None: ...
@@ -50,18 +41,8 @@ class StockRepository(TrackingRepository[Stock]):
     async def list(self, limit: int, after: str | None) -> list[Stock]: ...
 
 
-class ReservationRepository(TrackingRepository[Reservation]):
-    async def get(self, order_id: UUID) -> Reservation | None:
-        reservation = await self._get(order_id)
-        return None if reservation is None else self.track(reservation)
-
-    @abstractmethod
-    async def _get(self, order_id: UUID) -> Reservation | None: ...
-
-    @abstractmethod
-    async def skus_of(self, order_ids: list[UUID]) -> set[str]:
-        """The SKUs the reservations of these orders hold (read only: neither tracked nor
-        locked)."""
+class ReservationRepository(TrackingRepository[UUID, Reservation]):
+    """A reservation per order, locked by ``get`` and ``load_all`` until commit."""
 
 
 @dataclass(frozen=True)

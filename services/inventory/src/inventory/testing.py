@@ -3,6 +3,7 @@ service itself). The contract tests hold them to the PostgreSQL adapters' behavi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from inventory.domain.stock import Reservation, Stock
@@ -22,14 +23,15 @@ class InMemoryStockRepository(StockRepository):
         super().__init__(uow)
         self._rows: dict[str, Stock] = uow.table("stock")
 
-    async def _lock(self, skus: list[str]) -> list[Stock]:
+    async def _lock_all(self, skus: Sequence[str]) -> list[Stock]:
         return [stored_copy(self._rows[s]) for s in skus if s in self._rows]
 
     async def _create_if_missing(self, sku: str) -> None:
         self._rows.setdefault(sku, Stock(sku))
 
-    async def _save(self, stock: Stock) -> None:
-        self._rows[stock.sku] = stored_copy(stock)
+    async def _write(self, added: Sequence[Stock], changed: Sequence[Stock]) -> None:
+        for stock in [*added, *changed]:
+            self._rows[stock.sku] = stored_copy(stock)
 
     async def get(self, sku: str) -> Stock | None:
         found = self._rows.get(sku)
@@ -45,17 +47,12 @@ class InMemoryReservationRepository(ReservationRepository):
         super().__init__(uow)
         self._rows: dict[UUID, Reservation] = uow.table("reservations")
 
-    async def _get(self, order_id: UUID) -> Reservation | None:
-        found = self._rows.get(order_id)
-        return None if found is None else stored_copy(found)
+    async def _lock_all(self, order_ids: Sequence[UUID]) -> list[Reservation]:
+        return [stored_copy(self._rows[o]) for o in order_ids if o in self._rows]
 
-    async def skus_of(self, order_ids: list[UUID]) -> set[str]:
-        return {
-            line.sku for o in order_ids if (r := self._rows.get(o)) is not None for line in r.items
-        }
-
-    async def _save(self, reservation: Reservation) -> None:
-        self._rows[reservation.order_id] = stored_copy(reservation)
+    async def _write(self, added: Sequence[Reservation], changed: Sequence[Reservation]) -> None:
+        for reservation in [*added, *changed]:
+            self._rows[reservation.order_id] = stored_copy(reservation)
 
 
 class InMemoryRestockLog(RestockLog):

@@ -78,18 +78,23 @@ async def test_a_reservation_and_its_stock_change_commit_together(new_uow: NewUo
     assert (a.available, a.reserved) == (3, 2)
 
 
-async def test_skus_of_names_what_the_orders_reservations_hold(new_uow: NewUow) -> None:
-    await restock(new_uow, A=5, B=5, C=5)
+async def test_load_all_hands_out_each_reservation_once_per_transaction(new_uow: NewUow) -> None:
+    await restock(new_uow, A=5, B=5)
     first, second, unknown = uuid4(), uuid4(), uuid4()
     async with new_uow() as uow:
         for order_id, skus in ((first, "AB"), (second, "B")):
             stock = await uow.stock.lock(list(skus))
             lines = tuple(OrderLine(sku=sku, quantity=1) for sku in skus)
-            uow.reservations.track(Reservation.reserve(order_id, lines, stock))
+            uow.reservations.add(Reservation.reserve(order_id, lines, stock))
         await uow.commit()
     async with new_uow() as uow:
-        assert await uow.reservations.skus_of([first, second, unknown]) == {"A", "B"}
-        assert await uow.reservations.skus_of([unknown]) == set()
+        loaded = await uow.reservations.load_all([second, unknown, first, second])
+        assert [r.order_id for r in loaded] == [second, first]
+        assert await uow.reservations.get(first) is loaded[1]
+        assert await uow.reservations.get(unknown) is None
+        stock = await uow.stock.lock(["B", "Z"])
+        assert (await uow.stock.lock(["B"]))["B"] is stock["B"]
+        assert stock["B"].reserved == 2
 
 
 async def test_nothing_is_saved_without_commit(new_uow: NewUow) -> None:

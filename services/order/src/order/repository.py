@@ -5,7 +5,7 @@ tests in :mod:`order.testing`; the contract tests run the same cases against bot
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -26,28 +26,18 @@ class DuplicateIdempotencyKeyError(Exception):
     raced with one key): retry, and the retry finds that order."""
 
 
-class OrderRepository(TrackingRepository[Order]):
-    """``get`` locks the order until commit; the unit of work inserts added orders and saves
-    changed ones at commit, with an optimistic version check."""
+class OrderRepository(TrackingRepository[UUID, Order]):
+    """``get`` and ``load_all`` lock orders until commit; the unit of work inserts added
+    orders and saves changed ones at commit, with an optimistic version check."""
 
     def __init__(self, uow: UnitOfWork) -> None:
         super().__init__(uow)
         self._loaded_versions: dict[UUID, int] = {}
         self._idempotency: dict[UUID, IdempotencyRecord] = {}
 
-    async def get(self, order_id: UUID) -> Order | None:
-        """Locked until commit; the same object for every ``get`` in the transaction."""
-        if not self.in_hand(str(order_id)):
-            await self.load_all([order_id])
-        return self.held(str(order_id))
-
-    async def load_all(self, order_ids: Iterable[UUID]) -> None:
-        """Load and lock, in one round trip, the orders this transaction has not in hand."""
-        wanted = sorted({i for i in order_ids if not self.in_hand(str(i))})
-        if not wanted:
-            return
-        for order in self.loaded(map(str, wanted), await self._get_all(wanted, lock=True)):
-            self._loaded_versions[order.order_id] = order.version
+    def track(self, order: Order) -> Order:
+        self._loaded_versions[order.order_id] = order.version  # what the save checks
+        return super().track(order)
 
     async def read(self, order_id: UUID) -> Order | None:
         """For display: neither locked nor tracked (changes to it are not saved)."""
@@ -59,23 +49,23 @@ class OrderRepository(TrackingRepository[Order]):
             self._idempotency[order.order_id] = idempotency
         return super().add(order)
 
-    async def _insert(self, order: Order) -> None:
-        await self._insert_order(order, self._idempotency.get(order.order_id))
-
-    async def _save(self, order: Order) -> None:
-        await self._save_all([order])
-
-    async def _save_all(self, orders: Sequence[Order]) -> None:
-        await self._update_all([(o, self._loaded_versions[o.order_id]) for o in orders])
-        for order in orders:
+    async def _write(self, added: Sequence[Order], changed: Sequence[Order]) -> None:
+        for order in added:  # one at a time: a request places one order
+            await self._insert_order(order, self._idempotency.get(order.order_id))
+        if changed:
+            await self._update_all([(o, self._loaded_versions[o.order_id]) for o in changed])
+        for order in changed:
             self._loaded_versions[order.order_id] = order.version
             AGGREGATE_AGE_SECONDS.labels("order", "order", order.status.value).observe(
                 (order.updated_at - order.created_at).total_seconds()
             )
 
+    async def _lock_all(self, order_ids: Sequence[UUID]) -> list[Order]:
+        return await self._get_all(order_ids, lock=True)
+
     @abstractmethod
     async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Order]:
-        """The orders found, in ``order_ids``' order (locked in that order with ``lock``)."""
+        """The orders found, by id (locked in that order with ``lock``)."""
 
     @abstractmethod
     async def _insert_order(self, order: Order, idempotency: IdempotencyRecord | None) -> None:

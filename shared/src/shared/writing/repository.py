@@ -5,18 +5,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
+from uuid import UUID
 
 from shared.writing.aggregate import Aggregate
 from shared.writing.uow import UnitOfWork
 
 A = TypeVar("A", bound=Aggregate)
+K = TypeVar("K", str, UUID)  # what an aggregate is looked up by; its aggregate_id is str(key)
 
 
-class TrackingRepository(ABC, Generic[A]):
+class TrackingRepository(ABC, Generic[K, A]):
     """Every aggregate handed out or added is tracked; at commit, the unit of work calls
     ``persist``, which inserts the added ones and saves those that recorded events (that
-    is, changed), each kind in one call however many there are, in the same transaction as
-    their events.
+    is, changed), all in one call, in the same transaction as their events.
 
     The repository is the transaction's identity map: an aggregate is loaded once, and every
     later ``get`` of it in the transaction hands out the same object, changes and all. So a
@@ -45,47 +46,44 @@ class TrackingRepository(ABC, Generic[A]):
         self._uow.track(aggregate, new=True)
         return aggregate
 
-    def in_hand(self, aggregate_id: str) -> bool:
-        """Whether this transaction has looked this aggregate up already (found or not):
-        ``held`` then answers without a round trip."""
+    async def get(self, key: K) -> A | None:
+        """The aggregate, locked until commit and saved at commit if it changed; the same
+        object for every ``get`` in the transaction, loaded by the first."""
+        await self.load_all([key])
+        return self._tracked.get(str(key))
+
+    async def load_all(self, keys: Iterable[K]) -> list[A]:
+        """Load and lock, in one round trip and in key order (so two transactions never
+        deadlock), the aggregates this transaction does not hold yet; those found among
+        ``keys``, as the transaction holds them."""
+        keys = list(keys)
+        wanted = sorted({k for k in keys if not self._in_hand(str(k))})
+        if wanted:
+            for aggregate in await self._lock_all(wanted):
+                self.track(aggregate)
+            self._absent.update(str(k) for k in wanted if str(k) not in self._tracked)
+        return [a for k in dict.fromkeys(keys) if (a := self._tracked.get(str(k))) is not None]
+
+    def _in_hand(self, aggregate_id: str) -> bool:
+        """Looked up in this transaction already, found or not: no round trip needed."""
         return aggregate_id in self._tracked or aggregate_id in self._absent
 
-    def held(self, aggregate_id: str) -> A | None:
-        return self._tracked.get(aggregate_id)
-
-    def loaded(self, wanted: Iterable[str], found: Iterable[A]) -> list[A]:
-        """Track what a lookup of ``wanted`` found and remember the rest as absent; what
-        was found, each as the object the transaction holds."""
-        tracked = [self.held(a.aggregate_id) or self.track(a) for a in found]
-        self._absent.update(set(wanted) - {a.aggregate_id for a in tracked})
-        return tracked
-
     async def persist(self) -> None:
+        """Write what the transaction added and changed (the unit of work calls it at
+        commit)."""
         added = [a for i, a in self._tracked.items() if i in self._added]
         changed = [
             a for i, a in self._tracked.items() if i not in self._added and self._uow.changed(a)
         ]
         self._added.clear()
-        if added:
-            await self._insert_all(added)
-        if changed:
-            await self._save_all(changed)
-
-    async def _insert_all(self, aggregates: Sequence[A]) -> None:
-        """Store new aggregates; by default one at a time (adapters write them in one
-        statement)."""
-        for aggregate in aggregates:
-            await self._insert(aggregate)
-
-    async def _save_all(self, aggregates: Sequence[A]) -> None:
-        """Save changed aggregates; by default one at a time (adapters write them in one
-        statement)."""
-        for aggregate in aggregates:
-            await self._save(aggregate)
-
-    async def _insert(self, aggregate: A) -> None:
-        """Store a new aggregate; by default the same as saving (an upsert)."""
-        await self._save(aggregate)
+        if added or changed:
+            await self._write(added, changed)
 
     @abstractmethod
-    async def _save(self, aggregate: A) -> None: ...
+    async def _lock_all(self, keys: Sequence[K]) -> list[A]:
+        """The aggregates found, locked until commit in the order of ``keys`` (sorted)."""
+
+    @abstractmethod
+    async def _write(self, added: Sequence[A], changed: Sequence[A]) -> None:
+        """Insert the new aggregates and save the changed ones: in one statement, or one
+        per kind, however many there are."""
