@@ -12,16 +12,17 @@ import asyncpg
 import pytest
 
 from order.bootstrap import MIGRATIONS
-from order.commands import place_order
+from order.commands import PlaceOrder, place_order
 from order.handlers import router
 from order.postgres import PostgresOrderUnitOfWork
 from shared.consuming.processing import Delivery, EventProcessor, Outcome
-from shared.contracts.catalog import InventoryReserved, OrderLine
+from shared.contracts.catalog import Address, InventoryReserved, OrderLine
 from shared.contracts.envelope import new_envelope
 from shared.testing.infra import migrated_pool
 from shared.testing.statements import StatementLog
 
-from ..unit.test_commands_and_handlers import command
+ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
+PLACE = PlaceOrder("c", (OrderLine(sku="SKU-1", quantity=2),), ADDRESS, None)
 
 
 class Counted(StatementLog, PostgresOrderUnitOfWork):
@@ -38,7 +39,7 @@ async def placed(pool: asyncpg.Pool, n: int) -> list[UUID]:
     order_ids = []
     for _ in range(n):
         async with PostgresOrderUnitOfWork(pool, "order") as uow:
-            order_ids.append((await place_order(command(), uow)).order_id)
+            order_ids.append((await place_order(PLACE, uow)).order_id)
     return order_ids
 
 
