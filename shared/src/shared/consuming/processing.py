@@ -213,10 +213,11 @@ class EventProcessor(Generic[U]):
         statement (which also says whether events are parked on them), what each event is
         (next in its stream, a duplicate) is decided from their positions, and once the
         handlers have run, one statement writes the dedup rows of the events applied and
-        advances the streams (``_record_planned``), so a batch costs its handlers'
-        statements plus two, not a few per event. A batch with an event ahead of a gap, or
-        on a stream with events parked, goes event by event (``_admit``), as a lone event
-        does."""
+        advances the streams (``_record_planned``). So are its handlers': the router's batch
+        preparer loads the aggregates the batch names first, and the unit of work writes
+        what changed at commit (:mod:`shared.writing.repository`). A batch of many events
+        costs about what one does. A batch with an event ahead of a gap, or on a stream
+        with events parked, goes event by event (``_admit``), as a lone event does."""
         payloads = [self.decode(d.envelope) for d in deliveries]  # poison fails before writing
         outcomes: list[Outcome] = []
         observations: list[EventObservation] = []
@@ -233,7 +234,7 @@ class EventProcessor(Generic[U]):
                         else:
                             outcome = await self._apply_planned(uow, delivery, payload, plan[i])
                         outcomes.append(outcome)
-                        await uow.flush()  # this event's changes, read by the next one
+                        await uow.flush()  # its events, with its correlation and trace
                 if plan is not None:
                     await self._record_planned(uow, deliveries, plan)
                 await failpoint("consumer.before_db_commit")
@@ -355,8 +356,8 @@ class EventProcessor(Generic[U]):
     async def _apply_unblocked(self, uow: U, applied: Envelope) -> None:
         sequence = applied.sequence + 1
         while (parked := await uow.inbox.unpark(applied.stream, sequence)) is not None:
-            # What the event before it changed is written first: a repository reads the
-            # database, and a cancel must find the reservation its placement just made.
+            # The events of the one before it are drained under its own context; what it
+            # changed stays in hand (a cancel finds the reservation its placement just made).
             await uow.flush()
             try:
                 await self._apply(uow, parked.envelope, self.decode(parked.envelope))

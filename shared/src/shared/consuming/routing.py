@@ -6,11 +6,13 @@ router = Router[OrderUnitOfWork]()
 async def when_inventory_reserved_confirm_order(event: InventoryReserved,
                                                 uow: OrderUnitOfWork) -> None: ...
 
-A service whose handlers lock shared rows (the stock of a SKU) also registers a
-``batch_preparer``: when the records of one poll go in one transaction, it runs first, with
-every payload the service handles, and locks all those rows at once in one order. Each
-handler locks only its own rows, in order; without it, two batches of different partitions
-take the rows of their events one event after another, in opposite orders, and deadlock.
+A service also registers a ``batch_preparer``: when the records of one poll go in one
+transaction, it runs first, with every payload the service handles, and loads and locks the
+aggregates they name, each kind in one statement and in key order (its repositories then
+hand them to the handlers without a round trip: see :mod:`shared.writing.repository`). The
+order matters where handlers share rows (the stock of a SKU): without it, two batches of
+different partitions take the rows of their events one event after another, in opposite
+orders, and deadlock.
 """
 
 from __future__ import annotations
