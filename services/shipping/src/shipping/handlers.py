@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -22,6 +22,7 @@ from shipping.domain.shipment import Shipment
 from shipping.repository import ShippingUnitOfWork
 
 log = logging.getLogger(__name__)
+_ABOUT_A_SHIPMENT = (OrderConfirmed, OrderShippingAddressChanged, OrderCancellationRequested)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ShippingDeps:
 def router_for(deps: ShippingDeps) -> Router[ShippingUnitOfWork]:
     """Shipping's routing table, one line a subscription, its handlers given ``deps``."""
     router = Router[ShippingUnitOfWork]()
+    router.batch_preparer(load_the_batch_s_shipments)
     router.subscriber(OrderConfirmed)(_given(deps, when_order_confirmed_schedule_shipment))
     router.subscriber(OrderShippingAddressChanged)(
         when_order_shipping_address_changed_redirect_shipment
@@ -47,6 +49,14 @@ def router_for(deps: ShippingDeps) -> Router[ShippingUnitOfWork]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def load_the_batch_s_shipments(
+    events: Sequence[IntegrationEvent], uow: ShippingUnitOfWork
+) -> None:
+    """The shipment of every order the batch's events name, loaded and locked in one
+    statement: the handlers then find them in hand, and each is saved once at commit."""
+    await uow.shipments.load_all(e.order_id for e in events if isinstance(e, _ABOUT_A_SHIPMENT))
 
 
 async def when_order_confirmed_schedule_shipment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -14,10 +15,10 @@ from shared.writing.uow import UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
 from shipping.repository import (
     DueShipment,
+    Flow,
     ShipmentRepository,
     ShippingUnitOfWork,
     UnreadableShipmentError,
-    flow_context,
 )
 
 
@@ -41,10 +42,10 @@ class PostgresShipmentRepository(ShipmentRepository):
         super().__init__(uow)
         self._conn = conn
 
-    async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None:
-        query = "SELECT * FROM shipments WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
-        row = await self._conn.fetchrow(query, order_id)
-        return None if row is None else _shipment(row)
+    async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Shipment]:
+        query = "SELECT * FROM shipments WHERE order_id = ANY($1::uuid[]) ORDER BY order_id"
+        rows = await self._conn.fetch(query + (" FOR UPDATE" if lock else ""), order_ids)
+        return [_shipment(r) for r in rows]
 
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]:
         rows = await self._conn.fetch(
@@ -80,28 +81,57 @@ class PostgresShipmentRepository(ShipmentRepository):
         )
         return correlation_id
 
-    async def _save(self, shipment: Shipment) -> None:
-        correlation_id, trace_headers = flow_context()
+    async def _write_all(
+        self, added: Sequence[tuple[Shipment, Flow]], changed: Sequence[Shipment]
+    ) -> None:
+        # The changed rows are locked since they were loaded; a new row that meets one
+        # stored meanwhile takes its status and address, as the upsert of one always did.
+        new = [shipment for shipment, _ in added]
         await self._conn.execute(
             """
+            WITH saved AS (
+                UPDATE shipments AS s
+                SET status = c.status, updated_at = c.updated_at,
+                    shipping_address = c.shipping_address::jsonb
+                FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[])
+                     AS c(order_id, status, updated_at, shipping_address)
+                WHERE s.order_id = c.order_id
+            )
             INSERT INTO shipments (order_id, shipment_id, status, dispatch_at, created_at,
                                    updated_at, correlation_id, trace_headers, shipping_address)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            SELECT n.order_id, n.shipment_id, n.status, n.dispatch_at, n.created_at,
+                   n.updated_at, n.correlation_id, n.trace_headers::jsonb,
+                   n.shipping_address::jsonb
+            FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::timestamptz[],
+                        $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[],
+                        $13::text[])
+                 WITH ORDINALITY AS n(order_id, shipment_id, status, dispatch_at, created_at,
+                                      updated_at, correlation_id, trace_headers,
+                                      shipping_address, position)
+            ORDER BY n.position
             ON CONFLICT (order_id) DO UPDATE
-            SET status = $3, updated_at = $6, shipping_address = $9
+            SET status = excluded.status, updated_at = excluded.updated_at,
+                shipping_address = excluded.shipping_address
             """,
-            shipment.order_id,
-            shipment.shipment_id,
-            shipment.status.value,
-            shipment.dispatch_at,
-            shipment.created_at,
-            shipment.updated_at,
-            correlation_id,
-            json.dumps(trace_headers),
-            None
-            if shipment.shipping_address is None
-            else shipment.shipping_address.model_dump_json(),
+            [s.order_id for s in changed],
+            [s.status.value for s in changed],
+            [s.updated_at for s in changed],
+            [_address(s) for s in changed],
+            [s.order_id for s in new],
+            [s.shipment_id for s in new],
+            [s.status.value for s in new],
+            [s.dispatch_at for s in new],
+            [s.created_at for s in new],
+            [s.updated_at for s in new],
+            [correlation_id for _, (correlation_id, _) in added],
+            [json.dumps(headers) for _, (_, headers) in added],
+            [_address(s) for s in new],
         )
+
+
+def _address(shipment: Shipment) -> str | None:
+    address = shipment.shipping_address
+    return None if address is None else address.model_dump_json()
 
 
 class PostgresShippingUnitOfWork(PostgresUnitOfWork, ShippingUnitOfWork):

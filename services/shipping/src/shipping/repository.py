@@ -5,7 +5,8 @@ adapter is in :mod:`shipping.postgres`, the in-memory fake for unit tests in
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -15,6 +16,8 @@ from shared.observability.correlation import current_correlation_id
 from shared.writing.repository import TrackingRepository
 from shared.writing.uow import UnitOfWork
 from shipping.domain.shipment import Shipment
+
+Flow = tuple[str, dict[str, str]]  # a correlation id and the trace headers of its context
 
 
 @dataclass(frozen=True)
@@ -39,31 +42,55 @@ class UnreadableShipmentError(Exception):
         self.order_id = order_id
 
 
-def flow_context() -> tuple[str, dict[str, str]]:
+def flow_context() -> Flow:
     headers: dict[str, str] = {}
     propagate.inject(headers)
     return current_correlation_id(), headers
 
 
-class ShipmentRepository(TrackingRepository[Shipment]):
-    async def get(self, order_id: UUID) -> Shipment | None:
-        """Locked until commit, and saved at commit if it changed."""
-        shipment = await self._get(order_id, lock=True)
-        return None if shipment is None else self.track(shipment)
+class ShipmentRepository(TrackingRepository[UUID, Shipment]):
+    """A shipment per order, locked by ``get`` and ``load_all`` until commit. Each new one
+    is stored with the flow it was added in (``add``), which its dispatch continues."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        super().__init__(uow)
+        self._flows: dict[UUID, Flow] = {}
+
+    def add(self, shipment: Shipment) -> Shipment:
+        """A new shipment, inserted at commit with the flow in effect now: the commit runs
+        after the batch's last event, outside the context of the event that added it."""
+        self._flows[shipment.order_id] = flow_context()
+        return super().add(shipment)
 
     async def read(self, order_id: UUID) -> Shipment | None:
         """For display: neither locked nor tracked."""
-        return await self._get(order_id, lock=False)
+        found = await self._get_all([order_id], lock=False)
+        return found[0] if found else None
 
     async def due(self, now: datetime, limit: int) -> list[DueShipment]:
         """Scheduled shipments whose time has come, oldest first, locked until commit; one
         that another transaction holds is skipped (another dispatcher's, or a cancellation
         in flight: the next pass sees it), and so is one set aside. Tracked: saved at commit
-        if dispatched. Raises UnreadableShipmentError for one that does not load."""
-        due = await self._due(now, limit)
-        for item in due:
-            self.track(item.shipment)
-        return due
+        if dispatched, and handed out by ``get`` as they are. Raises UnreadableShipmentError
+        for one that does not load."""
+        return [
+            replace(item, shipment=self._held(item.shipment))
+            for item in await self._due(now, limit)
+        ]
+
+    def _held(self, shipment: Shipment) -> Shipment:
+        """The object this transaction holds of ``shipment``: this one, tracked, if none."""
+        held = self._tracked.get(shipment.aggregate_id)
+        return self.track(shipment) if held is None else held
+
+    async def _lock_all(self, order_ids: Sequence[UUID]) -> list[Shipment]:
+        return await self._get_all(order_ids, lock=True)
+
+    async def _write(self, added: Sequence[Shipment], changed: Sequence[Shipment]) -> None:
+        new = sorted(added, key=_order_id)
+        await self._write_all(
+            [(s, self._flows[s.order_id]) for s in new], sorted(changed, key=_order_id)
+        )
 
     @abstractmethod
     async def set_aside(self, order_id: UUID, reason: str) -> str | None:
@@ -74,10 +101,23 @@ class ShipmentRepository(TrackingRepository[Shipment]):
         or None when it is no longer a scheduled shipment that is not set aside."""
 
     @abstractmethod
-    async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None: ...
+    async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Shipment]:
+        """The shipments found, in order_id order (locked in that order with ``lock``)."""
 
     @abstractmethod
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]: ...
+
+    @abstractmethod
+    async def _write_all(
+        self, added: Sequence[tuple[Shipment, Flow]], changed: Sequence[Shipment]
+    ) -> None:
+        """Insert the new shipments, each with its flow, and save the changed ones (their
+        status and address: the flow stays the one they were scheduled in), all in one
+        statement, in the order given (order_id order)."""
+
+
+def _order_id(shipment: Shipment) -> UUID:
+    return shipment.order_id
 
 
 class ShippingUnitOfWork(UnitOfWork):

@@ -3,23 +3,23 @@ service itself). The contract tests hold them to the PostgreSQL adapters' behavi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
 from shared.testing.fakes import InMemoryUnitOfWork, stored_copy
 from shipping.domain.shipment import Shipment, ShipmentStatus
-from shipping.repository import DueShipment, ShipmentRepository, ShippingUnitOfWork, flow_context
+from shipping.repository import DueShipment, Flow, ShipmentRepository, ShippingUnitOfWork
 
 
 class InMemoryShipmentRepository(ShipmentRepository):
     def __init__(self, uow: InMemoryUnitOfWork) -> None:
         super().__init__(uow)
         self._rows: dict[UUID, Shipment] = uow.table("shipments")
-        self._contexts: dict[UUID, tuple[str, dict[str, str]]] = uow.table("shipment_contexts")
+        self._contexts: dict[UUID, Flow] = uow.table("shipment_contexts")
 
-    async def _get(self, order_id: UUID, *, lock: bool) -> Shipment | None:
-        found = self._rows.get(order_id)
-        return None if found is None else stored_copy(found)
+    async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Shipment]:
+        return [stored_copy(self._rows[i]) for i in sorted(order_ids) if i in self._rows]
 
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]:
         due = sorted(
@@ -42,9 +42,14 @@ class InMemoryShipmentRepository(ShipmentRepository):
         found.updated_at = datetime.now(UTC)
         return self._contexts[order_id][0]
 
-    async def _save(self, shipment: Shipment) -> None:
-        self._contexts.setdefault(shipment.order_id, flow_context())
-        self._rows[shipment.order_id] = stored_copy(shipment)
+    async def _write_all(
+        self, added: Sequence[tuple[Shipment, Flow]], changed: Sequence[Shipment]
+    ) -> None:
+        for shipment, flow in added:
+            self._contexts.setdefault(shipment.order_id, flow)  # as the upsert keeps the first
+            self._rows[shipment.order_id] = stored_copy(shipment)
+        for shipment in changed:
+            self._rows[shipment.order_id] = stored_copy(shipment)
 
 
 class FakeShippingUnitOfWork(InMemoryUnitOfWork, ShippingUnitOfWork):

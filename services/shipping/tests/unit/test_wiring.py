@@ -3,25 +3,27 @@ composition root, and events delivered through the routing table (not to a handl
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any, cast
-from uuid import uuid4
+from uuid import UUID, uuid4
 
-from shared.consuming.processing import Outcome
+from shared.consuming.middleware import compose
+from shared.consuming.processing import Delivery, EventProcessor, Outcome
 from shared.contracts.catalog import OrderCancellationRequested
 from shared.service.runtime import Runtime
 from shared.testing.fakes import InMemoryDelivery, InMemoryState
 from shipping.bootstrap import MIGRATIONS, bootstrap
 from shipping.dispatcher import DispatchAlarm
-from shipping.domain.shipment import ShipmentStatus
+from shipping.domain.shipment import Shipment, ShipmentStatus
 from shipping.handlers import ShippingDeps, router_for
 from shipping.postgres import PostgresShippingUnitOfWork
 from shipping.repository import ShippingUnitOfWork
 from shipping.settings import Settings
-from shipping.testing import FakeShippingUnitOfWork
+from shipping.testing import FakeShippingUnitOfWork, InMemoryShipmentRepository
 
-from .test_shipments import confirmed, types
+from .test_shipments import confirmed, dispatch, make_due, types
 
 router = router_for(ShippingDeps(dispatch_delay=timedelta(seconds=10), alarm=DispatchAlarm()))
 
@@ -94,3 +96,61 @@ async def test_the_handlers_take_the_delay_of_the_settings_and_ring_the_dispatch
         dispatcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await dispatcher
+
+
+def looking_up(state: InMemoryState, lookups: list[list[UUID]]) -> Callable[[], ShippingUnitOfWork]:
+    """Units of work on ``state`` whose shipments note the order ids of every lookup."""
+
+    class Shipments(InMemoryShipmentRepository):
+        async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Shipment]:
+            lookups.append(list(order_ids))
+            return await super()._get_all(order_ids, lock=lock)
+
+    class Uow(FakeShippingUnitOfWork):
+        async def _begin(self) -> None:
+            await super()._begin()
+            self.shipments = Shipments(self)
+
+    return lambda: Uow(state, "shipping")
+
+
+async def test_a_batch_looks_its_shipments_up_at_once_and_each_new_one_keeps_its_flow() -> None:
+    state = InMemoryState()
+    lookups: list[list[UUID]] = []
+    envelopes = InMemoryDelivery(router, lambda: FakeShippingUnitOfWork(state, "shipping"))
+    a, b = sorted([uuid4(), uuid4()])
+    batch = [
+        envelopes.envelope(confirmed(b), source="order", aggregate_id=str(b), correlation_id="b"),
+        envelopes.envelope(confirmed(a), source="order", aggregate_id=str(a), correlation_id="a"),
+        envelopes.envelope(
+            OrderCancellationRequested(order_id=a),
+            source="order",
+            aggregate_id=str(a),
+            correlation_id="a-cancelled",
+        ),
+    ]
+    processor = EventProcessor(router, looking_up(state, lookups))
+
+    # Each event applied in its own correlation, as the consumer's middleware does.
+    outcomes = await processor.process_batch([Delivery(e, "orders") for e in batch], compose([]))
+
+    assert outcomes == [Outcome.APPLIED] * 3
+    assert lookups == [[a, b]]  # the batch preparer's: the handlers found them in hand
+    shipments = state.tables["shipments"]
+    assert (shipments[a].status, shipments[b].status) == (
+        ShipmentStatus.CANCELLED,
+        ShipmentStatus.SCHEDULED,
+    )
+    assert {i: flow for i, (flow, _) in state.tables["shipment_contexts"].items()} == {
+        a: "a",
+        b: "b",
+    }
+    make_due(state)
+    assert await dispatch(state) == 1
+    written = [(e.event_type, e.aggregate_id, e.correlation_id) for e in state.outbox.envelopes]
+    assert written == [
+        ("ShipmentScheduled", str(b), "b"),
+        ("ShipmentScheduled", str(a), "a"),
+        ("ShipmentCancelled", str(a), "a-cancelled"),
+        ("ShipmentDispatched", str(b), "b"),  # in the flow of b's confirmation
+    ]
