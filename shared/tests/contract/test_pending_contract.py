@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from shared.observability.correlation import correlated
 from shared.persistence.postgres import PostgresUnitOfWork
 from shared.pitfalls.no_debounce import published_at_once
 from shared.testing.fakes import InMemoryState, InMemoryUnitOfWork
@@ -74,6 +75,27 @@ async def test_a_burst_is_held_as_its_last_change_per_aggregate(new_uow: NewUow)
     await edit(new_uow, second, "b1")
     assert await waiting(new_uow) == [(str(first), "a3", 3), (str(second), "b1", 1)]
     assert await outbox_size(new_uow) == 0
+
+
+async def test_holds_of_one_transaction_count_as_that_many_changes_the_last_one_kept(
+    new_uow: NewUow,
+) -> None:
+    """As a consumer applying a batch that changes one aggregate several times."""
+    first, second = uuid4(), uuid4()
+    await edit(new_uow, first, "a0")
+    async with new_uow(True) as uow:
+        items = {first: Item(str(first)), second: Item(str(second))}
+        for item in items.values():
+            uow.track(item)
+        for n, (order_id, line1) in enumerate([(first, "a1"), (second, "b1"), (first, "a2")]):
+            with correlated(f"change-{n}", f"cause-{n}"):
+                items[order_id].record(AddressEdited(order_id=order_id, line1=line1))
+                await uow.flush()  # each change held in the context it was made in
+        await uow.commit()
+    assert await waiting(new_uow) == [(str(first), "a2", 3), (str(second), "b1", 1)]
+    async with new_uow(True) as uow:
+        (last, _), _ = await uow.pending.waiting()
+    assert (last.correlation_id, last.causation_id) == ("change-2", "cause-2")
 
 
 async def test_a_rolled_back_change_is_not_held(new_uow: NewUow) -> None:

@@ -106,6 +106,73 @@ async def test_aggregate_types_have_separate_sequences(backend: Backend) -> None
     assert [(e.aggregate_type, e.sequence) for e in envelopes] == [("order", 1), ("stock", 1)]
 
 
+async def test_the_events_of_new_aggregates_are_numbered_from_one_and_go_on_from_there(
+    backend: Backend,
+) -> None:
+    new_uow, _ = backend
+    async with new_uow() as uow:
+        a, b = Thing("a"), Thing("b")
+        for thing in (a, b, a):
+            thing.record(rejected())
+        b.record(StockLevelChanged(sku="b", available=1, reserved=0, shipped=0))
+        uow.track(a, new=True)
+        uow.track(b, new=True)
+        await uow.commit()
+    async with new_uow() as uow:
+        a = Thing("a")
+        a.record(rejected())
+        uow.track(a)
+        await uow.commit()
+    envelopes = await outbox_of(backend)
+    assert [(e.aggregate_type, e.aggregate_id, e.sequence) for e in envelopes] == [
+        ("order", "a", 1), ("order", "a", 2), ("order", "b", 1), ("stock", "b", 1),
+        ("order", "a", 3),
+    ]  # fmt: skip
+
+
+async def test_an_aggregate_created_again_over_an_existing_stream_continues_it_with_no_gap(
+    backend: Backend,
+) -> None:
+    """As a reservation purged by retention and re-created by a replayed event would: new
+    to its repository, its stream in the outbox goes on."""
+    new_uow, _ = backend
+    async with new_uow() as uow:
+        await uow.outbox.append(rejected(), aggregate_id="a")
+        await uow.commit()
+    async with new_uow() as uow:
+        a, b = Thing("a"), Thing("b")
+        for thing in (a, b, a):
+            thing.record(rejected())
+        uow.track(a, new=True)
+        uow.track(b, new=True)
+        await uow.commit()
+    envelopes = await outbox_of(backend)
+    assert [(e.aggregate_id, e.sequence) for e in envelopes] == [
+        ("a", 1), ("a", 2), ("a", 3), ("b", 1),
+    ]  # fmt: skip
+    assert len({e.event_id for e in envelopes}) == 4
+
+
+async def test_new_and_existing_aggregates_in_one_unit_of_work_each_take_their_next_sequence(
+    backend: Backend,
+) -> None:
+    new_uow, _ = backend
+    async with new_uow() as uow:
+        await uow.outbox.append(rejected(), aggregate_id="old")
+        await uow.commit()
+    async with new_uow() as uow:
+        created, old = Thing("created"), Thing("old")
+        for thing in (created, old, created):
+            thing.record(rejected())
+        uow.track(created, new=True)
+        uow.track(old)
+        await uow.commit()
+    envelopes = await outbox_of(backend)
+    assert [(e.aggregate_id, e.sequence) for e in envelopes] == [
+        ("old", 1), ("created", 1), ("created", 2), ("old", 2),
+    ]  # fmt: skip
+
+
 async def test_events_of_a_rolled_back_unit_of_work_are_never_published(backend: Backend) -> None:
     new_uow, _ = backend
     async with new_uow() as uow:

@@ -18,17 +18,47 @@ from shared.consuming.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.contracts import decode_payload, spec_of
 from shared.contracts.envelope import Envelope, parse_envelope
 from shared.faults import failpoint
+from shared.writing.aggregate import ConcurrencyError
 from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
-from shared.writing.pending import HeldEvent, PendingEvents
+from shared.writing.pending import HeldEvent, HeldKey, PendingEvents
 from shared.writing.storm import FanOutGuard
 from shared.writing.uow import Coarse, UnitOfWork, debounced
+
+# The records of one write, in order: $1..$5 are the arrays of ``_records``. created_at is
+# when the rows are written, the transaction's last statement before its commit
+# (clock_timestamp(), not now(), which is when the transaction began): the relay measures from
+# there to the broker's ack, not the writer's transaction too.
+_INSERT_RECORDS = """
+    INSERT INTO outbox (event_id, topic, message_key, value, headers, created_at)
+    SELECT r.event_id, r.topic, r.message_key, r.value, r.headers::jsonb, clock_timestamp()
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+         WITH ORDINALITY AS r(event_id, topic, message_key, value, headers, position)
+"""
+
+
+def _records(
+    messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
+) -> tuple[list[UUID], list[str], list[str | None], list[bytes], list[str]]:
+    """The records as the five arrays of ``_INSERT_RECORDS``."""
+    return (
+        [e.event_id for e in envelopes],
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.value for m in messages],
+        [json.dumps(m.headers) for m in messages],
+    )
 
 
 class PostgresOutbox(Outbox):
     """Rows in the ``outbox`` table. The sequences come from one upsert on
     ``outbox_sequences``: its row locks (taken in key order, so two writers cannot deadlock)
     make a second writer of the same aggregate wait for the first to commit, so sequence
-    order, outbox id order and commit order agree."""
+    order, outbox id order and commit order agree.
+
+    The events of new aggregates are written in one statement: their sequence rows are
+    inserted, in key order, only if none of them exists (a writer that inserted one
+    meanwhile is waited for, as by the upsert), and the records only if every sequence row
+    was."""
 
     def __init__(self, conn: asyncpg.Connection, source: str) -> None:
         super().__init__(source)
@@ -62,24 +92,60 @@ class PostgresOutbox(Outbox):
     async def _store(
         self, messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
     ) -> None:
-        # created_at is when the rows are written, the transaction's last statement before
-        # its commit (clock_timestamp(), not now(), which is when the transaction began): the
-        # relay measures from there to the broker's ack, not the writer's transaction too.
         await self._conn.execute(
-            """
-            INSERT INTO outbox (event_id, topic, message_key, value, headers, created_at)
-            SELECT r.event_id, r.topic, r.message_key, r.value, r.headers::jsonb, clock_timestamp()
-            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[])
-                 WITH ORDINALITY AS r(event_id, topic, message_key, value, headers, position)
-            ORDER BY r.position
-            """,
-            [e.event_id for e in envelopes],
-            [m.topic for m in messages],
-            [m.key for m in messages],
-            [m.value for m in messages],
-            [json.dumps(m.headers) for m in messages],
+            _INSERT_RECORDS + "ORDER BY r.position", *_records(messages, envelopes)
         )
         self.written = True
+
+    async def _store_new(
+        self,
+        counts: Mapping[AggregateKey, int],
+        messages: Sequence[OutgoingMessage],
+        envelopes: Sequence[Envelope],
+    ) -> bool:
+        keys = sorted(counts)
+        # The guard sees the sequence rows committed before the statement began; ON CONFLICT
+        # DO NOTHING skips one committed since (after waiting for its writer), and then no
+        # record is stored. If the others' rows were inserted, the transaction must not
+        # commit them (the upsert would add to them: a gap), so it fails, to be retried.
+        row = await self._conn.fetchrow(
+            """
+            WITH taken AS (
+                INSERT INTO outbox_sequences (aggregate_type, aggregate_id, last_sequence)
+                SELECT k.aggregate_type, k.aggregate_id, k.n
+                FROM unnest($6::text[], $7::text[], $8::bigint[])
+                     AS k(aggregate_type, aggregate_id, n)
+                WHERE NOT EXISTS (
+                    SELECT FROM outbox_sequences s
+                    JOIN unnest($6::text[], $7::text[]) AS e(aggregate_type, aggregate_id)
+                      USING (aggregate_type, aggregate_id)
+                )
+                ORDER BY k.aggregate_type, k.aggregate_id
+                ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
+                RETURNING 1
+            ), stored AS ("""
+            + _INSERT_RECORDS
+            + """
+                WHERE (SELECT count(*) FROM taken) = cardinality($6::text[])
+                ORDER BY r.position
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM taken) AS taken, (SELECT count(*) FROM stored) AS stored
+            """,
+            *_records(messages, envelopes),
+            [t for t, _ in keys],
+            [i for _, i in keys],
+            [counts[k] for k in keys],
+        )
+        assert row is not None  # an aggregate query returns one row
+        if row["stored"]:
+            self.written = True
+            return True
+        if row["taken"]:
+            raise ConcurrencyError(
+                "another transaction gave one of these new aggregates its first sequence"
+            )
+        return False
 
 
 def _columns(streams: Sequence[Stream]) -> tuple[list[str], list[str], list[str]]:
@@ -310,29 +376,40 @@ class PostgresPendingEvents(PendingEvents):
         super().__init__(source)
         self._conn = conn
 
-    async def _hold(self, event: HeldEvent) -> None:
-        spec = spec_of(event.event)
+    async def _store(self, holds: Mapping[HeldKey, tuple[HeldEvent, int]]) -> None:
+        # One upsert, in key order so two writers never deadlock; first_at stays that of
+        # the first change of the burst.
+        keys = list(holds)
+        events = [holds[k][0] for k in keys]
         await self._conn.execute(
             """
             INSERT INTO debounced_events AS d (aggregate_type, aggregate_id, event_type,
                 schema_version, payload, correlation_id, causation_id, trace_headers,
-                first_at, last_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp(), clock_timestamp())
+                changes, first_at, last_at)
+            SELECT h.aggregate_type, h.aggregate_id, h.event_type, h.schema_version,
+                   h.payload::jsonb, h.correlation_id, h.causation_id, h.trace_headers::jsonb,
+                   h.changes, clock_timestamp(), clock_timestamp()
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                        $7::text[], $8::text[], $9::bigint[])
+                 AS h(aggregate_type, aggregate_id, event_type, schema_version, payload,
+                      correlation_id, causation_id, trace_headers, changes)
+            ORDER BY h.aggregate_type, h.aggregate_id, h.event_type
             ON CONFLICT (aggregate_type, aggregate_id, event_type) DO UPDATE
             SET schema_version = EXCLUDED.schema_version, payload = EXCLUDED.payload,
                 correlation_id = EXCLUDED.correlation_id,
                 causation_id = EXCLUDED.causation_id,
                 trace_headers = EXCLUDED.trace_headers,
-                changes = d.changes + 1, last_at = EXCLUDED.last_at
+                changes = d.changes + EXCLUDED.changes, last_at = EXCLUDED.last_at
             """,
-            spec.aggregate_type,
-            event.aggregate_id,
-            spec.event_type,
-            spec.schema_version,
-            event.event.model_dump_json(),
-            event.correlation_id,
-            event.causation_id,
-            json.dumps(event.trace_headers),
+            [t for t, _, _ in keys],
+            [i for _, i, _ in keys],
+            [e for _, _, e in keys],
+            [spec_of(h.event).schema_version for h in events],
+            [h.event.model_dump_json() for h in events],
+            [h.correlation_id for h in events],
+            [h.causation_id for h in events],
+            [json.dumps(h.trace_headers) for h in events],
+            [holds[k][1] for k in keys],
         )
 
     async def waiting(self) -> list[tuple[HeldEvent, int]]:

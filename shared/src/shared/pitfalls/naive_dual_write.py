@@ -8,13 +8,13 @@ transaction instead, and the relay publishes them at least once.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import asyncpg
 
 from shared.contracts.envelope import Envelope
 from shared.persistence.postgres import OutboxFactory, PostgresOutbox
-from shared.writing.outbox import OutgoingMessage
+from shared.writing.outbox import AggregateKey, OutgoingMessage
 
 Publish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
 
@@ -32,6 +32,14 @@ class PublishAfterCommit(PostgresOutbox):
     ) -> None:
         self._kept.extend(messages)
         self.written = True  # the failpoint after the commit fires, as with the outbox
+
+    async def _store_new(
+        self,
+        counts: Mapping[AggregateKey, int],
+        messages: Sequence[OutgoingMessage],
+        envelopes: Sequence[Envelope],
+    ) -> bool:
+        return False  # no row to store with the sequences: they are always taken first
 
     async def committed(self) -> None:
         if self._kept:

@@ -16,12 +16,12 @@ from uuid import UUID
 from shared.consuming.inbox import Inbox, ParkedEvent, Stream, StreamPosition
 from shared.consuming.processing import Delivery, EventProcessor, Outcome
 from shared.consuming.routing import Router, U
-from shared.contracts import IntegrationEvent, current, spec_of
+from shared.contracts import IntegrationEvent, current
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.observability.correlation import correlated
 from shared.writing.aggregate import Aggregate
 from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
-from shared.writing.pending import HeldEvent, PendingEvents
+from shared.writing.pending import HeldEvent, HeldKey, PendingEvents
 from shared.writing.storm import FanOutGuard
 from shared.writing.uow import Coarse, UnitOfWork, debounced
 
@@ -50,6 +50,18 @@ class InMemoryOutbox(Outbox):
         self, messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
     ) -> None:
         self.state.envelopes.extend(envelopes)
+
+    async def _store_new(
+        self,
+        counts: Mapping[AggregateKey, int],
+        messages: Sequence[OutgoingMessage],
+        envelopes: Sequence[Envelope],
+    ) -> bool:
+        if any(key in self.state.sequences for key in counts):
+            return False  # like the statement's guard: nothing taken, nothing stored
+        self.state.sequences.update(counts)
+        self.state.envelopes.extend(envelopes)
+        return True
 
 
 @dataclass
@@ -108,12 +120,13 @@ class InMemoryInbox(Inbox):
 
 
 # (aggregate_type, aggregate_id, event_type) -> the event held and the changes it stands for
-PendingState = dict[tuple[str, str, str], tuple[HeldEvent, int]]
+PendingState = dict[HeldKey, tuple[HeldEvent, int]]
 
 
 class InMemoryPendingEvents(PendingEvents):
-    """The fake for unit tests: the last change wins, as in the Postgres upsert. Time plays
-    no part: :func:`emit_pending` releases everything held, as if all were due."""
+    """The fake for unit tests: the last change wins and the changes add up, as in the
+    Postgres upsert. Time plays no part: :func:`emit_pending` releases everything held, as
+    if all were due."""
 
     def __init__(self, state: PendingState, source: str) -> None:
         super().__init__(source)
@@ -122,11 +135,11 @@ class InMemoryPendingEvents(PendingEvents):
     async def waiting(self) -> list[tuple[HeldEvent, int]]:
         return list(self.state.values())  # insertion order: oldest burst first
 
-    async def _hold(self, event: HeldEvent) -> None:
-        spec = spec_of(event.event)
-        key = (spec.aggregate_type, event.aggregate_id, spec.event_type)
-        _, changes = self.state.get(key, (event, 0))
-        self.state[key] = (event, changes + 1)
+    async def _store(self, holds: Mapping[HeldKey, tuple[HeldEvent, int]]) -> None:
+        for key in sorted(holds):  # new bursts take their places in key order, as upserted
+            event, changes = holds[key]
+            _, before = self.state.get(key, (event, 0))
+            self.state[key] = (event, before + changes)
 
 
 @dataclass
