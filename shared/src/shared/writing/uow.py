@@ -115,7 +115,7 @@ class UnitOfWork(ABC):
         await self.flush()
         await self._persist()  # each repository saves what changed in one statement
         await self.pending.write()  # every hold of the transaction, merged: one statement
-        await self.outbox.write()  # every event of the transaction: one or two statements
+        await self.outbox.write()  # every event of the transaction: one statement or two
         await self._commit()
         self._committed = True
         for callback in self._after_commit:
