@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -103,6 +103,45 @@ async def test_a_burst_that_never_ends_still_emits_after_the_maximum_wait(
         emitted_during_burst += await emitter.emit_due()
         await asyncio.sleep(0.1)
     assert emitted_during_burst >= 1
+
+
+class PoolSpy:
+    """The pool, noting how the emitter uses it: ``fetchval`` is one statement outside a
+    transaction, ``acquire`` a transaction."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.calls: list[str] = []
+
+    async def fetchval(self, *args: Any) -> Any:
+        self.calls.append("fetchval")
+        return await self._pool.fetchval(*args)
+
+    def acquire(self) -> Any:
+        self.calls.append("acquire")
+        return self._pool.acquire()
+
+
+async def test_a_poll_with_nothing_due_costs_one_statement_and_no_transaction(
+    pool: asyncpg.Pool, settings: ServiceSettings
+) -> None:
+    spy = PoolSpy(pool)
+    emitter = DebounceEmitter(
+        cast(asyncpg.Pool, spy),
+        settings.service_name,
+        quiet_seconds=0.0,
+        max_wait_seconds=30.0,
+        poll_seconds=0.1,
+    )
+    await emitter.emit_due()  # whatever earlier tests left
+    spy.calls.clear()
+
+    assert await emitter.emit_due() == 0
+    assert spy.calls == ["fetchval"]
+
+    await edit_address(pool, settings.service_name, uuid4(), 1)
+    assert await emitter.emit_due() == 1
+    assert spy.calls == ["fetchval", "fetchval", "acquire"]
 
 
 async def test_two_emitters_never_emit_one_event_twice(
