@@ -84,49 +84,36 @@ class PostgresShipmentRepository(ShipmentRepository):
     async def _write_all(
         self, added: Sequence[tuple[Shipment, Flow]], changed: Sequence[Shipment]
     ) -> None:
-        # The changed rows are locked since they were loaded; a new row that meets one
-        # stored meanwhile takes its status and address, as the upsert of one always did.
-        new = [shipment for shipment, _ in added]
+        # One upsert for both: a changed shipment's row exists, so only the columns of the
+        # ON CONFLICT branch are written, and it keeps the flow it was scheduled in (the
+        # empty one given here is never stored). A new one that meets a row stored
+        # meanwhile takes its status and address, as the upsert of one always did.
+        rows = sorted([*added, *((s, _KEPT) for s in changed)], key=lambda r: r[0].order_id)
+        shipments = [shipment for shipment, _ in rows]
         await self._conn.execute(
             """
-            WITH saved AS (
-                UPDATE shipments AS s
-                SET status = c.status, updated_at = c.updated_at,
-                    shipping_address = c.shipping_address::jsonb
-                FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[])
-                     AS c(order_id, status, updated_at, shipping_address)
-                WHERE s.order_id = c.order_id
-            )
             INSERT INTO shipments (order_id, shipment_id, status, dispatch_at, created_at,
                                    updated_at, correlation_id, trace_headers, shipping_address)
-            SELECT n.order_id, n.shipment_id, n.status, n.dispatch_at, n.created_at,
-                   n.updated_at, n.correlation_id, n.trace_headers::jsonb,
-                   n.shipping_address::jsonb
-            FROM unnest($5::uuid[], $6::uuid[], $7::text[], $8::timestamptz[],
-                        $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[],
-                        $13::text[])
-                 WITH ORDINALITY AS n(order_id, shipment_id, status, dispatch_at, created_at,
-                                      updated_at, correlation_id, trace_headers,
-                                      shipping_address, position)
-            ORDER BY n.position
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
+                                 $5::timestamptz[], $6::timestamptz[], $7::text[],
+                                 $8::jsonb[], $9::jsonb[])
             ON CONFLICT (order_id) DO UPDATE
             SET status = excluded.status, updated_at = excluded.updated_at,
                 shipping_address = excluded.shipping_address
             """,
-            [s.order_id for s in changed],
-            [s.status.value for s in changed],
-            [s.updated_at for s in changed],
-            [_address(s) for s in changed],
-            [s.order_id for s in new],
-            [s.shipment_id for s in new],
-            [s.status.value for s in new],
-            [s.dispatch_at for s in new],
-            [s.created_at for s in new],
-            [s.updated_at for s in new],
-            [correlation_id for _, (correlation_id, _) in added],
-            [json.dumps(headers) for _, (_, headers) in added],
-            [_address(s) for s in new],
+            [s.order_id for s in shipments],
+            [s.shipment_id for s in shipments],
+            [s.status.value for s in shipments],
+            [s.dispatch_at for s in shipments],
+            [s.created_at for s in shipments],
+            [s.updated_at for s in shipments],
+            [correlation_id for _, (correlation_id, _) in rows],
+            [json.dumps(headers) for _, (_, headers) in rows],
+            [_address(s) for s in shipments],
         )
+
+
+_KEPT: Flow = ("", {})  # a stored shipment's flow is not rewritten
 
 
 def _address(shipment: Shipment) -> str | None:
