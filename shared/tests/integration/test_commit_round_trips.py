@@ -1,10 +1,12 @@
 """What a commit costs the outbox and the debounce hold against real PostgreSQL, in
-statements: one for the events of new aggregates, two otherwise; one for every hold of the
-transaction. And the one-statement path stays all or nothing when its guess is wrong."""
+statements: one for the events of new aggregates and of aggregates whose last sequence this
+process committed, two for others; one for every hold of the transaction. And the
+one-statement path stays all or nothing when its guess is wrong."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from uuid import uuid4
 
@@ -17,6 +19,13 @@ from shared.persistence.postgres import PostgresOutbox, PostgresPendingEvents, P
 from shared.testing.infra import eventually
 from shared.testing.worker import AddressEdited, Item
 from shared.writing.aggregate import Aggregate, ConcurrencyError
+from shared.writing.outbox import LastSequences
+
+
+@pytest.fixture(autouse=True)
+def a_new_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with a process that remembers no sequence (its database is new)."""
+    monkeypatch.setattr(PostgresOutbox, "known", LastSequences())
 
 
 class Thing(Aggregate):
@@ -56,6 +65,17 @@ class CountingUnitOfWork(PostgresUnitOfWork):
         self.pending = PostgresPendingEvents(conn, "svc")
 
 
+def waiting_on_a_lock(pool: asyncpg.Pool) -> Callable[[], Awaitable[int]]:
+    async def count() -> int:
+        waiting: int = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return waiting
+
+    return count
+
+
 def rejected() -> OrderRejected:
     return OrderRejected(order_id=uuid4(), reason="r")
 
@@ -90,13 +110,61 @@ async def test_the_events_of_new_aggregates_are_written_in_one_statement(
     assert [(r["aggregate_id"], r["last_sequence"]) for r in last] == [("a", 2), ("b", 2)]
 
 
-async def test_the_events_of_existing_aggregates_take_two_statements(pool: asyncpg.Pool) -> None:
+async def test_the_events_of_aggregates_this_process_wrote_last_take_one_statement(
+    pool: asyncpg.Pool,
+) -> None:
     await commit_things(pool, a=True)
-    assert await commit_things(pool, a=False) == 2
-    assert await commit_things(pool, a=False, b=True) == 2  # one not new is enough
+    assert await commit_things(pool, a=False) == 1
+    assert await commit_things(pool, a=False, b=True) == 1
     assert await sequences(pool) == [
         ("a", 1), ("a", 2), ("a", 3), ("a", 4), ("a", 5), ("a", 6), ("b", 1), ("b", 2),
     ]  # fmt: skip
+
+
+async def test_the_events_of_an_aggregate_this_process_does_not_know_take_two(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await commit_things(pool, a=True)
+    monkeypatch.setattr(PostgresOutbox, "known", LastSequences())  # another process
+    assert await commit_things(pool, a=False) == 2
+    assert await commit_things(pool, a=False) == 1  # it knows a now
+    assert await sequences(pool) == [("a", n) for n in range(1, 7)]
+
+
+async def test_a_sequence_another_process_moved_on_costs_one_statement_more_and_stores_once(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await commit_things(pool, a=True)  # this process: a's last sequence is 2
+    ours = PostgresOutbox.known
+    monkeypatch.setattr(PostgresOutbox, "known", LastSequences())
+    await commit_things(pool, a=False)  # another process's write: 4
+    monkeypatch.setattr(PostgresOutbox, "known", ours)
+    assert await commit_things(pool, a=False) == 3  # the guess (2) stores nothing, then two
+    assert await sequences(pool) == [("a", n) for n in range(1, 7)]
+    assert ours.get(("order", "a")) == 6
+
+
+async def test_a_sequence_moved_on_during_the_statement_is_not_overwritten(
+    pool: asyncpg.Pool,
+) -> None:
+    """The guard saw a's last sequence as guessed (2), but another transaction was moving it
+    on: the upsert waits for it, then finds 4 and takes nothing, so nothing is stored and
+    the events are numbered from 5 by the fallback (without the upsert's own check they
+    would have been 3 and 4 again)."""
+    await commit_things(pool, a=True)
+    async with PostgresUnitOfWork(pool, "svc") as other:
+        for _ in range(2):
+            await other.outbox.append(rejected(), aggregate_id="a")
+        await other.outbox.write()  # a's sequence row at 4, not committed yet
+        async with CountingUnitOfWork(pool, "svc") as uow:
+            for _ in range(2):
+                await uow.outbox.append(rejected(), aggregate_id="a")
+            committing = asyncio.create_task(uow.commit())
+            await eventually(waiting_on_a_lock(pool), lambda n: n == 1, timeout=10, interval=0.05)
+            await other.commit()
+            await committing
+    assert uow.counting.statements == 3
+    assert await sequences(pool) == [("a", n) for n in range(1, 7)]
 
 
 async def test_a_new_aggregate_that_has_a_stream_costs_one_statement_more_and_stores_once(
@@ -114,13 +182,6 @@ async def test_a_first_sequence_taken_meanwhile_is_a_concurrency_error_and_the_r
     sequence: the insert waits for it, then skips b. Committing a's sequence alone would
     leave the unit of work's events half numbered, so it fails, to be retried."""
 
-    async def waiting_on_a_lock() -> int:
-        count: int = await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return count
-
     async with PostgresUnitOfWork(pool, "svc") as other:
         await other.outbox.append(rejected(), aggregate_id="b")
         await other.outbox.write()  # b's sequence row, not committed yet
@@ -128,7 +189,7 @@ async def test_a_first_sequence_taken_meanwhile_is_a_concurrency_error_and_the_r
             for aggregate_id in ("a", "b"):
                 await uow.outbox.append(rejected(), aggregate_id=aggregate_id, new_aggregate=True)
             committing = asyncio.create_task(uow.commit())
-            await eventually(waiting_on_a_lock, lambda n: n == 1, timeout=10, interval=0.05)
+            await eventually(waiting_on_a_lock(pool), lambda n: n == 1, timeout=10, interval=0.05)
             await other.commit()
             with pytest.raises(ConcurrencyError):
                 await committing

@@ -19,7 +19,7 @@ from shared.contracts import decode_payload, spec_of
 from shared.contracts.envelope import Envelope, parse_envelope
 from shared.faults import failpoint
 from shared.writing.aggregate import ConcurrencyError
-from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
+from shared.writing.outbox import AggregateKey, LastSequences, Outbox, OutgoingMessage
 from shared.writing.pending import HeldEvent, HeldKey, PendingEvents
 from shared.writing.storm import FanOutGuard
 from shared.writing.uow import Coarse, UnitOfWork, debounced
@@ -55,10 +55,12 @@ class PostgresOutbox(Outbox):
     make a second writer of the same aggregate wait for the first to commit, so sequence
     order, outbox id order and commit order agree.
 
-    The events of new aggregates are written in one statement: their sequence rows are
-    inserted, in key order, only if none of them exists (a writer that inserted one
-    meanwhile is waited for, as by the upsert), and the records only if every sequence row
-    was."""
+    Events numbered ahead (of new aggregates, or of ones whose last sequence this process
+    remembers) are written in one statement: the sequence rows are taken, in key order, only
+    if every guess matches (a writer that moved one on meanwhile is waited for, as by the
+    upsert, and then fails the check), and the records stored only if every row was."""
+
+    known = LastSequences()  # of this process: every outbox of every pool shares it
 
     def __init__(self, conn: asyncpg.Connection, source: str) -> None:
         super().__init__(source)
@@ -97,31 +99,40 @@ class PostgresOutbox(Outbox):
         )
         self.written = True
 
-    async def _store_new(
+    async def _store_numbered(
         self,
+        last: Mapping[AggregateKey, int],
         counts: Mapping[AggregateKey, int],
         messages: Sequence[OutgoingMessage],
         envelopes: Sequence[Envelope],
     ) -> bool:
         keys = sorted(counts)
-        # The guard sees the sequence rows committed before the statement began; ON CONFLICT
-        # DO NOTHING skips one committed since (after waiting for its writer), and then no
-        # record is stored. If the others' rows were inserted, the transaction must not
-        # commit them (the upsert would add to them: a gap), so it fails, to be retried.
+        # The guard compares the guesses with the sequence rows committed before the
+        # statement began: when one is wrong, nothing is taken and nothing stored. A row
+        # moved on since (its writer waited for) fails the upsert's own WHERE, which reads
+        # the row as it now stands; then the rows taken before it must not commit (the
+        # fallback's upsert would add to them: a gap), so the transaction fails, to be
+        # retried.
         row = await self._conn.fetchrow(
             """
-            WITH taken AS (
-                INSERT INTO outbox_sequences (aggregate_type, aggregate_id, last_sequence)
-                SELECT k.aggregate_type, k.aggregate_id, k.n
-                FROM unnest($6::text[], $7::text[], $8::bigint[])
-                     AS k(aggregate_type, aggregate_id, n)
+            WITH guess AS (
+                SELECT * FROM unnest($6::text[], $7::text[], $8::bigint[], $9::bigint[])
+                    AS g(aggregate_type, aggregate_id, last_sequence, n)
+            ), taken AS (
+                INSERT INTO outbox_sequences AS s (aggregate_type, aggregate_id, last_sequence)
+                SELECT g.aggregate_type, g.aggregate_id, g.last_sequence + g.n FROM guess g
                 WHERE NOT EXISTS (
-                    SELECT FROM outbox_sequences s
-                    JOIN unnest($6::text[], $7::text[]) AS e(aggregate_type, aggregate_id)
-                      USING (aggregate_type, aggregate_id)
+                    SELECT FROM guess g
+                    LEFT JOIN outbox_sequences s USING (aggregate_type, aggregate_id)
+                    WHERE coalesce(s.last_sequence, 0) <> g.last_sequence
                 )
-                ORDER BY k.aggregate_type, k.aggregate_id
-                ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
+                ORDER BY g.aggregate_type, g.aggregate_id
+                ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+                SET last_sequence = EXCLUDED.last_sequence, updated_at = now()
+                WHERE s.last_sequence = (
+                    SELECT g.last_sequence FROM guess g
+                    WHERE (g.aggregate_type, g.aggregate_id) = (s.aggregate_type, s.aggregate_id)
+                )
                 RETURNING 1
             ), stored AS ("""
             + _INSERT_RECORDS
@@ -135,6 +146,7 @@ class PostgresOutbox(Outbox):
             *_records(messages, envelopes),
             [t for t, _ in keys],
             [i for _, i in keys],
+            [last[k] for k in keys],
             [counts[k] for k in keys],
         )
         assert row is not None  # an aggregate query returns one row
@@ -143,7 +155,7 @@ class PostgresOutbox(Outbox):
             return True
         if row["taken"]:
             raise ConcurrencyError(
-                "another transaction gave one of these new aggregates its first sequence"
+                "another transaction moved an aggregate's sequence on during this write"
             )
         return False
 

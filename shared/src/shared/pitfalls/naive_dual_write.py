@@ -33,8 +33,9 @@ class PublishAfterCommit(PostgresOutbox):
         self._kept.extend(messages)
         self.written = True  # the failpoint after the commit fires, as with the outbox
 
-    async def _store_new(
+    async def _store_numbered(
         self,
+        last: Mapping[AggregateKey, int],
         counts: Mapping[AggregateKey, int],
         messages: Sequence[OutgoingMessage],
         envelopes: Sequence[Envelope],

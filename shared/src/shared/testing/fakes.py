@@ -20,7 +20,7 @@ from shared.contracts import IntegrationEvent, current
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.observability.correlation import correlated
 from shared.writing.aggregate import Aggregate
-from shared.writing.outbox import AggregateKey, Outbox, OutgoingMessage
+from shared.writing.outbox import AggregateKey, LastSequences, Outbox, OutgoingMessage
 from shared.writing.pending import HeldEvent, HeldKey, PendingEvents
 from shared.writing.storm import FanOutGuard
 from shared.writing.uow import Coarse, UnitOfWork, debounced
@@ -30,6 +30,7 @@ from shared.writing.uow import Coarse, UnitOfWork, debounced
 class InMemoryOutboxState:
     sequences: dict[tuple[str, str], int] = field(default_factory=dict)
     envelopes: list[Envelope] = field(default_factory=list)
+    known: LastSequences = field(default_factory=LastSequences)  # the "process's" memory
 
 
 class InMemoryOutbox(Outbox):
@@ -38,6 +39,7 @@ class InMemoryOutbox(Outbox):
     def __init__(self, state: InMemoryOutboxState, source: str) -> None:
         super().__init__(source)
         self.state = state
+        self.known = state.known
 
     async def _take_sequences(self, counts: Mapping[AggregateKey, int]) -> dict[AggregateKey, int]:
         first: dict[AggregateKey, int] = {}
@@ -51,15 +53,16 @@ class InMemoryOutbox(Outbox):
     ) -> None:
         self.state.envelopes.extend(envelopes)
 
-    async def _store_new(
+    async def _store_numbered(
         self,
+        last: Mapping[AggregateKey, int],
         counts: Mapping[AggregateKey, int],
         messages: Sequence[OutgoingMessage],
         envelopes: Sequence[Envelope],
     ) -> bool:
-        if any(key in self.state.sequences for key in counts):
+        if any(self.state.sequences.get(key, 0) != n for key, n in last.items()):
             return False  # like the statement's guard: nothing taken, nothing stored
-        self.state.sequences.update(counts)
+        self.state.sequences.update({key: last[key] + n for key, n in counts.items()})
         self.state.envelopes.extend(envelopes)
         return True
 
@@ -195,6 +198,7 @@ class InMemoryUnitOfWork(UnitOfWork):
         self.state.inbox = self.working.inbox
         self.state.pending = self.working.pending
         self.state.tables = self.working.tables
+        await self.outbox.committed()
 
     async def _rollback(self) -> None:
         return None

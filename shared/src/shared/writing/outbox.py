@@ -10,19 +10,23 @@ appended to in one round trip and stores every row in one more, however many eve
 transaction caused. A consumer applying a batch of 50 events pays two round trips for their
 events, not a hundred, and the sequence rows stay locked only for the end of the transaction.
 
-When every event was recorded by an aggregate created in the same transaction (an order
-placed, a reservation made), the sequences are known before they are taken: each stream
-starts at 1. The envelopes are then made first, and the sequences taken and the rows stored
-in one round trip. An aggregate new to its repository may still have a stream (re-created
-after retention purged it, or appended to under its id by other code): then that round trip
-stores nothing, and the events are numbered from the sequences the upsert takes, in two.
+When the aggregates' last sequences are known beforehand, the envelopes are numbered first
+and the sequences taken and the rows stored in one round trip. They are known for an
+aggregate created in the same transaction (an order placed, a reservation made: its stream
+starts at 1), and for one whose last sequence this process committed (``LastSequences``, a
+bounded per-process memory: the order service numbers an order's later events, the
+inventory service a reservation's). Every guess is checked in that statement, which stores
+nothing when one is wrong (an aggregate re-created after retention purged it, another
+instance's write): the events are then numbered from the sequences the upsert takes, in
+two more. So a single instance pays one round trip for its events, several pay at most
+three.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -76,6 +80,31 @@ class _Appended:
         return (spec_of(self.event).aggregate_type, self.aggregate_id)
 
 
+class LastSequences:
+    """The last sequence this process committed for each aggregate, for the most recent
+    ``capacity`` aggregates: the guess that lets the next write of one number its events
+    before taking their sequences (see the module docstring). Only a guess: the statement
+    that takes the sequences checks it."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._last: OrderedDict[AggregateKey, int] = OrderedDict()
+
+    def get(self, key: AggregateKey) -> int | None:
+        return self._last.get(key)
+
+    def remember(self, last: Mapping[AggregateKey, int]) -> None:
+        for key, sequence in last.items():
+            self._last[key] = sequence
+            self._last.move_to_end(key)
+        while len(self._last) > self._capacity:
+            self._last.popitem(last=False)
+
+    def forget(self, keys: Iterable[AggregateKey]) -> None:
+        for key in keys:
+            self._last.pop(key, None)
+
+
 class Outbox(ABC):
     """Port: appends events within the caller's transaction. Sequences of one aggregate are
     1, 2, 3, ... with no gap, in commit order and in the order of ``append``. Only integration
@@ -85,12 +114,15 @@ class Outbox(ABC):
 
     Adapters implement ``_take_sequences`` (for each aggregate, reserve ``count`` sequences and
     return the first, locking the aggregate's counter until the transaction ends), ``_store``
-    (keep the records, in order) and, to write the events of new aggregates in one round trip,
-    ``_store_new``."""
+    (keep the records, in order) and, to write events numbered ahead in one round trip,
+    ``_store_numbered``, with the process's ``known`` last sequences."""
+
+    known: LastSequences | None = None  # None: never numbered ahead
 
     def __init__(self, source: str) -> None:
         self.source = source
         self._appended: list[_Appended] = []
+        self._written: dict[AggregateKey, int] = {}  # the last sequences, once committed
 
     async def append(
         self, event: IntegrationEvent, *, aggregate_id: str, new_aggregate: bool = False
@@ -121,14 +153,36 @@ class Outbox(ABC):
         if not appended:
             return []
         counts = Counter(a.key for a in appended)
-        if all(a.new_aggregate for a in appended):
-            envelopes, messages = self._numbered(appended, dict.fromkeys(counts, 1))
-            if await self._store_new(counts, messages, envelopes):
+        last = self._guess(appended)
+        if last is not None:
+            envelopes, messages = self._numbered(appended, {k: n + 1 for k, n in last.items()})
+            if await self._store_numbered(last, counts, messages, envelopes):
+                self._written.update({k: last[k] + n for k, n in counts.items()})
                 return envelopes
-            # One of them had a stream after all: nothing was stored, number them for real.
-        envelopes, messages = self._numbered(appended, await self._take_sequences(counts))
+            if self.known is not None:  # a guess was wrong: nothing was stored
+                self.known.forget(counts)
+        first = await self._take_sequences(counts)
+        envelopes, messages = self._numbered(appended, first)
         await self._store(messages, envelopes)
+        self._written.update({k: first[k] + n - 1 for k, n in counts.items()})
         return envelopes
+
+    def _guess(self, appended: Sequence[_Appended]) -> dict[AggregateKey, int] | None:
+        """Each aggregate's last sequence before this write: 0 for one created in this
+        transaction, the one this process committed last for the others; None when one is
+        not known."""
+        last: dict[AggregateKey, int] = {}
+        for a in appended:
+            if a.key in last:
+                continue
+            known = None if self.known is None else self.known.get(a.key)
+            if all(b.new_aggregate for b in appended if b.key == a.key):
+                last[a.key] = 0
+            elif known is not None:
+                last[a.key] = known
+            else:
+                return None
+        return last
 
     def _numbered(
         self, appended: Sequence[_Appended], first: Mapping[AggregateKey, int]
@@ -155,7 +209,11 @@ class Outbox(ABC):
         return envelopes, messages
 
     async def committed(self) -> None:
-        """The transaction committed. Nothing to do: the relay publishes what was stored."""
+        """The transaction committed: the relay publishes what was stored; the process
+        remembers the aggregates' last sequences."""
+        if self.known is not None:
+            self.known.remember(self._written)
+        self._written = {}
 
     @abstractmethod
     async def _take_sequences(
@@ -167,15 +225,17 @@ class Outbox(ABC):
         self, messages: Sequence[OutgoingMessage], envelopes: Sequence[Envelope]
     ) -> None: ...
 
-    async def _store_new(
+    async def _store_numbered(
         self,
+        last: Mapping[AggregateKey, int],
         counts: Mapping[AggregateKey, int],
         messages: Sequence[OutgoingMessage],
         envelopes: Sequence[Envelope],
     ) -> bool:
-        """For aggregates that have no sequence yet: take the first ``counts[key]`` of each
-        and keep the records (numbered from 1), all or nothing. False, having done nothing,
-        when one of them has a sequence already; ``ConcurrencyError`` when another
-        transaction gave one of them its first sequence meanwhile. An adapter that cannot do
-        it in one step keeps this default: the sequences are then always taken first."""
+        """Take ``counts[key]`` sequences of each aggregate whose last sequence is
+        ``last[key]`` (0: none yet) and keep the records (numbered from there), all or
+        nothing. False, having done nothing, when an aggregate's last sequence is not the one
+        given; ``ConcurrencyError`` when another transaction moved one on meanwhile. An
+        adapter that cannot do it in one step keeps this default: the sequences are then
+        always taken first."""
         return False
