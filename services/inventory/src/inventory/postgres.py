@@ -18,7 +18,7 @@ from inventory.repository import (
     StockRepository,
 )
 from shared.contracts.catalog import OrderLine
-from shared.persistence.postgres import PostgresUnitOfWork
+from shared.persistence.postgres import PostgresUnitOfWork, rows_by_key
 from shared.writing.uow import UnitOfWork
 
 
@@ -32,10 +32,7 @@ class PostgresStockRepository(StockRepository):
         self._conn = conn
 
     async def _lock_all(self, skus: Sequence[str]) -> list[Stock]:
-        rows = await self._conn.fetch(
-            "SELECT * FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE", skus
-        )
-        return [_stock(r) for r in rows]
+        return [_stock(r) for r in await rows_by_key(self._conn, "stock", "sku", skus, lock=True)]
 
     async def _create_if_missing(self, sku: str) -> None:
         await self._conn.execute(
@@ -79,11 +76,7 @@ class PostgresReservationRepository(ReservationRepository):
         self._conn = conn
 
     async def _lock_all(self, order_ids: Sequence[UUID]) -> list[Reservation]:
-        rows = await self._conn.fetch(
-            "SELECT * FROM reservations WHERE order_id = ANY($1::uuid[]) ORDER BY order_id"
-            " FOR UPDATE",
-            order_ids,
-        )
+        rows = await rows_by_key(self._conn, "reservations", "order_id", order_ids, lock=True)
         return [
             Reservation(
                 r["order_id"],

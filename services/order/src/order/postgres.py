@@ -17,7 +17,7 @@ from order.repository import (
     OrderUnitOfWork,
 )
 from shared.contracts.catalog import Address, OrderLine
-from shared.persistence.postgres import PostgresUnitOfWork
+from shared.persistence.postgres import PostgresUnitOfWork, rows_by_key
 from shared.writing.aggregate import ConcurrencyError
 from shared.writing.uow import UnitOfWork
 
@@ -36,14 +36,29 @@ def _order_from_row(row: asyncpg.Record) -> Order:
     )
 
 
+# An order saved with its version check: one alone, or several from arrays in one statement
+# (see shared.persistence.postgres.rows_by_key for why one is not sent as arrays of one).
+_UPDATE_ONE = """
+    UPDATE orders SET status = $2, shipping_address = $3::jsonb, version = $4, updated_at = $5
+    WHERE order_id = $1 AND version = $6
+"""
+_UPDATE_MANY = """
+    UPDATE orders AS o
+    SET status = c.status, shipping_address = c.shipping_address::jsonb,
+        version = c.version, updated_at = c.updated_at
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::int[])
+         AS c(order_id, status, shipping_address, version, updated_at, expected_version)
+    WHERE o.order_id = c.order_id AND o.version = c.expected_version
+"""
+
+
 class PostgresOrderRepository(OrderRepository):
     def __init__(self, uow: UnitOfWork, conn: asyncpg.Connection) -> None:
         super().__init__(uow)
         self._conn = conn
 
     async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Order]:
-        query = "SELECT * FROM orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id"
-        rows = await self._conn.fetch(query + (" FOR UPDATE" if lock else ""), order_ids)
+        rows = await rows_by_key(self._conn, "orders", "order_id", order_ids, lock=lock)
         return [_order_from_row(r) for r in rows]
 
     async def _insert_order(self, order: Order, idempotency: IdempotencyRecord | None) -> None:
@@ -74,16 +89,7 @@ class PostgresOrderRepository(OrderRepository):
 
     async def _update_all(self, changes: Sequence[tuple[Order, int]]) -> None:
         orders = [order for order, _ in changes]
-        result = await self._conn.execute(
-            """
-            UPDATE orders AS o
-            SET status = c.status, shipping_address = c.shipping_address::jsonb,
-                version = c.version, updated_at = c.updated_at
-            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[],
-                        $6::int[]) AS c(order_id, status, shipping_address, version,
-                                        updated_at, expected_version)
-            WHERE o.order_id = c.order_id AND o.version = c.expected_version
-            """,
+        columns = (
             [o.order_id for o in orders],
             [o.status.value for o in orders],
             [o.shipping_address.model_dump_json() for o in orders],
@@ -91,6 +97,10 @@ class PostgresOrderRepository(OrderRepository):
             [o.updated_at for o in orders],
             [expected for _, expected in changes],
         )
+        if len(changes) == 1:  # planned once, where the arrays' form is planned every time
+            result = await self._conn.execute(_UPDATE_ONE, *(c[0] for c in columns))
+        else:
+            result = await self._conn.execute(_UPDATE_MANY, *columns)
         if result != f"UPDATE {len(changes)}":
             raise ConcurrencyError(f"{len(changes)} orders, some changed concurrently")
 

@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from shared.contracts.catalog import Address
-from shared.persistence.postgres import PostgresUnitOfWork
+from shared.persistence.postgres import PostgresUnitOfWork, rows_by_key
 from shared.writing.uow import UnitOfWork
 from shipping.domain.shipment import Shipment, ShipmentStatus
 from shipping.repository import (
@@ -43,8 +43,7 @@ class PostgresShipmentRepository(ShipmentRepository):
         self._conn = conn
 
     async def _get_all(self, order_ids: Sequence[UUID], *, lock: bool) -> list[Shipment]:
-        query = "SELECT * FROM shipments WHERE order_id = ANY($1::uuid[]) ORDER BY order_id"
-        rows = await self._conn.fetch(query + (" FOR UPDATE" if lock else ""), order_ids)
+        rows = await rows_by_key(self._conn, "shipments", "order_id", order_ids, lock=lock)
         return [_shipment(r) for r in rows]
 
     async def _due(self, now: datetime, limit: int) -> list[DueShipment]:

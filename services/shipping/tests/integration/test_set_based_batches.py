@@ -64,7 +64,8 @@ def confirmed(order_id: UUID) -> Delivery:
 
 async def sent(pool: asyncpg.Pool, batch: Sequence[Delivery]) -> list[str]:
     """The statements ``batch`` sent after BEGIN, COMMIT included. The first batch on a
-    connection also sends asyncpg's type introspection: the tests warm up with one."""
+    connection also sends asyncpg's type introspection: the tests warm up first, with batches
+    of one and of two (one row's statements and several rows')."""
     statements: list[str] = []
     Counted.sent = statements
     router = router_for(ShippingDeps(dispatch_delay=timedelta(minutes=5), alarm=DispatchAlarm()))
@@ -77,6 +78,7 @@ async def test_a_batch_of_five_confirmations_costs_the_statements_of_one(
     pool: asyncpg.Pool,
 ) -> None:
     await sent(pool, [confirmed(uuid4())])  # the warm-up
+    await sent(pool, [confirmed(uuid4()), confirmed(uuid4())])
     one = await sent(pool, [confirmed(uuid4())])
     order_ids = [uuid4() for _ in range(5)]
     five = await sent(pool, [confirmed(i) for i in order_ids])

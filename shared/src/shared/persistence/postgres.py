@@ -49,6 +49,22 @@ def _records(
     )
 
 
+async def rows_by_key(
+    conn: asyncpg.Connection, table: str, key: str, keys: Sequence[object], *, lock: bool
+) -> list[asyncpg.Record]:
+    """The rows of ``table`` whose ``key`` column is one of ``keys``, in key order, locked
+    until commit with ``lock`` (in that order, so two transactions never deadlock).
+
+    One key is looked up with ``=``, several with ``= ANY``: PostgreSQL plans a statement
+    with an array parameter anew on every call (its plan for the array it is given always
+    looks cheaper than the generic plan, which guesses ten elements), and planning such a
+    lookup costs more than running it (``pg_stat_statements.track_planning``, 2026-12-07:
+    0.06-0.12 ms against 0.04-0.08). The one-key form is planned once per connection."""
+    where = f"{key} = $1" if len(keys) == 1 else f"{key} = ANY($1)"
+    query = f"SELECT * FROM {table} WHERE {where} ORDER BY {key}" + (" FOR UPDATE" if lock else "")
+    return list(await conn.fetch(query, keys[0] if len(keys) == 1 else list(keys)))
+
+
 class PostgresOutbox(Outbox):
     """Rows in the ``outbox`` table. The sequences come from one upsert on
     ``outbox_sequences``: its row locks (taken in key order, so two writers cannot deadlock)
