@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 from uuid import uuid4
 
 import asyncpg
@@ -17,6 +17,7 @@ from shared.contracts.catalog import OrderRejected
 from shared.contracts.envelope import parse_envelope
 from shared.persistence.postgres import PostgresOutbox, PostgresPendingEvents, PostgresUnitOfWork
 from shared.testing.infra import eventually
+from shared.testing.statements import CountingConnection
 from shared.testing.worker import AddressEdited, Item
 from shared.writing.aggregate import Aggregate, ConcurrencyError
 from shared.writing.outbox import LastSequences
@@ -32,26 +33,6 @@ class Thing(Aggregate):
     def __init__(self, aggregate_id: str) -> None:
         super().__init__()
         self.aggregate_id = aggregate_id
-
-
-class CountingConnection:
-    """A connection that counts the statements sent through it."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-        self.statements = 0
-
-    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
-        self.statements += 1
-        return await self._conn.fetch(*args)
-
-    async def fetchrow(self, *args: Any) -> asyncpg.Record | None:
-        self.statements += 1
-        return await self._conn.fetchrow(*args)
-
-    async def execute(self, *args: Any) -> str:
-        self.statements += 1
-        return await self._conn.execute(*args)
 
 
 class CountingUnitOfWork(PostgresUnitOfWork):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 from uuid import uuid4
 
 import asyncpg
@@ -19,6 +19,7 @@ from shared.contracts.catalog import OrderRejected
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.persistence.postgres import PostgresInbox, PostgresUnitOfWork
 from shared.testing.infra import eventually, unique
+from shared.testing.statements import CountingConnection
 from shared.testing.worker import APPLIED_TABLE, router
 
 CONSUMER = "shipping"
@@ -127,26 +128,6 @@ async def test_the_event_that_fills_a_gap_applies_the_successor_parked_while_it_
     reasons = [r["reason"] for r in await pool.fetch("SELECT reason FROM applied ORDER BY id")]
     assert reasons == ["r1", "r2", "r3"]
     assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
-
-
-class CountingConnection:
-    """A connection that counts the statements sent through it."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-        self.statements = 0
-
-    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
-        self.statements += 1
-        return await self._conn.fetch(*args)
-
-    async def fetchval(self, *args: Any) -> Any:
-        self.statements += 1
-        return await self._conn.fetchval(*args)
-
-    async def execute(self, *args: Any) -> str:
-        self.statements += 1
-        return await self._conn.execute(*args)
 
 
 async def parked_count(pool: asyncpg.Pool, stream: Stream) -> int:

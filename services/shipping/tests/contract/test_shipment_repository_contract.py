@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -20,6 +20,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from shared.contracts.catalog import Address
 from shared.observability.correlation import correlated
 from shared.testing.backends import units
+from shared.testing.statements import CountingConnection
 from shipping.bootstrap import MIGRATIONS
 from shipping.dispatcher import dispatch_due_shipments
 from shipping.domain.shipment import Shipment, ShipmentStatus
@@ -31,26 +32,6 @@ NewUow = Callable[[], ShippingUnitOfWork]
 NOW = datetime.now(UTC)
 ADDRESS = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 ELSEWHERE = ADDRESS.model_copy(update={"line1": "2 Elm St"})
-
-
-class CountingConnection:
-    """A connection that counts the statements sent through it."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-        self.statements = 0
-
-    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
-        self.statements += 1
-        return await self._conn.fetch(*args)
-
-    async def fetchval(self, *args: Any) -> Any:
-        self.statements += 1
-        return await self._conn.fetchval(*args)
-
-    async def execute(self, *args: Any) -> str:
-        self.statements += 1
-        return await self._conn.execute(*args)
 
 
 class CountedPostgresShipments(PostgresShipmentRepository):

@@ -5,7 +5,34 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import asyncpg
+
 from shared.persistence.postgres import PostgresUnitOfWork
+
+
+class CountingConnection:
+    """A connection that counts the statements sent through it: hand it (cast) to an
+    adapter in place of its connection."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.statements = 0
+
+    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
+        self.statements += 1
+        return await self._conn.fetch(*args)
+
+    async def fetchrow(self, *args: Any) -> asyncpg.Record | None:
+        self.statements += 1
+        return await self._conn.fetchrow(*args)
+
+    async def fetchval(self, *args: Any) -> Any:
+        self.statements += 1
+        return await self._conn.fetchval(*args)
+
+    async def execute(self, *args: Any) -> str:
+        self.statements += 1
+        return await self._conn.execute(*args)
 
 
 class StatementLog(PostgresUnitOfWork):

@@ -45,9 +45,11 @@ class UnitOfWork(ABC):
     pending: PendingEvents
 
     def __init__(self, *, coarse: Coarse = debounced, fanout: FanOutGuard | None = None) -> None:
-        self._tracked: list[Aggregate] = []
-        self._new: list[Aggregate] = []  # created in this transaction: no event stream yet
-        self._changed: list[Aggregate] = []  # recorded events: saved at commit
+        # By identity (id()): the aggregates tracked, in order; those created in this
+        # transaction (no event stream yet); those that recorded events (saved at commit).
+        self._tracked: dict[int, Aggregate] = {}
+        self._new: set[int] = set()
+        self._changed: set[int] = set()
         self._after_commit: list[Callable[[], None]] = []
         self._committed = False
         self._coarse = coarse
@@ -56,14 +58,13 @@ class UnitOfWork(ABC):
     def track(self, aggregate: Aggregate, *, new: bool = False) -> None:
         """Repositories call this for every aggregate they hand out, and with ``new`` for
         every one they add."""
-        if all(a is not aggregate for a in self._tracked):
-            self._tracked.append(aggregate)
-        if new and all(a is not aggregate for a in self._new):
-            self._new.append(aggregate)
+        self._tracked.setdefault(id(aggregate), aggregate)
+        if new:
+            self._new.add(id(aggregate))
 
     def changed(self, aggregate: Aggregate) -> bool:
         """Whether ``aggregate`` recorded events in this transaction: it is saved at commit."""
-        return any(a is aggregate for a in self._changed)
+        return id(aggregate) in self._changed
 
     async def __aenter__(self) -> Self:
         await self._begin()
@@ -86,10 +87,10 @@ class UnitOfWork(ABC):
         however many events changed them; the next event of the batch finds them in its
         repository, which hands out each aggregate once per transaction."""
         emitted = 0
-        for aggregate in self._tracked:
-            if aggregate.events and not self.changed(aggregate):
-                self._changed.append(aggregate)
-            new = any(a is aggregate for a in self._new)
+        for aggregate in self._tracked.values():
+            if aggregate.events:
+                self._changed.add(id(aggregate))
+            new = id(aggregate) in self._new
             for recorded in aggregate.events:
                 event = recorded.published_as() if isinstance(recorded, DomainEvent) else recorded
                 if event is None:
@@ -115,7 +116,7 @@ class UnitOfWork(ABC):
         await self.flush()
         await self._persist()  # each repository saves what changed in one statement
         await self.pending.write()  # every hold of the transaction, merged: one statement
-        await self.outbox.write()  # every event of the transaction: one statement or two
+        await self.outbox.write()  # every event of the transaction: one statement, mostly
         await self._commit()
         self._committed = True
         for callback in self._after_commit:
