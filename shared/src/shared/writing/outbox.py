@@ -171,15 +171,14 @@ class Outbox(ABC):
         """Each aggregate's last sequence before this write: 0 for one created in this
         transaction, the one this process committed last for the others; None when one is
         not known."""
+        existing = {a.key for a in appended if not a.new_aggregate}
         last: dict[AggregateKey, int] = {}
-        for a in appended:
-            if a.key in last:
-                continue
-            known = None if self.known is None else self.known.get(a.key)
-            if all(b.new_aggregate for b in appended if b.key == a.key):
-                last[a.key] = 0
+        for key in dict.fromkeys(a.key for a in appended):
+            known = None if self.known is None else self.known.get(key)
+            if key not in existing:
+                last[key] = 0
             elif known is not None:
-                last[a.key] = known
+                last[key] = known
             else:
                 return None
         return last
